@@ -1,0 +1,1 @@
+"""The `cseg` command line: thin Typer commands over raycseg functions."""
