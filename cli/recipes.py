@@ -1,0 +1,90 @@
+"""`cseg recipes ls|show|validate|cp`: the recipes shipped inside the package."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+import yaml
+from rich.table import Table
+
+from raycseg.config import find_recipe, load_recipe, read_yaml, recipe_to_yaml, shipped_recipes
+from raycseg.errors import CsegError, RecipeError
+
+from .console import err, out
+
+app = typer.Typer(help="List, show, validate and copy recipes.", no_args_is_help=True)
+
+
+@app.command("ls")
+def list_recipes() -> None:
+    """List the shipped recipes."""
+    table = Table("recipe", "stages", "description")
+    for name in shipped_recipes():
+        raw = read_yaml(find_recipe(name))
+        stages = " → ".join(s.get("name") or s.get("method", "?") for s in raw.get("stages", []))
+        table.add_row(name, stages, raw.get("description", ""))
+    out.print(table)
+
+
+@app.command("show")
+def show(
+    recipe: str = typer.Argument(..., help="A shipped recipe name or a YAML path."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides."),
+    resolved: bool = typer.Option(
+        False, "--resolved", help="Print the validated recipe with every default."
+    ),
+) -> None:
+    """Print a recipe (as written, or resolved with defaults and overrides)."""
+    if resolved or overrides:
+        out.print(
+            recipe_to_yaml(load_recipe(recipe, overrides or [], check_files=False)), markup=False
+        )
+    else:
+        out.print(find_recipe(recipe).read_text(), markup=False)
+
+
+@app.command("validate")
+def validate(
+    recipes: list[str] = typer.Argument(
+        None, help="Recipe names or paths (default: every shipped recipe)."
+    ),
+    check_files: bool = typer.Option(
+        False, "--check-files", help="Also require shard folders to exist."
+    ),
+) -> None:
+    """Validate recipes against the schema; exit 2 naming every bad key."""
+    names = recipes or shipped_recipes()
+    failures = []
+    for name in names:
+        try:
+            load_recipe(name, check_files=check_files)
+            out.print(f"ok      {name}", markup=False)
+        except RecipeError as error:
+            failures.append(name)
+            out.print(f"invalid {name}: {error}", markup=False)
+    if failures:
+        raise RecipeError(
+            f"{len(failures)} of {len(names)} recipes are invalid: {', '.join(failures)}"
+        )
+
+
+@app.command("cp")
+def copy(
+    recipe: str = typer.Argument(..., help="A shipped recipe name."),
+    dest: Path = typer.Argument(..., help="Destination file or folder."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Copy a shipped recipe out for editing."""
+    source = find_recipe(recipe)
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise CsegError(f"{target} exists; pass --force to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    partial.replace(target)
+    yaml.safe_load(target.read_text())
+    err.print(f"copied {recipe} to {target}", markup=False)
+    out.print(str(target.resolve()), markup=False)

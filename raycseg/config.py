@@ -1,0 +1,527 @@
+"""Recipes: the typed schema, `load_recipe(path, overrides)` and path resolution.
+
+A recipe is flat YAML validated by pydantic with extra keys forbidden. Its
+`stages` run in order; each stage names its `method` and carries that
+method's fields directly, so dotted paths read naturally:
+`stages.cacl.lambda_cycle=0.1`, `stages.reco.strong_threshold=0.9`
+(stages are addressed by `name`, which defaults to the method).
+
+Every problem (unknown key, wrong type, missing file) is collected and raised
+at once as one `RecipeError`, each with its key path, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RecipeError
+
+RECIPE_SUFFIX = ".yaml"
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SyntheticData(Section):
+    """Procedural data that `cseg pretrain` builds in `data.root/<name>` when absent.
+
+    The folder keeps the spec it was built from; a different spec rebuilds it.
+    """
+
+    name: str = Field("synthetic", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    num_clips: int = Field(300, ge=4)
+    val_clips: int = Field(100, ge=2)
+    image_size: int = Field(64, ge=16)
+    frames: int = Field(8, ge=2)
+    fps: int = Field(8, ge=1)
+
+
+class DataSection(Section):
+    """Where data lives. Relative shard paths in stages resolve against `root`."""
+
+    root: str = "~/.cache/raycseg/data"
+    synthetic: SyntheticData | None = None
+    loader_workers: int = Field(1, ge=0)
+
+
+class StageData(Section):
+    """A stage's inputs and augmentations (shard roots built by `cseg shards`)."""
+
+    train: str
+    val: str | None = None
+    unlabelled: str | None = None
+    batch_size: int = Field(32, ge=1, description="per worker")
+    image_size: int = Field(224, ge=16)
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    frame_gap_s: tuple[float, float] = (0.25, 2.0)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    hue_full_range: bool = False
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    min_mask_area: float = Field(0.01, ge=0.0, le=1.0)
+    max_mask_area: float = Field(0.99, ge=0.0, le=1.0)
+    samples_per_epoch: int | None = Field(None, ge=1, description="default: the manifest count")
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> StageData:
+        for key in ("crop_scale", "frame_gap_s", "scale_range"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key}: low {low} > high {high}")
+        if self.min_mask_area >= self.max_mask_area:
+            raise ValueError("min_mask_area must be below max_mask_area")
+        return self
+
+
+# ----------------------------------------------------------------------------- model, optim
+
+
+class ModelSection(Section):
+    """The backbone shared by every stage of a recipe."""
+
+    backbone: Literal["tiny", "resnet18", "resnet50", "resnet101"] = "resnet50"
+    output_stride: Literal[4, 8, 16] = 16
+    width: int = Field(64, ge=8, description="base width of the tiny backbone")
+    init_from: str | None = Field(None, description="torchvision or raycseg checkpoint")
+
+    @model_validator(mode="after")
+    def _stride_fits_backbone(self) -> ModelSection:
+        if self.backbone == "tiny" and self.output_stride != 4:
+            raise ValueError("the tiny backbone has output_stride 4")
+        if self.backbone != "tiny" and self.output_stride == 4:
+            raise ValueError("ResNet backbones support output_stride 8 or 16")
+        return self
+
+
+class OptimSection(Section):
+    """Optimiser and per-step schedules."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    poly_power: float = 0.9
+    min_lr: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(3.0, gt=0)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class StageBase(Section):
+    """Fields every stage has."""
+
+    name: str | None = None
+    steps: int = Field(ge=1)
+    data: StageData
+    optim: OptimSection | None = Field(None, description="default: the recipe's optim")
+    init_from: str | None = Field(None, description="default: the previous stage")
+    val_every: int = Field(0, ge=0, description="steps between validation metrics (0: off)")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> StageBase:
+        if self.name is None:
+            self.name = self.method  # type: ignore[attr-defined]
+        return self
+
+
+class CACLStage(StageBase):
+    """Cycle-attention contrastive learning (docs/methods/cacl.md)."""
+
+    method: Literal["cacl"]
+    mode: Literal["video", "image"] = "video"
+    lambda_global: float = Field(1.0, ge=0.0)
+    lambda_pixel: float = Field(1.0, ge=0.0)
+    lambda_cycle: float = Field(1.0, ge=0.0)
+    temperature_global: float = Field(0.2, gt=0)
+    temperature_pixel: float = Field(0.2, gt=0)
+    temperature_cycle: float = Field(0.07, gt=0)
+    cycle_edge_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    num_pixel_negatives: int = Field(4096, ge=0)
+    queue_size: int = Field(0, ge=0)
+    head_dim: int = Field(128, ge=8)
+
+
+class MaskContrastStage(StageBase):
+    """Saliency-mask contrast (docs/methods/maskcontrast.md)."""
+
+    method: Literal["maskcontrast"]
+    temperature: float = Field(0.5, gt=0)
+    queue_size: int = Field(128, ge=0)
+    momentum: float = Field(0.999, ge=0.0, lt=1.0)
+    embedding_dim: int = Field(32, ge=4)
+    saliency_weight: float = Field(1.0, ge=0.0)
+    loss_resolution: Literal["full", "feature"] = "full"
+
+
+class RecoStage(StageBase):
+    """Regional contrast, supervised or semi-supervised (docs/methods/reco.md)."""
+
+    method: Literal["reco"]
+    mode: Literal["supervised", "semi"] = "semi"
+    num_classes: int = Field(ge=2)
+    decoder: Literal["deeplabv3p", "deeplabv2"] = "deeplabv3p"
+    rep_dim: int = Field(256, ge=8)
+    strong_threshold: float = Field(0.97, gt=0.0, le=1.0)
+    weak_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    temperature: float = Field(0.5, gt=0)
+    num_queries: int = Field(256, ge=1)
+    num_negatives: int = Field(512, ge=1)
+    lambda_reco: float = Field(1.0, ge=0.0)
+    mix: Literal["classmix", "cutmix", "cutout"] = "classmix"
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+
+
+Stage = Annotated[CACLStage | MaskContrastStage | RecoStage, Field(discriminator="method")]
+
+
+# ----------------------------------------------------------------------------- run-level sections
+
+
+class ScalingSection(Section):
+    """How many Ray Train workers, and what each one asks the cluster for."""
+
+    num_workers: int = Field(2, ge=0, description="0: run the loop in the driver (local mode)")
+    min_workers: int | None = Field(None, ge=1, description="elastic lower bound")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, ge=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    mixed_precision: bool = Field(True, description="bf16 autocast + channels_last on GPU")
+
+
+class StorageSection(Section):
+    """Where runs are written and how they are checkpointed."""
+
+    path: str = "./runs"
+    name: str | None = Field(None, description="default: <recipe name>-<timestamp>")
+    checkpoint_every: int = Field(50, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=-1)
+    log_every: int = Field(1, ge=1)
+
+
+class EvalSection(Section):
+    """The evaluation `cseg pretrain` runs at the end (CONTRACTS.md §3)."""
+
+    data: str
+    num_classes: int = Field(ge=2)
+    protocols: list[Literal["linear-probe", "kmeans", "maskcontrast-kmeans"]] = Field(
+        default_factory=lambda: ["linear-probe", "kmeans"]
+    )
+    baseline: Literal["random"] | None = None
+    image_size: int = Field(64, ge=16)
+    probe_steps: int = Field(300, ge=1)
+    probe_lr: float = Field(0.01, gt=0)
+    max_train_images: int | None = Field(None, ge=1)
+
+
+class TuneSection(Section):
+    """Defaults that `cseg tune` uses when a space file does not say."""
+
+    metric: str = "val_miou"
+    mode: Literal["max", "min"] = "max"
+
+
+class Recipe(Section):
+    """A whole recipe: one `cseg pretrain` run."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    stages: list[Stage] = Field(min_length=1)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    eval: EvalSection | None = None
+    tune: TuneSection = Field(default_factory=TuneSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        names = [stage.name for stage in self.stages]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"stage names must be unique; give each a `name` ({duplicated})")
+        global_workers = max(self.scaling.num_workers, 1)
+        for stage in self.stages:
+            if isinstance(stage, MaskContrastStage) and stage.queue_size:
+                global_batch = stage.data.batch_size * global_workers
+                if stage.queue_size % global_batch:
+                    raise ValueError(
+                        f"stages.{stage.name}.queue_size={stage.queue_size} must be a multiple "
+                        f"of the global batch {global_batch} (batch_size x num_workers)"
+                    )
+        return self
+
+    def optim_for(self, stage: StageBase) -> OptimSection:
+        """The optimiser settings of `stage` (its own, else the recipe's)."""
+        return stage.optim or self.optim
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped with the package, e.g. `quickstart`, `cacl/debug`."""
+    root = importlib.resources.files("raycseg.recipes")
+    names = []
+    for entry in _walk(root):
+        rel = entry[0]
+        if rel.endswith(RECIPE_SUFFIX) and not rel.startswith(("clusters/", "tune/")):
+            names.append(rel[: -len(RECIPE_SUFFIX)])
+    return sorted(names)
+
+
+def shipped_files(folder: str = "") -> list[str]:
+    """Relative paths of every shipped YAML file under `folder` (e.g. `tune`)."""
+    root = importlib.resources.files("raycseg.recipes")
+    return sorted(
+        rel for rel, _ in _walk(root) if rel.endswith(RECIPE_SUFFIX) and rel.startswith(folder)
+    )
+
+
+def _walk(node, prefix: str = ""):
+    for child in node.iterdir():
+        rel = f"{prefix}{child.name}"
+        if child.is_dir():
+            if not child.name.startswith(("_", ".")):
+                yield from _walk(child, rel + "/")
+        else:
+            yield rel, child
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """Resolve a file path or a shipped recipe name (`quickstart`, `cacl/debug`)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    name = str(name_or_path).removeprefix("recipes/").removesuffix(RECIPE_SUFFIX)
+    shipped = importlib.resources.files("raycseg.recipes").joinpath(name + RECIPE_SUFFIX)
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise RecipeError(
+        f"no recipe file or shipped recipe named {str(name_or_path)!r}; "
+        "list shipped recipes with `cseg recipes ls`"
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning syntax errors into a one-line RecipeError."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}: invalid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe sections at the top level")
+    return data
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a raw recipe dict.
+
+    Stages are addressed by name (`stages.cacl.lambda_cycle`) or index
+    (`stages.0.steps`). Unknown keys are set anyway, so that validation
+    reports them with their path alongside every other error.
+    """
+    if isinstance(overrides, dict):
+        pairs = list(overrides.items())
+    else:
+        pairs = []
+        for item in overrides:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                raise RecipeError(f"override {item!r} is not key=value, e.g. stages.cacl.steps=100")
+            pairs.append((key.strip(), yaml.safe_load(text) if text.strip() else None))
+    for key, value in pairs:
+        _set_path(raw, key, value)
+    return raw
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        if depth == 0 and part == "stages":
+            node = raw.setdefault("stages", [])
+            continue
+        if isinstance(node, list):
+            node = node[_stage_index(node, part, dotted)]
+            continue
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        raise RecipeError(f"override {dotted}: name a stage field, e.g. stages.cacl.steps")
+    node[last] = value
+
+
+def _stage_index(stages: list[Any], part: str, dotted: str) -> int:
+    if part.isdigit() and int(part) < len(stages):
+        return int(part)
+    for index, stage in enumerate(stages):
+        if isinstance(stage, dict) and (stage.get("name") or stage.get("method")) == part:
+            return index
+    known = [s.get("name") or s.get("method") for s in stages if isinstance(s, dict)]
+    raise RecipeError(f"override {dotted}: no stage named {part!r}; stages are {known}")
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a raw dict, raising one RecipeError that lists every problem with its path."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        problems = [f"{_error_path(raw, e['loc'])}: {_error_message(e)}" for e in error.errors()]
+        raise RecipeError(f"{source}: " + "; ".join(problems)) from None
+
+
+def _error_path(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """Turn a pydantic location into a dotted recipe path, naming stages by name."""
+    parts: list[str] = []
+    index = 0
+    while index < len(loc):
+        part = loc[index]
+        if parts == ["stages"] and isinstance(part, int):
+            stages = raw.get("stages") or []
+            stage = stages[part] if part < len(stages) and isinstance(stages[part], dict) else {}
+            parts.append(str(stage.get("name") or stage.get("method") or part))
+            # pydantic puts the discriminator tag (the method) after the index
+            if index + 1 < len(loc) and loc[index + 1] == stage.get("method"):
+                index += 1
+        else:
+            parts.append(str(part))
+        index += 1
+    return ".".join(parts) or "recipe"
+
+
+def _error_message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; `cseg recipes show` lists the schema)"
+    return error["msg"].removeprefix("Value error, ")
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    check_files: bool = True,
+) -> Recipe:
+    """Load, override and validate a recipe, then resolve its paths.
+
+    Args:
+        path: a YAML file or the name of a shipped recipe (`quickstart`, `cacl/debug`).
+        overrides: `a.b=value` strings (or a dict of dotted path -> value).
+        check_files: also report missing shard folders and checkpoints.
+
+    Returns:
+        The validated recipe with `data.root`, shard paths, checkpoints and
+        `storage.path` made absolute (URLs such as s3:// are kept as they are).
+
+    Raises:
+        RecipeError: listing every problem at once, each with its key path.
+    """
+    file = find_recipe(path)
+    raw = apply_overrides(read_yaml(file), overrides or [])
+    recipe = validate_recipe(raw, source=str(path))
+    resolve_paths(recipe)
+    if check_files:
+        missing = missing_inputs(recipe)
+        if missing:
+            raise RecipeError(f"{path}: " + "; ".join(missing))
+    return recipe
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def is_url(path: str) -> bool:
+    """True for remote locations such as s3://bucket/key or gs://bucket/key."""
+    return "://" in path
+
+
+def resolve_paths(recipe: Recipe) -> None:
+    """Make every local path absolute: shard paths against `data.root`, others against cwd."""
+    root = (
+        recipe.data.root
+        if is_url(recipe.data.root)
+        else str(Path(recipe.data.root).expanduser().resolve())
+    )
+    recipe.data.root = root
+
+    def under_root(value: str | None) -> str | None:
+        if value is None or is_url(value) or Path(value).expanduser().is_absolute():
+            return (
+                None
+                if value is None
+                else (value if is_url(value) else str(Path(value).expanduser()))
+            )
+        return f"{root}/{value}" if is_url(root) else str(Path(root) / value)
+
+    def from_cwd(value: str | None) -> str | None:
+        if value is None or is_url(value):
+            return value
+        return str(Path(value).expanduser().resolve())
+
+    for stage in recipe.stages:
+        stage.data.train = under_root(stage.data.train)
+        stage.data.val = under_root(stage.data.val)
+        stage.data.unlabelled = under_root(stage.data.unlabelled)
+        stage.init_from = from_cwd(stage.init_from)
+    if recipe.eval is not None:
+        recipe.eval.data = under_root(recipe.eval.data)
+    recipe.model.init_from = from_cwd(recipe.model.init_from)
+    recipe.storage.path = from_cwd(recipe.storage.path)
+
+
+def synthetic_dir(recipe: Recipe) -> str | None:
+    """The folder where the recipe's generated data lives, if it uses generated data."""
+    if recipe.data.synthetic is None:
+        return None
+    return f"{recipe.data.root}/{recipe.data.synthetic.name}"
+
+
+def missing_inputs(recipe: Recipe) -> list[str]:
+    """Problems with local input paths, each with its key path (generated data excepted)."""
+    generated = synthetic_dir(recipe)
+    problems = []
+
+    def check(key: str, value: str | None, fix: str) -> None:
+        if value is None or is_url(value) or (generated and value.startswith(generated)):
+            return
+        if not Path(value).exists():
+            problems.append(f"{key}: {value} does not exist; {fix}")
+
+    shards_fix = "build shards with `cseg shards build` (or `cseg shards synthetic`)"
+    for stage in recipe.stages:
+        for field in ("train", "val", "unlabelled"):
+            check(f"stages.{stage.name}.data.{field}", getattr(stage.data, field), shards_fix)
+        check(f"stages.{stage.name}.init_from", stage.init_from, "give an existing checkpoint file")
+    if recipe.eval is not None:
+        check("eval.data", recipe.eval.data, shards_fix)
+    check("model.init_from", recipe.model.init_from, "give an existing checkpoint file")
+    return problems
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what `--print-config` shows and runs store)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
