@@ -1,0 +1,139 @@
+"""CACL: two frames of one video through one backbone and three dense heads.
+
+Spec: docs/methods/cacl.md. Per step, with B videos per worker and W workers:
+
+    view_a, view_b  uint8 [B, 3, H, W]   two frames of each video (or two views of one image)
+    backbone        -> [2B, C, h, w]
+    global head u   -> pooled g [B, D], gathered to [W·B, D] with gradient (negatives = other videos)
+    pixel head p    -> [B, D, N]; negatives: K pixels of *other* videos of the global batch
+                       (gathered without gradient), plus an optional FIFO queue
+    cycle head c    -> [B, D, N]; the walk stays within each video pair
+
+The loss functions do no communication; this module gathers before calling them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import CACLStage, DataSection, ModelSection
+from ..data.pipeline import build_pair_loader
+from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank
+from ..losses.cacl import CACLLoss
+from ..models import DenseHead, build_backbone, normalize_images
+from .common import training_urls
+
+
+class CACL(nn.Module):
+    """Backbone + global, pixel and cycle heads, trained with `CACLLoss`."""
+
+    def __init__(self, stage: CACLStage, model: ModelSection):
+        super().__init__()
+        self.backbone = build_backbone(
+            model.backbone,
+            output_stride=model.output_stride,
+            width=model.width,
+            init_from=model.init_from,
+        )
+        channels = self.backbone.out_channels
+        self.global_head = DenseHead(channels, stage.head_dim)
+        self.pixel_head = DenseHead(channels, stage.head_dim)
+        self.cycle_head = DenseHead(channels, stage.head_dim)
+        self.criterion = CACLLoss(
+            lambda_global=stage.lambda_global,
+            lambda_pixel=stage.lambda_pixel,
+            lambda_cycle=stage.lambda_cycle,
+            temperature_global=stage.temperature_global,
+            temperature_pixel=stage.temperature_pixel,
+            temperature_cycle=stage.temperature_cycle,
+            edge_dropout=stage.cycle_edge_dropout,
+        )
+        self.num_pixel_negatives = stage.num_pixel_negatives if stage.lambda_pixel > 0 else 0
+        self.queue_size = stage.queue_size if self.num_pixel_negatives else 0
+        self.register_buffer(
+            "queue", nn.functional.normalize(torch.randn(self.queue_size, stage.head_dim), dim=1)
+        )
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        """One training step's loss. Returns {"loss": 0-dim tensor, "terms": {name: 0-dim tensor}}."""
+        views = normalize_images(torch.cat([batch["view_a"], batch["view_b"]]))
+        features = self.backbone(views)
+        u_a, u_b = _flatten(self.global_head(features)).chunk(2)
+        c_a, c_b = _flatten(self.cycle_head(features)).chunk(2)
+        p_a = p_b = negatives = None
+        if self.num_pixel_negatives:
+            p_a, p_b = _flatten(self.pixel_head(features)).chunk(2)
+            negatives = self._pixel_negatives(p_a, p_b)
+        g_a = all_gather_with_grad(u_a.mean(dim=2))
+        g_b = all_gather_with_grad(u_b.mean(dim=2))
+        total, terms = self.criterion(g_a, g_b, p_a, p_b, u_a, u_b, c_a, c_b, negatives)
+        return {"loss": total, "terms": terms}
+
+    @torch.no_grad()
+    def _pixel_negatives(self, p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor | None:
+        """K pixel vectors per video, drawn from the *other* videos of the global batch.
+
+        Returns [B, K + queue_size, D] (detached), or None when there is no other video
+        and no queue.
+        """
+        local = p_a.shape[0]
+        pool = all_gather_no_grad(torch.stack([p_a, p_b], dim=1))  # [W·B, 2, D, N]
+        videos, _, dim, pixels = pool.shape
+        parts = []
+        if videos > 1:
+            own = get_rank() * local + torch.arange(local, device=pool.device)
+            k = self.num_pixel_negatives
+            other = torch.randint(0, videos - 1, (local, k), device=pool.device)
+            other = other + (other >= own[:, None]).long()  # skip the video itself
+            frame = torch.randint(0, 2, (local, k), device=pool.device)
+            pixel = torch.randint(0, pixels, (local, k), device=pool.device)
+            parts.append(pool[other, frame, :, pixel])  # [B, K, D]
+        if self.queue_size:
+            parts.append(self.queue.clone().unsqueeze(0).expand(local, -1, -1))
+            self._enqueue(pool)
+        return torch.cat(parts, dim=1) if parts else None
+
+    def _enqueue(self, pool: torch.Tensor) -> None:
+        """Push one random pixel of each frame of the global batch into the FIFO queue."""
+        videos, frames, dim, pixels = pool.shape
+        flat = pool.permute(0, 1, 3, 2).reshape(videos * frames, pixels, dim)
+        picked = flat[
+            torch.arange(flat.shape[0], device=pool.device),
+            torch.randint(0, pixels, (flat.shape[0],), device=pool.device),
+        ]
+        picked = nn.functional.normalize(picked[: self.queue_size], dim=1)
+        start = int(self.queue_pointer)
+        index = (start + torch.arange(picked.shape[0], device=pool.device)) % self.queue_size
+        self.queue[index] = picked.to(self.queue.dtype)
+        self.queue_pointer.fill_((start + picked.shape[0]) % self.queue_size)
+
+
+def _flatten(maps: torch.Tensor) -> torch.Tensor:
+    """[B, D, h, w] -> [B, D, h·w]."""
+    return maps.flatten(2)
+
+
+def build_cacl_loader(
+    stage: CACLStage, data: DataSection, *, seed: int, rank: int, world_size: int, start_batch: int
+):
+    """The stage's training stream: pairs of frames (video mode) or of views (image mode)."""
+    urls, samples_per_rank = training_urls(stage.data, world_size)
+    return build_pair_loader(
+        urls,
+        mode=stage.mode,
+        batch_size=stage.data.batch_size,
+        image_size=stage.data.image_size,
+        frame_gap_s=stage.data.frame_gap_s,
+        crop_scale=stage.data.crop_scale,
+        color_jitter=stage.data.color_jitter,
+        hue_full_range=stage.data.hue_full_range,
+        grayscale_p=stage.data.grayscale_p,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=data.loader_workers,
+        samples_per_rank=samples_per_rank,
+        start_batch=start_batch,
+    )

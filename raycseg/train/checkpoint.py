@@ -1,0 +1,103 @@
+"""Checkpoint files and the run's `metrics.jsonl` (CONTRACTS.md §2).
+
+A checkpoint is a directory holding `state.pt`, a plain dict saved with
+`torch.save` and read back with `weights_only=True`:
+
+    format        "raycseg"
+    backbone      backbone state_dict (what `init_from` and `cseg eval` read)
+    model         the whole method's state_dict (backbone + heads + EMA copies)
+    optimizer     optimizer state_dict
+    step          global step of the last finished optimizer step (counts on across stages)
+    stage         stage name
+    stage_step    steps finished within the stage
+    data_position batches the rank-0 loader had produced
+    recipe        the resolved recipe (plain dict)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+CHECKPOINT_FORMAT = "raycseg"
+
+
+def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` to `directory/state.pt` via a temporary name and a rename."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / STATE_FILE
+    partial = directory / (STATE_FILE + ".partial")
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, partial)
+    os.replace(partial, target)
+    return target
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint's state (a directory holding state.pt, or the file itself)."""
+    path = Path(path)
+    file = path / STATE_FILE if path.is_dir() else path
+    return torch.load(file, map_location=map_location, weights_only=True)
+
+
+def load_ray_checkpoint(checkpoint, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read the state out of a `ray.train.Checkpoint` (local or remote storage)."""
+    with checkpoint.as_directory() as directory:
+        return load_state(directory, map_location)
+
+
+def new_checkpoint_dir() -> Path:
+    """A fresh temporary directory for rank 0 to fill before reporting it to Ray."""
+    return Path(tempfile.mkdtemp(prefix="raycseg-ckpt-"))
+
+
+class MetricsLog:
+    """The run's `metrics.jsonl`: one JSON object per logged optimizer step.
+
+    Only rank 0 writes it. On resume, `truncate_after(step)` first drops the
+    lines past the restored checkpoint, so that every step appears exactly once.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def truncate_after(self, last_step: int) -> int:
+        """Keep only lines with `step <= last_step` (atomic rewrite); return how many were dropped."""
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError):
+                dropped += 1  # a line cut short by a crash
+                continue
+            if step <= last_step:
+                kept.append(line)
+            else:
+                dropped += 1
+        partial = self.path.with_suffix(".jsonl.partial")
+        partial.write_text("".join(line + "\n" for line in kept))
+        os.replace(partial, self.path)
+        return dropped
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record and flush it to disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records, in file order."""
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,308 @@
+"""The driver: one Ray Train `TorchTrainer` run per stage, in recipe order.
+
+Run directory (CONTRACTS.md §2), `<storage.path>/<name>/`:
+
+    config.yaml      the resolved recipe
+    metrics.jsonl    one line per logged step (rank 0 writes it)
+    workers.jsonl    which process ran which rank
+    <stage>/         Ray Train's run folder for that stage: its checkpoints
+    stages.json      finished stages and their final checkpoints (for resume)
+    eval.json        after evaluation
+
+Running again with the same name and storage resumes: finished stages are
+skipped, and Ray Train restores the unfinished stage from its latest
+registered checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as queue_module
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Recipe, recipe_to_yaml, synthetic_dir
+from ..errors import CsegError
+from .checkpoint import STATE_FILE
+
+STAGES_FILE = "stages.json"
+
+
+@dataclass
+class PretrainResult:
+    """What `run_pretrain` produced."""
+
+    run_dir: Path
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+    resumed: bool = False
+
+
+def choose_run_dir(recipe: Recipe, *, resume: bool = False, new: bool = False) -> tuple[Path, bool]:
+    """The run directory, and whether it resumes an earlier run.
+
+    A named run (`storage.name`) resumes when its folder exists; `new` picks a
+    fresh name instead. An unnamed run gets `<recipe name>-<timestamp>`;
+    `resume` then picks the latest earlier run of this recipe.
+    """
+    storage = Path(recipe.storage.path)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if recipe.storage.name and not new:
+        run_dir = storage / recipe.storage.name
+        exists = (run_dir / "config.yaml").exists()
+        if resume and not exists:
+            raise CsegError(f"nothing to resume at {run_dir}; drop --resume to start this run")
+        return run_dir, exists
+    if resume:
+        earlier = sorted(
+            storage.glob(f"{recipe.name}-*/config.yaml"), key=lambda p: p.stat().st_mtime
+        )
+        if not earlier:
+            raise CsegError(
+                f"nothing to resume: no run of {recipe.name!r} under {storage}; drop --resume"
+            )
+        return earlier[-1].parent, True
+    base = recipe.storage.name or recipe.name
+    run_dir = storage / f"{base}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = storage / f"{base}-{stamp}-{suffix}"
+    return run_dir, False
+
+
+def prepare_data(recipe: Recipe, on_message: Callable[[str], None] = lambda _: None) -> None:
+    """Build the recipe's generated shards if it uses generated data and they are absent."""
+    target = synthetic_dir(recipe)
+    if target is None:
+        return
+    spec = recipe.data.synthetic.model_dump(exclude={"name"})
+    spec_file = Path(target) / "spec.json"
+    if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
+        return
+    from ..data.synthetic import build_synthetic
+
+    on_message(f"building generated data in {target} (once; cached)")
+    started = time.perf_counter()
+    build_synthetic(Path(target), overwrite=True, **spec)
+    _write_atomic(spec_file, json.dumps(spec))
+    on_message(f"generated data ready in {time.perf_counter() - started:.0f} s")
+
+
+def run_pretrain(
+    recipe: Recipe,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    new: bool = False,
+    on_metrics: Callable[[dict[str, Any]], None] | None = None,
+    on_message: Callable[[str], None] = lambda _: None,
+) -> PretrainResult:
+    """Run every stage of `recipe` on Ray Train, then its eval section.
+
+    Args:
+        recipe: a validated recipe (`load_recipe`).
+        address: a Ray cluster to join; None starts local Ray (unless RAY_ADDRESS is set).
+        resume: require an earlier run to continue (error if none).
+        new: start afresh under a new name even if the named run exists.
+        on_metrics: called in the driver with every metrics record rank 0 logs.
+        on_message: called with progress messages for the user.
+    """
+    run_dir, resumed = choose_run_dir(recipe, resume=resume, new=new)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "config.yaml", recipe_to_yaml(recipe))
+    on_message(f"{'resuming' if resumed else 'run'} {run_dir}")
+    prepare_data(recipe, on_message)
+
+    result = PretrainResult(run_dir=run_dir, resumed=resumed)
+    result.checkpoints = run_stages(
+        recipe, run_dir, address=address, on_metrics=on_metrics, on_message=on_message
+    )
+    if recipe.eval is not None:
+        from ..eval.run import evaluate_checkpoint
+
+        on_message("evaluating the pretrained backbone")
+        final_checkpoint = result.checkpoints[recipe.stages[-1].name]
+        result.eval = evaluate_checkpoint(
+            final_checkpoint, recipe, run_dir=run_dir, on_message=on_message
+        )
+    return result
+
+
+def run_stages(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    trainer_callbacks: list | None = None,
+    on_metrics: Callable[[dict[str, Any]], None] | None = None,
+    on_message: Callable[[str], None] = lambda _: None,
+) -> dict[str, str]:
+    """Fit the recipe's stages in order, each from the previous stage's checkpoint.
+
+    Stages listed as finished in `run_dir/stages.json` are skipped, so calling
+    this again on the same `run_dir` resumes. `trainer_callbacks` go to every
+    stage's `ray.train.RunConfig` (a Tune trial passes `TuneReportCallback`).
+
+    Returns:
+        stage name -> path of the stage's final checkpoint state file.
+    """
+    finished = _read_stages(run_dir)
+    checkpoints: dict[str, str] = {}
+    previous_checkpoint = None
+    step_offset = 0
+    for index, stage in enumerate(recipe.stages):
+        if stage.name in finished:
+            previous_checkpoint = finished[stage.name]["checkpoint"]
+            on_message(f"stage {stage.name}: already finished, skipping")
+        else:
+            previous_checkpoint = _run_stage(
+                recipe,
+                index,
+                step_offset,
+                run_dir,
+                previous_checkpoint,
+                address,
+                trainer_callbacks or [],
+                on_metrics,
+                on_message,
+            )
+            finished[stage.name] = {
+                "checkpoint": previous_checkpoint,
+                "last_step": step_offset + stage.steps,
+            }
+            _write_atomic(run_dir / STAGES_FILE, json.dumps(finished, indent=2))
+        checkpoints[stage.name] = previous_checkpoint
+        step_offset += stage.steps
+    return checkpoints
+
+
+def _run_stage(
+    recipe, index, step_offset, run_dir, init_from, address, callbacks, on_metrics, on_message
+) -> str:
+    """Fit one stage with a TorchTrainer; return the path of its final checkpoint's state file."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .worker import train_loop_per_worker
+
+    stage = recipe.stages[index]
+    scaling = recipe.scaling
+    local_mode = scaling.num_workers == 0
+    progress = None
+    if not local_mode:
+        start_ray(address, scaling)
+    if not local_mode and on_metrics is not None:
+        from ray.util.queue import Queue
+
+        progress = Queue(actor_options={"num_cpus": 0})
+    on_message(
+        f"stage {stage.name}: {stage.steps} steps on {max(scaling.num_workers, 1)} worker(s)"
+    )
+    config = {
+        "recipe": recipe.model_dump(mode="json"),
+        "stage_index": index,
+        "step_offset": step_offset,
+        "run_dir": str(run_dir),
+        "init_from": init_from,
+        "progress_queue": progress,
+    }
+    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    if scaling.use_gpu:
+        resources.setdefault("GPU", 1)
+    workers = (
+        scaling.num_workers
+        if scaling.min_workers is None
+        else (scaling.min_workers, scaling.num_workers)
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=stage.name,
+            storage_path=str(run_dir),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.storage.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=recipe.storage.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+    with _streamed(progress, on_metrics):
+        outcome = trainer.fit()
+    summary = outcome.return_value or {}
+    if summary.get("error"):
+        raise CsegError(summary["error"])
+    if outcome.checkpoint is None:
+        raise CsegError(f"stage {stage.name} finished without a checkpoint; see the Ray logs above")
+    return str(Path(outcome.checkpoint.path) / STATE_FILE)
+
+
+def start_ray(address: str | None, scaling) -> None:
+    """Join `address` (or RAY_ADDRESS), else start local Ray with this machine's CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    logging_config = ray.LoggingConfig(log_level="WARNING")
+    if address:
+        ray.init(address=address, logging_config=logging_config)
+        return
+    needed = scaling.num_workers * scaling.cpus_per_worker
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
+        dashboard_host="127.0.0.1",
+        logging_config=logging_config,
+    )
+
+
+class _streamed:
+    """Drain the workers' metrics queue into `on_metrics` in a thread while fit() runs."""
+
+    def __init__(self, progress, on_metrics):
+        self.progress, self.on_metrics = progress, on_metrics
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+
+    def __enter__(self):
+        if self.progress is not None and self.on_metrics is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+        return False
+
+    def _drain(self):
+        while True:
+            try:
+                record = self.progress.get(timeout=0.5)
+            except (queue_module.Empty, Exception):  # ray's Empty subclasses queue.Empty
+                if self.stop.is_set():
+                    return
+                continue
+            self.on_metrics(record)
+
+
+def _read_stages(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STAGES_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)

@@ -1,0 +1,270 @@
+"""`train_loop_per_worker`: THE training loop, run by every Ray Train worker.
+
+It reads top to bottom as the recipe: context and seed, model, optimizer and
+schedules, resume, data, the loop, the end of the stage. One call trains one
+stage; the driver (`launch.py`) runs the stages in order.
+
+`config` (built by the driver) holds:
+    recipe          the resolved recipe as a plain dict
+    stage_index     which stage to train
+    step_offset     global steps finished by earlier stages (`step` counts on across stages)
+    run_dir         the run directory (rank 0 writes metrics.jsonl there)
+    init_from       checkpoint of the previous stage (a path), or None
+    progress_queue  a `ray.util.queue.Queue` that streams metrics to the driver, or None
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from ..config import OptimSection, Recipe
+from ..methods import build_method, build_stage_loader
+from ..models import load_backbone_weights
+from .checkpoint import MetricsLog, load_ray_checkpoint, new_checkpoint_dir, save_state
+from .schedules import build_lr_schedule
+
+METRICS_FILE = "metrics.jsonl"
+WORKERS_FILE = "workers.jsonl"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Train one stage of a recipe on this worker. Returns rank 0's summary."""
+    # 1. Context and seed -------------------------------------------------------------
+    recipe = Recipe.model_validate(config["recipe"])
+    stage = recipe.stages[config["stage_index"]]
+    step_offset = config["step_offset"]
+    run_dir = Path(config["run_dir"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    use_amp = device.type == "cuda" and recipe.scaling.mixed_precision
+    torch.manual_seed(recipe.seed)  # same initial weights on every rank and in the random baseline
+    _record_worker(run_dir, stage.name, rank, world_size)
+
+    # 2. Model --------------------------------------------------------------------------
+    method = build_method(stage, recipe.model)
+    init_from = config.get("init_from") or stage.init_from
+    if init_from:
+        load_backbone_weights(method.backbone, init_from)
+    if use_amp:
+        method = method.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(
+        method, parallel_strategy="ddp" if world_size > 1 else None
+    )
+
+    # 3. Optimizer and per-step schedules ------------------------------------------------
+    optim = recipe.optim_for(stage)
+    optimizer = build_optimizer(method, optim)
+    lr_schedule = build_lr_schedule(optim, stage.steps)
+
+    # 4. Resume from the latest registered checkpoint ------------------------------------
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_ray_checkpoint(checkpoint, map_location=device)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = state["stage_step"]
+    metrics_log = MetricsLog(run_dir / METRICS_FILE)
+    if rank == 0:
+        metrics_log.truncate_after(step_offset + start_step)  # every step exactly once
+    torch.manual_seed(recipe.seed + 7919 * rank + start_step)  # per-rank sampling noise
+
+    # 5. Data: split by rank, then by loader worker --------------------------------------
+    loader = build_stage_loader(
+        stage,
+        recipe.data,
+        seed=recipe.seed,
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_step,
+    )
+    batches = iter(loader)
+
+    # 6. The loop ------------------------------------------------------------------------
+    model.train()
+    skipped_corrupt = 0
+    window_start, window_samples = time.perf_counter(), 0
+    last_metrics: dict[str, Any] = {}
+    for stage_step in range(start_step, stage.steps):
+        batch = {
+            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in next(batches).items()
+        }
+        skipped_corrupt += int(batch.pop("skipped_corrupt", 0))
+        for group in optimizer.param_groups:
+            group["lr"] = float(lr_schedule[stage_step])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            output = model(batch)
+        loss, terms = output["loss"], output["terms"]
+        if not _all_finite(loss, device):
+            return _stop_non_finite(stage.name, step_offset + stage_step + 1, terms, rank)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), optim.grad_clip)
+        optimizer.step()
+        if hasattr(method, "after_step"):
+            method.after_step(stage_step)
+        window_samples += _batch_size(batch)
+
+        step = step_offset + stage_step + 1
+        last = stage_step + 1 == stage.steps
+        save_now = last or (stage_step + 1) % recipe.storage.checkpoint_every == 0
+        if not (save_now or (stage_step + 1) % recipe.storage.log_every == 0):
+            continue
+        elapsed = time.perf_counter() - window_start
+        values = _mean_over_ranks([loss.detach(), *[t.detach() for t in terms.values()]], device)
+        metrics = {
+            "stage": stage.name,
+            "step": step,
+            "loss": values[0],
+            **{f"loss_{name}": value for name, value in zip(terms, values[1:], strict=True)},
+            "lr": float(lr_schedule[stage_step]),
+            "samples_per_s": window_samples * world_size / max(elapsed, 1e-9),
+            "skipped_corrupt": int(_sum_over_ranks(skipped_corrupt, device)),
+        }
+        if stage.val_every and ((stage_step + 1) % stage.val_every == 0 or last):
+            metrics.update(_validate(method, stage, recipe, device, rank))
+        window_start, window_samples = time.perf_counter(), 0
+        last_metrics = metrics
+        _report(
+            metrics,
+            method,
+            optimizer,
+            recipe,
+            stage.name,
+            stage_step + 1,
+            rank,
+            save_now,
+            metrics_log,
+            config,
+        )
+
+    # 7. End of the stage --------------------------------------------------------------
+    return {"stage": stage.name, "step": step_offset + stage.steps, "metrics": last_metrics}
+
+
+def build_optimizer(module: torch.nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
+    """SGD (with momentum, optional Nesterov), Adam or AdamW over the trainable parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=optim.lr,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov,
+            weight_decay=optim.weight_decay,
+        )
+    kind = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+def _report(
+    metrics, method, optimizer, recipe, stage_name, stage_step, rank, save_now, metrics_log, config
+) -> None:
+    """Every rank reports (a barrier); rank 0 logs, streams and writes the checkpoint."""
+    checkpoint = None
+    directory = None
+    if rank == 0:
+        metrics_log.append(metrics)
+        queue = config.get("progress_queue")
+        if queue is not None:
+            queue.put_nowait(metrics)
+        if save_now:
+            directory = new_checkpoint_dir()
+            save_state(
+                directory,
+                {
+                    "backbone": method.backbone.state_dict(),
+                    "model": method.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": metrics["step"],
+                    "stage": stage_name,
+                    "stage_step": stage_step,
+                    "data_position": stage_step,
+                    "recipe": recipe.model_dump(mode="json"),
+                },
+            )
+            checkpoint = ray.train.Checkpoint.from_directory(str(directory))
+    ray.train.report(metrics, checkpoint=checkpoint)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _validate(method, stage, recipe, device, rank) -> dict[str, float]:
+    """The stage's periodic validation metric (rank 0 computes; others wait at the report)."""
+    if rank != 0 or stage.data.val is None:
+        return {}
+    from ..eval.run import validation_miou  # noqa: PLC0415 (eval is heavy; only when asked)
+
+    was_training = method.training
+    method.eval()
+    with torch.no_grad():
+        metrics = validation_miou(method, stage, recipe, device)
+    method.train(was_training)
+    return metrics
+
+
+def _all_finite(loss: torch.Tensor, device: torch.device) -> bool:
+    """True when the loss is finite on every rank (so all ranks stop together)."""
+    flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _stop_non_finite(
+    stage_name: str, step: int, terms: dict[str, torch.Tensor], rank: int
+) -> dict[str, Any]:
+    values = ", ".join(f"loss_{k}={float(v):.4g}" for k, v in terms.items())
+    message = (
+        f"stage {stage_name}: the loss became non-finite at step {step} ({values}); "
+        "lower optim.lr, keep optim.grad_clip on, or resume from the last checkpoint"
+    )
+    return {"stage": stage_name, "step": step, "error": message}
+
+
+def _mean_over_ranks(values: list[torch.Tensor], device: torch.device) -> list[float]:
+    stacked = torch.stack([v.float() for v in values]).to(device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return stacked.tolist()
+
+
+def _sum_over_ranks(value: int, device: torch.device) -> int:
+    total = torch.tensor([value], dtype=torch.long, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+    return int(total.item())
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    first = next(v for v in batch.values() if torch.is_tensor(v))
+    return int(first.shape[0])
+
+
+def _record_worker(run_dir: Path, stage_name: str, rank: int, world_size: int) -> None:
+    """Append which process is which rank (for operators, and for the fault-injection test)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stage": stage_name,
+        "rank": rank,
+        "world_size": world_size,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    with (run_dir / WORKERS_FILE).open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
