@@ -1,0 +1,129 @@
+"""Recipe schema, overrides and error reporting (raycseg.config)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from raycseg.config import (
+    CACLStage,
+    RecoStage,
+    apply_overrides,
+    load_recipe,
+    recipe_to_yaml,
+    shipped_recipes,
+)
+from raycseg.errors import RecipeError
+
+
+def write_recipe(tmp_path, **changes):
+    raw = {
+        "name": "t",
+        "data": {"root": str(tmp_path / "data")},
+        "stages": [
+            {"method": "cacl", "steps": 10, "data": {"train": "video"}},
+            {"method": "reco", "steps": 5, "num_classes": 3, "data": {"train": "seg"}},
+        ],
+    }
+    raw.update(changes)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_overrides_are_typed_by_the_schema_and_address_stages_by_name(tmp_path):
+    recipe = load_recipe(
+        write_recipe(tmp_path),
+        [
+            "stages.cacl.lambda_cycle=0.3",
+            "stages.reco.strong_threshold=0.9",
+            "stages.1.steps=7",
+            "optim.lr=1e-3",
+        ],
+        check_files=False,
+    )
+    cacl, reco = recipe.stages
+    assert isinstance(cacl, CACLStage) and isinstance(reco, RecoStage)
+    assert cacl.lambda_cycle == pytest.approx(0.3)
+    assert reco.strong_threshold == pytest.approx(0.9) and reco.steps == 7
+    assert recipe.optim.lr == pytest.approx(1e-3)
+    assert [s.name for s in recipe.stages] == ["cacl", "reco"]
+
+
+def test_every_problem_is_reported_at_once_with_its_path(tmp_path):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(
+            write_recipe(tmp_path),
+            [
+                "stages.cacl.lambda_cyle=0.3",
+                "stages.cacl.data.batch_size=many",
+                "scaling.num_workers=-1",
+            ],
+            check_files=False,
+        )
+    message = str(caught.value)
+    assert "stages.cacl.lambda_cyle: unknown key" in message
+    assert "stages.cacl.data.batch_size" in message
+    assert "scaling.num_workers" in message
+    assert "\n" not in message
+
+
+def test_unknown_stage_and_malformed_override_are_errors(tmp_path):
+    path = write_recipe(tmp_path)
+    with pytest.raises(RecipeError, match="no stage named 'nope'"):
+        load_recipe(path, ["stages.nope.steps=3"], check_files=False)
+    with pytest.raises(RecipeError, match="not key=value"):
+        load_recipe(path, ["optim.lr"], check_files=False)
+
+
+def test_missing_inputs_are_reported_but_generated_data_is_not(tmp_path):
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(write_recipe(tmp_path))
+    assert "stages.cacl.data.train" in str(caught.value) and "cseg shards" in str(caught.value)
+    generated = write_recipe(
+        tmp_path,
+        data={"root": str(tmp_path / "data"), "synthetic": {"name": "gen"}},
+        stages=[{"method": "cacl", "steps": 1, "data": {"train": "gen/video"}}],
+    )
+    recipe = load_recipe(generated)
+    assert recipe.stages[0].data.train == str(tmp_path / "data" / "gen" / "video")
+
+
+def test_maskcontrast_queue_must_be_a_multiple_of_the_global_batch(tmp_path):
+    stage = {
+        "method": "maskcontrast",
+        "steps": 1,
+        "queue_size": 48,
+        "data": {"train": "s", "batch_size": 8},
+    }
+    path = write_recipe(tmp_path, stages=[stage], scaling={"num_workers": 4})
+    with pytest.raises(RecipeError, match="multiple of the global batch 32"):
+        load_recipe(path, check_files=False)
+    assert load_recipe(path, ["scaling.num_workers=3"], check_files=False).scaling.num_workers == 3
+
+
+def test_duplicate_stage_names_are_rejected(tmp_path):
+    stage = {"method": "cacl", "steps": 1, "data": {"train": "v"}}
+    with pytest.raises(RecipeError, match="unique"):
+        load_recipe(write_recipe(tmp_path, stages=[stage, stage]), check_files=False)
+
+
+def test_resolved_recipe_round_trips_through_yaml(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path), ["stages.cacl.lambda_pixel=0"], check_files=False)
+    again = tmp_path / "again.yaml"
+    again.write_text(recipe_to_yaml(recipe))
+    assert load_recipe(again, check_files=False) == recipe
+
+
+def test_apply_overrides_parses_yaml_values():
+    raw = apply_overrides(
+        {"stages": [{"method": "cacl"}]}, ["stages.cacl.data.frame_gap_s=[0.5, 1.0]", "seed=3"]
+    )
+    assert raw["stages"][0]["data"]["frame_gap_s"] == [0.5, 1.0] and raw["seed"] == 3
+
+
+def test_every_shipped_recipe_validates():
+    names = shipped_recipes()
+    assert "quickstart" in names and "cacl/debug" in names
+    for name in names:
+        load_recipe(name, check_files=False)
