@@ -147,7 +147,7 @@ def _describe_schema_error(error: Any) -> list[str]:
         unknown = [
             key
             for key in error.instance
-            if key not in allowed and not any(re.search(p, key) for p in patterns)
+            if key not in allowed and not any(re.search(p, str(key)) for p in patterns)
         ]
         problems = []
         for key in unknown:
