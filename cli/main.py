@@ -17,7 +17,7 @@ from rich.text import Text
 from raycseg import __version__
 from raycseg.errors import CsegError
 
-from . import recipes
+from . import bench, cluster, recipes
 from .console import err
 from .eval import evaluate
 from .pretrain import pretrain
@@ -31,6 +31,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(recipes.app, name="recipes")
+app.add_typer(bench.app, name="bench")
+app.add_typer(cluster.app, name="cluster")
 app.command("pretrain")(pretrain)
 app.command("eval")(evaluate)
 
