@@ -1,0 +1,340 @@
+"""Clustering evaluations: pixel k-means (CONTRACTS.md §3) and MaskContrast's
+prototype k-means (../shared/docs/methods/maskcontrast.md §6.2).
+
+Both are unsupervised: the labels never influence the clusters. Clusters are
+matched one-to-one to classes with the Hungarian algorithm on the whole split,
+then scored as in `raycseg.eval.metrics`. k-means and PCA whitening run in
+torch on the data's device (the GPU when the evaluation runs there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from raycseg.eval.features import Batch, frozen, iter_features, resize_labels_nearest
+from raycseg.eval.metrics import (
+    ProtocolSkipped,
+    confusion_matrix,
+    iou_matrix,
+    miou_from_confusion,
+)
+from raycseg.models.backbones import normalize_images
+
+KMEANS_SEED = 0
+KMEANS_RESTARTS = 5
+KMEANS_ITERS = 30
+MASKCONTRAST_SEEDS = (1234, 1235, 1236, 1237, 1238)
+MASKCONTRAST_KMEANS_ITERS = 100
+SALIENCY_LOGIT_THRESHOLD = 0.5
+
+
+@dataclass
+class KMeansResult:
+    """Centroids float [k, D], assignments long [N] and inertia (sum of squared distances)."""
+
+    centroids: torch.Tensor
+    assignments: torch.Tensor
+    inertia: float
+
+
+def _squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """‖x_n − c_j‖² for every pair: [N, D] × [k, D] → [N, k]."""
+    cross = x @ centroids.T
+    return ((x * x).sum(1, keepdim=True) - 2 * cross + (centroids * centroids).sum(1)).clamp_min(0)
+
+
+def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre drawn with probability ∝ squared distance."""
+    first = torch.randint(x.shape[0], (1,), generator=generator, device=x.device)
+    centroids = [x[first]]
+    closest = _squared_distances(x, centroids[0])[:, 0]
+    for _ in range(1, k):
+        weights = closest if float(closest.sum()) > 0 else torch.ones_like(closest)
+        chosen = torch.multinomial(weights, 1, generator=generator)
+        centroids.append(x[chosen])
+        closest = torch.minimum(closest, _squared_distances(x, centroids[-1])[:, 0])
+    return torch.cat(centroids)
+
+
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int) -> KMeansResult:
+    """At most `iters` assign/update rounds (stopping at a fixed point); empty clusters keep their centre."""
+    k = centroids.shape[0]
+    assignments = _squared_distances(x, centroids).argmin(1)
+    for _ in range(iters):
+        sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
+        counts = torch.bincount(assignments, minlength=k).unsqueeze(1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        updated = _squared_distances(x, centroids).argmin(1)
+        if torch.equal(updated, assignments):
+            break
+        assignments = updated
+    distances = _squared_distances(x, centroids)
+    inertia = float(distances.gather(1, assignments[:, None]).sum())
+    return KMeansResult(centroids, assignments, inertia)
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    restarts: int = KMEANS_RESTARTS,
+    iters: int = KMEANS_ITERS,
+    seed: int = KMEANS_SEED,
+) -> KMeansResult:
+    """k-means++ with restarts; the restart with the lowest inertia wins.
+
+    Args:
+        x: float [N, D] points (on any device; everything runs there).
+        k: clusters, 1 ≤ k ≤ N.
+        restarts: independent seedings.
+        iters: Lloyd rounds per restart (a fixed cap, so results are reproducible).
+        seed: seeds one generator on x's device shared by the restarts in order.
+
+    Returns:
+        The best `KMeansResult`.
+    """
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k-means needs 1 <= k <= N points, got k={k}, N={x.shape[0]}")
+    x = x.float()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    best = None
+    for _ in range(restarts):
+        result = _lloyd(x, _kmeans_plus_plus(x, k, generator), iters)
+        if best is None or result.inertia < best.inertia:
+            best = result
+    return best
+
+
+def hungarian_match(scores: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """One-to-one cluster → class mapping maximising the total score.
+
+    Args:
+        scores: square [C, C], rows = ground-truth classes, columns = cluster ids
+            (pixel counts of the confusion matrix, or IoUs).
+
+    Returns:
+        long [C]: ``mapping[cluster] = class``.
+    """
+    scores = torch.as_tensor(scores).detach().cpu().double().numpy()
+    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"Hungarian matching needs a square matrix, got {scores.shape}")
+    classes, clusters = linear_sum_assignment(scores, maximize=True)
+    mapping = torch.empty(scores.shape[1], dtype=torch.long)
+    mapping[torch.as_tensor(clusters)] = torch.as_tensor(classes, dtype=torch.long)
+    return mapping
+
+
+def remap_confusion(confusion: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """Confusion matrix after renaming each cluster column p to class ``mapping[p]``."""
+    remapped = torch.zeros_like(confusion)
+    return remapped.index_add_(1, mapping.to(confusion.device), confusion)
+
+
+def run_kmeans_protocol(
+    backbone: nn.Module,
+    val_batches: Iterable[Batch],
+    num_classes: int,
+    *,
+    device: str | torch.device,
+    seed: int = KMEANS_SEED,
+    restarts: int = KMEANS_RESTARTS,
+    iters: int = KMEANS_ITERS,
+    feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Pixel k-means on frozen features, pinned by CONTRACTS.md §3.
+
+    Features are L2-normalised per pixel (not mean-centred) at the feature grid;
+    labels are nearest-resized to it. K = num_classes; k-means++ with `restarts`
+    restarts, seed `seed` and at most `iters` rounds on every pixel; Hungarian
+    matching on the split's confusion matrix (pixel counts).
+
+    Returns:
+        ``{"miou", "per_class_iou", "seed"}``.
+
+    Raises:
+        ProtocolSkipped: fewer pixels than classes.
+    """
+    device = torch.device(device)
+    extract = backbone if feature_fn is None else feature_fn
+    pixels, pixel_labels = [], []
+    with frozen(backbone, device):
+        for features, labels in iter_features(extract, val_batches, device):
+            features = F.normalize(features, dim=1)
+            pixels.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))
+            pixel_labels.append(resize_labels_nearest(labels, features.shape[-2:]).reshape(-1))
+    if sum(p.shape[0] for p in pixels) < num_classes:
+        raise ProtocolSkipped(
+            f"k-means with K={num_classes} needs at least {num_classes} feature pixels"
+        )
+    result = kmeans(torch.cat(pixels), num_classes, restarts=restarts, iters=iters, seed=seed)
+    confusion = confusion_matrix(result.assignments, torch.cat(pixel_labels), num_classes)
+    miou, ious = miou_from_confusion(remap_confusion(confusion, hungarian_match(confusion)))
+    return {"miou": miou, "per_class_iou": ious, "seed": seed}
+
+
+EmbedFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _SalientPrototypes:
+    """Per image: a prototype, whether it has a salient pixel; per batch: masks and labels."""
+
+    prototypes: torch.Tensor  # float [N, D]
+    has_object: torch.Tensor  # bool [N]
+    masks: list[torch.Tensor]  # bool [B, H, W] at label resolution
+    labels: list[torch.Tensor]  # long [B, H, W]
+
+
+@torch.no_grad()
+def _collect_salient_prototypes(
+    embed_fn: EmbedFn, batches: Iterable[Batch], device: torch.device, threshold: float
+) -> _SalientPrototypes:
+    """Prototype = normalise(Σ_p e_p·g_p·[g_p > threshold]) at image resolution (§6.2 steps 1–2)."""
+    prototypes, masks, all_labels = [], [], []
+    for batch in batches:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True).long()
+        embeddings, saliency = embed_fn(normalize_images(images))
+        size = images.shape[-2:]
+        embeddings = F.interpolate(embeddings.float(), size, mode="bilinear", align_corners=False)
+        saliency = F.interpolate(
+            saliency[:, None].float(), size, mode="bilinear", align_corners=False
+        )[:, 0]
+        salient = saliency > threshold
+        weighted_sum = torch.einsum("bdhw,bhw->bd", embeddings, saliency * salient)
+        prototypes.append(F.normalize(weighted_sum, dim=1))
+        masks.append(resize_labels_nearest(salient.to(torch.uint8), labels.shape[-2:]).bool())
+        all_labels.append(labels)
+    if not prototypes:
+        raise ProtocolSkipped("maskcontrast-kmeans got no validation images")
+    has_object = torch.cat([mask.flatten(1).any(1) for mask in masks])
+    return _SalientPrototypes(torch.cat(prototypes), has_object, masks, all_labels)
+
+
+def pca_whiten(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, list[str]]:
+    """Project centred points onto their top principal axes, each scaled to unit variance.
+
+    Like scikit-learn's ``PCA(n_components=dim, whiten=True)``, except that the
+    component count is clamped to N − 1 (the rank of N centred points) and to
+    D, and components with zero variance are dropped; each clamp is reported.
+
+    Args:
+        x: float [N, D].
+        dim: requested components.
+
+    Returns:
+        (whitened float32 [N, m], notes): m ≤ dim, and one note per clamp.
+    """
+    count, features = x.shape
+    centred = x.double() - x.double().mean(0)
+    components = min(dim, count - 1, features)
+    notes = []
+    if components < dim:
+        notes.append(
+            f"PCA clamped to {components} components (asked {dim}): {count} images with a "
+            f"salient object span at most {count - 1} directions once centred, in {features}-d"
+        )
+    _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
+    variance = singular[:components] ** 2 / max(count - 1, 1)
+    keep = int((variance > variance.max().clamp_min(1e-300) * 1e-12).sum()) if components else 0
+    if keep < components:
+        notes.append(f"PCA dropped {components - keep} zero-variance components")
+    whitened = centred @ vh[:keep].T / variance[:keep].sqrt()
+    return whitened.float(), notes
+
+
+def run_maskcontrast_kmeans(
+    embed_fn: EmbedFn,
+    val_batches: Iterable[Batch],
+    num_classes: int,
+    *,
+    device: str | torch.device,
+    seeds: Sequence[int] = MASKCONTRAST_SEEDS,
+    pca_dim: int = 32,
+    saliency_threshold: float = SALIENCY_LOGIT_THRESHOLD,
+) -> dict:
+    """MaskContrast's official clustering protocol (maskcontrast.md §6.2).
+
+    One prototype per image from the raw embeddings weighted by the saliency
+    logit where it exceeds `saliency_threshold`; PCA whitening to `pca_dim`;
+    k-means with K − 1 clusters on the images that have a salient pixel; salient
+    pixels take cluster + 1, the rest background 0; Hungarian matching on the
+    split's IoU matrix (background takes part); mIoU averaged over `seeds`.
+
+    Args:
+        embed_fn: normalised images [B, 3, H, W] → (embeddings [B, D, h, w],
+            saliency logits [B, h, w]), e.g. a frozen `MaskContrastHead` in eval mode.
+        val_batches: labelled batches; class 0 must be the background.
+        num_classes: K, background included.
+        device: where everything runs.
+        seeds: one k-means seed per run.
+        pca_dim: whitened dimensions (clamped to the data, see `pca_whiten`).
+        saliency_threshold: logit threshold for salient pixels.
+
+    Returns:
+        ``{"miou", "per_class_iou", "seeds", "miou_per_seed", "notes"}``; the
+        per-class IoUs are averaged over the seeds where they are not null.
+
+    Raises:
+        ProtocolSkipped: fewer than K − 1 images with a salient pixel, or all
+            prototypes equal.
+    """
+    device = torch.device(device)
+    data = _collect_salient_prototypes(embed_fn, val_batches, device, saliency_threshold)
+    clusters = num_classes - 1
+    with_object = int(data.has_object.sum())
+    if clusters < 1 or with_object < clusters:
+        raise ProtocolSkipped(
+            f"maskcontrast-kmeans needs at least K-1 = {clusters} images with a salient "
+            f"pixel, found {with_object}"
+        )
+    whitened, notes = pca_whiten(data.prototypes[data.has_object], pca_dim)
+    if whitened.shape[1] == 0:
+        raise ProtocolSkipped("maskcontrast-kmeans: every image prototype is the same")
+    runs = [_score_prototype_clusters(data, whitened, num_classes, seed) for seed in seeds]
+    per_class = [
+        _mean_of_present(values) for values in zip(*(ious for _, ious in runs), strict=True)
+    ]
+    present = [iou for iou in per_class if iou is not None]
+    return {
+        "miou": sum(present) / len(present),
+        "per_class_iou": per_class,
+        "seeds": list(seeds),
+        "miou_per_seed": [miou for miou, _ in runs],
+        "notes": notes,
+    }
+
+
+def _score_prototype_clusters(
+    data: _SalientPrototypes, whitened: torch.Tensor, num_classes: int, seed: int
+) -> tuple[float, list[float | None]]:
+    """Cluster the prototypes with one seed, paint salient pixels, match by IoU, score."""
+    result = kmeans(
+        whitened,
+        num_classes - 1,
+        restarts=KMEANS_RESTARTS,
+        iters=MASKCONTRAST_KMEANS_ITERS,
+        seed=seed,
+    )
+    image_ids = torch.zeros(data.has_object.shape[0], dtype=torch.long, device=whitened.device)
+    image_ids[data.has_object] = result.assignments + 1
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=whitened.device)
+    start = 0
+    for masks, labels in zip(data.masks, data.labels, strict=True):
+        ids = image_ids[start : start + masks.shape[0]]
+        start += masks.shape[0]
+        confusion += confusion_matrix(masks.long() * ids[:, None, None], labels, num_classes)
+    mapping = hungarian_match(iou_matrix(confusion))
+    return miou_from_confusion(remap_confusion(confusion, mapping))
+
+
+def _mean_of_present(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
