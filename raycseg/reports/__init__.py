@@ -1,0 +1,22 @@
+"""Reports for run and experiment directories: `report.md`, a self-contained `report.html`, PNGs.
+
+`write_report(path)` picks the kind from the directory's contents (see
+`report.py`); `load_run` and `load_experiment` only read, never unpickle.
+"""
+
+from .experiment import ExperimentSummary, TrialSummary, load_experiment
+from .report import write_experiment_report, write_report, write_run_report
+from .run import ProtocolScore, RunSummary, StageSpan, load_run
+
+__all__ = [
+    "ExperimentSummary",
+    "ProtocolScore",
+    "RunSummary",
+    "StageSpan",
+    "TrialSummary",
+    "load_experiment",
+    "load_run",
+    "write_experiment_report",
+    "write_report",
+    "write_run_report",
+]

@@ -1,0 +1,96 @@
+"""`cseg report DIR`: write report.md, a self-contained report.html and PNG plots into DIR.
+
+DIR is a `cseg pretrain` run directory or a `cseg tune` experiment directory.
+Register it on the root app with `app.command("report")(report.report)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from raycseg.reports import ExperimentSummary, RunSummary, write_report
+from raycseg.reports.render import format_number, format_step
+from raycseg.reports.report import eval_rows, format_param, next_command, ranked_trials, stage_rows
+
+from .console import err, out
+
+
+def report(
+    path: Path = typer.Argument(..., help="A run directory (metrics.jsonl) or a Tune experiment."),
+    metric: str | None = typer.Option(
+        None, help="Experiments: the objective (default: the search's)."
+    ),
+    mode: str | None = typer.Option(None, help="Experiments: max or min (default: the search's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the report directory."),
+) -> None:
+    """Write a report (Markdown, self-contained HTML, PNG plots) for a run or a search."""
+    summary = write_report(path, metric=metric, mode=mode)
+    if quiet:
+        out.print(str(summary.path), markup=False, highlight=False)
+        return
+    for written in summary.files:
+        err.print(f"wrote {written}", markup=False, highlight=False)
+    print_summary(summary)
+
+
+def print_summary(summary: RunSummary | ExperimentSummary) -> None:
+    """Show a report's summary as rich tables on stdout."""
+    if isinstance(summary, ExperimentSummary):
+        _print_experiment(summary)
+    else:
+        _print_run(summary)
+    out.print(f"report: {summary.path / 'report.html'}", markup=False, highlight=False)
+
+
+def _print_experiment(summary: ExperimentSummary) -> None:
+    table = Table(title=f"{summary.path.name}: {summary.metric} ({summary.mode})")
+    columns = ["trial", "status", *summary.params, "final", "best", "step", "reports", "time (s)"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
+    for trial in ranked_trials(summary):
+        marker = " *" if trial is summary.best else ""
+        table.add_row(
+            trial.trial_id + marker,
+            trial.status,
+            *(format_param(trial.params.get(name, "-")) for name in summary.params),
+            format_number(trial.final_metric),
+            format_number(trial.best_metric),
+            format_step(trial.last_step),
+            str(trial.reports),
+            format_number(trial.time_total_s, 3),
+        )
+    out.print(table)
+    if summary.best is not None:
+        out.print(
+            f"best trial: {summary.best.trial_id} "
+            f"({summary.metric} = {format_number(summary.best.final_metric)})",
+            markup=False,
+        )
+    command = next_command(summary)
+    if command is not None:
+        out.print(f"next: {command}", markup=False, highlight=False)
+
+
+def _print_run(summary: RunSummary) -> None:
+    stages = Table(title=f"{summary.path.name}: stages")
+    for column in ("stage", "first step", "last step", "final loss", "median samples/s"):
+        stages.add_column(column, justify="left" if column == "stage" else "right")
+    for row in stage_rows(summary):
+        stages.add_row(*row)
+    out.print(stages)
+    if summary.evaluation:
+        scores = Table(title="evaluation (mIoU)")
+        for column in ("protocol", "pretrained", "random init", "gain"):
+            scores.add_column(column, justify="left" if column == "protocol" else "right")
+        for row in eval_rows(summary):
+            scores.add_row(*row)
+        out.print(scores)
+    if summary.skipped_corrupt:
+        out.print(f"corrupt samples skipped: {summary.skipped_corrupt}", markup=False)
+
+
+app = typer.Typer(add_completion=False)
+app.command()(report)

@@ -1,0 +1,206 @@
+"""Read a `cseg pretrain` run directory (CONTRACTS.md §2 and §3).
+
+RUN/
+  config.yaml     the resolved recipe
+  metrics.jsonl   one JSON object per logged optimizer step: stage, step (global
+                  to the run), loss, loss_<term>..., lr, samples_per_s,
+                  skipped_corrupt, and validation metrics (`val_*`) on some steps
+  eval.json       {"<protocol>": {"miou", "per_class_iou"}, ..., "baseline_random": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raycseg.errors import CsegError
+
+METRICS_FILE = "metrics.jsonl"
+BASELINE_KEY = "baseline_random"
+
+
+@dataclass(frozen=True)
+class StageSpan:
+    """The steps one stage covered in the run (inclusive)."""
+
+    name: str
+    first_step: float
+    last_step: float
+
+
+@dataclass(frozen=True)
+class ProtocolScore:
+    """One evaluation protocol: the pretrained backbone against the random baseline."""
+
+    protocol: str
+    miou: float | None
+    per_class_iou: list[float | None]
+    baseline_miou: float | None
+    baseline_per_class_iou: list[float | None]
+
+
+@dataclass
+class RunSummary:
+    """What a run report says.
+
+    Attributes:
+        path: The run directory.
+        config_text: `config.yaml` as written (empty when missing).
+        records: The rows of `metrics.jsonl`, sorted by step, one per step.
+        stages: Each stage's step span, in run order.
+        loss_terms: The `loss_<term>` keys present, sorted.
+        validation_keys: The `val*` metric keys present, sorted.
+        evaluation: The protocols in `eval.json`, in file order (empty without it).
+        eval_seed: The seed `eval.json` records, if any.
+        skipped_corrupt: Corrupt samples skipped over the run.
+        files: The files the report wrote (filled in by the writer).
+    """
+
+    path: Path
+    config_text: str
+    records: list[dict[str, Any]]
+    stages: list[StageSpan]
+    loss_terms: list[str]
+    validation_keys: list[str]
+    evaluation: list[ProtocolScore]
+    eval_seed: int | None
+    skipped_corrupt: int
+    files: list[Path] = field(default_factory=list)
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """The finite values of `key` against `step`, for plotting."""
+        steps, values = [], []
+        for record in self.records:
+            value = record.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if math.isfinite(value):
+                    steps.append(float(record["step"]))
+                    values.append(float(value))
+        return steps, values
+
+
+def is_run_dir(path: Path) -> bool:
+    """True when `path` holds a `metrics.jsonl`."""
+    return (path / METRICS_FILE).is_file()
+
+
+def load_run(path: Path) -> RunSummary:
+    """Read a pretrain run directory into a `RunSummary`.
+
+    Args:
+        path: The run directory.
+
+    Returns:
+        The summary; a step logged twice keeps its last record.
+
+    Raises:
+        CsegError: A line of `metrics.jsonl` or `eval.json` is not valid JSON.
+    """
+    records = _read_metrics(path / METRICS_FILE)
+    keys = {key for record in records for key in record}
+    config_file = path / "config.yaml"
+    evaluation, seed = _read_eval(path / "eval.json")
+    return RunSummary(
+        path=path,
+        config_text=config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
+        records=records,
+        stages=_stage_spans(records),
+        loss_terms=sorted(key for key in keys if key.startswith("loss_")),
+        validation_keys=sorted(key for key in keys if key.startswith("val")),
+        evaluation=evaluation,
+        eval_seed=seed,
+        skipped_corrupt=_skipped_total(records),
+    )
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    by_step: dict[float, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CsegError(
+                f"{path}:{number} is not JSON ({error.msg}); delete the broken line"
+            ) from error
+        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _stage_spans(records: list[dict[str, Any]]) -> list[StageSpan]:
+    spans: list[StageSpan] = []
+    for record in records:
+        name = str(record.get("stage", "train"))
+        step = float(record["step"])
+        if spans and spans[-1].name == name:
+            spans[-1] = StageSpan(name, spans[-1].first_step, step)
+        else:
+            spans.append(StageSpan(name, step, step))
+    return spans
+
+
+def _skipped_total(records: list[dict[str, Any]]) -> int:
+    """Total corrupt samples skipped over the run.
+
+    The worker logs `skipped_corrupt` as a counter that accumulates within a
+    stage and starts again from 0 at each stage and on resume. So the total is
+    the sum of each counter run's last value, where a run ends at a stage change
+    or when the counter drops.
+    """
+    total, previous_stage, previous_count = 0, None, 0
+    for record in records:
+        count = record.get("skipped_corrupt")
+        if not isinstance(count, int) or isinstance(count, bool):
+            continue
+        stage = record.get("stage")
+        if stage != previous_stage or count < previous_count:
+            total += previous_count
+        previous_stage, previous_count = stage, count
+    return total + previous_count
+
+
+def _read_eval(path: Path) -> tuple[list[ProtocolScore], int | None]:
+    if not path.is_file():
+        return [], None
+    try:
+        scores = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CsegError(f"{path} is not JSON ({error.msg}); re-run `cseg eval`") from error
+    baseline = scores.get(BASELINE_KEY) or {}
+    protocols = []
+    for name, result in scores.items():
+        if name == BASELINE_KEY or not isinstance(result, dict) or "miou" not in result:
+            continue
+        random = baseline.get(name) or {}
+        protocols.append(
+            ProtocolScore(
+                protocol=name,
+                miou=result.get("miou"),
+                per_class_iou=list(result.get("per_class_iou") or []),
+                baseline_miou=random.get("miou"),
+                baseline_per_class_iou=list(random.get("per_class_iou") or []),
+            )
+        )
+    return protocols, _find_seed(scores)
+
+
+def _find_seed(scores: dict[str, Any]) -> int | None:
+    if isinstance(scores.get("seed"), int):
+        return scores["seed"]
+    for result in scores.values():
+        if isinstance(result, dict) and isinstance(result.get("seed"), int):
+            return result["seed"]
+    return None
+
+
+def read_config(summary: RunSummary) -> dict[str, Any]:
+    """The resolved recipe as a mapping (empty when missing or not a mapping)."""
+    loaded = yaml.safe_load(summary.config_text) if summary.config_text else None
+    return loaded if isinstance(loaded, dict) else {}

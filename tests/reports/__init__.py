@@ -1,0 +1,1 @@
+"""Tests for raycseg.reports and `cseg report`."""
