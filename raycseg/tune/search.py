@@ -1,0 +1,380 @@
+"""`run_tune`: a Ray Tune search over a recipe, one Ray Train run per trial (RAY.md §1).
+
+Each trial is a light driver function (`make_trial_driver`): it applies the
+trial's sampled values to the base recipe, then fits every stage with
+`run_stages(..., trainer_callbacks=[TuneReportCallback()])`, so each report
+of rank 0 reaches Tune and the scheduler (ASHA acts on `step`, the global step
+the workers report, which survives a restore; `training_iteration` does not).
+
+Experiment directory, `<storage.path>/tune/<name>/`:
+
+    search.json      the plan: space, base recipe, overrides (for `--resume NAME`)
+    space.yaml       the space as searched (metric, mode and recipe resolved), for reports
+    runs/<trial_id>/ each trial's run directory (config.yaml, metrics.jsonl, stages)
+    <trial_id>/      Tune's own per-trial files (progress.csv, result.json)
+    trials.json      one summary per trial (status, final and best metric, step)
+    best.yaml        the best trial's full resolved recipe (`cseg pretrain best.yaml`)
+
+The same name and storage restore the experiment (`Tuner.restore`): unfinished
+and errored trials restart under their old trial ids, so each finds its run
+directory and Ray Train resumes it from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import Recipe, StorageSection, is_url, recipe_to_yaml, validate_recipe
+from ..errors import CsegError, RecipeError
+from .results import RUNS_DIR, TuneResult, summarise_results, write_atomic
+from .spaces import (
+    SEARCH_ALGORITHMS,
+    SearchPlan,
+    Space,
+    load_space,
+    to_param_space,
+    trial_recipe,
+)
+
+PLAN_FILE = "search.json"
+SPACE_FILE = "space.yaml"
+
+
+def run_tune(
+    space: str | Path | None,
+    *,
+    recipe: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    name: str | None = None,
+    storage_path: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    callbacks: list | None = None,
+    verbose: int = 1,
+    on_message: Callable[[str], None] = lambda _: None,
+) -> TuneResult:
+    """Run (or restore) a search, then summarise it and export the best recipe.
+
+    Args:
+        space: a space file or shipped space name; may be None when resuming by name.
+        recipe: a recipe that replaces the one the space names.
+        overrides: `key=value` overrides applied to every trial.
+        name: the experiment name (default `<space>-<timestamp>`); an existing
+            experiment of that name under the storage path is restored.
+        storage_path: where experiments live (default `<recipe storage.path>/tune`).
+        resume: require an experiment to restore (`name` may also be its directory).
+        address: a Ray cluster to join (default: RAY_ADDRESS, else a local Ray
+            started with the dashboard, which frees early-stopped trials' workers).
+        callbacks: extra `ray.tune.Callback`s (loggers such as MLflow); kept on restore.
+        verbose: Tune's verbosity (0 silences Tune's progress and worker logs).
+        on_message: called with progress messages for the user.
+
+    Raises:
+        RecipeError: a bad space, recipe or override (before Ray starts).
+        CsegError: `resume` with nothing to resume.
+    """
+    from ray import tune
+
+    experiment_dir, plan, restorable = _prepare_experiment(
+        space, recipe, overrides, name, storage_path, resume
+    )
+    _save_plan(plan, experiment_dir, fresh=not restorable)
+    on_message(f"{'restoring' if restorable else 'experiment'} {experiment_dir}")
+    from ..train.launch import prepare_data
+
+    prepare_data(plan.recipe, on_message)
+    _connect_ray(address, plan.recipe, verbose)
+
+    driver_resources, trial_need = trial_demand(plan.recipe)
+    trainable = tune.with_resources(
+        make_trial_driver(plan.base_raw, experiment_dir), driver_resources
+    )
+    with _strict_metric_check_off():
+        if restorable:
+            tuner = tune.Tuner.restore(
+                str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            concurrency = plan.space.max_concurrent_trials or default_max_concurrent(
+                trial_need, on_message
+            )
+            on_message(f"up to {concurrency} trial(s) at once, each needing {trial_need}")
+            tuner = tune.Tuner(
+                trainable,
+                param_space=to_param_space(plan.space),
+                tune_config=_tune_config(plan, concurrency),
+                run_config=tune.RunConfig(
+                    name=experiment_dir.name,
+                    storage_path=str(experiment_dir.parent),
+                    callbacks=callbacks,
+                    verbose=verbose,
+                ),
+            )
+        grid = tuner.fit()
+    result = summarise_results(grid, plan, experiment_dir, resumed=restorable)
+    if result.interrupted:
+        on_message(f"interrupted; resume with `cseg tune --resume {experiment_dir}`")
+    elif result.best is None:
+        on_message(f"no trial reported {plan.metric}; no best recipe written")
+    return result
+
+
+# ----------------------------------------------------------------------------- the trial
+
+
+def make_trial_driver(base_raw: dict[str, Any], experiment_dir: Path) -> Callable[[dict], None]:
+    """The per-trial function Tune runs: build the trial's recipe and fit its stages.
+
+    The run directory is `experiment_dir/runs/<trial_id>`; trial ids survive a
+    restore, so a restarted trial resumes its own run (finished stages are
+    skipped, the unfinished one continues from its latest checkpoint).
+    """
+
+    def cseg_trial(config: dict[str, Any]) -> None:
+        from ray import tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from ..train.launch import prepare_data, run_stages
+
+        recipe = trial_recipe(base_raw, config)
+        run_dir = experiment_dir / RUNS_DIR / tune.get_context().get_trial_id()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", recipe_to_yaml(recipe))
+        prepare_data(recipe)
+        run_stages(recipe, run_dir, trainer_callbacks=[TuneReportCallback()])
+
+    return cseg_trial
+
+
+def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
+    """What one trial asks for: (the Tune driver's resources, the whole trial's need).
+
+    The driver only waits on `fit()` (Train's controller is a 0-CPU actor and
+    Train requests the workers' placement group itself), so it takes no CPU.
+    In local mode (`num_workers=0`) the driver trains, so it takes a worker's share.
+    """
+    scaling = recipe.scaling
+    per_worker = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    if scaling.use_gpu:
+        per_worker.setdefault("GPU", 1.0)
+    if scaling.num_workers == 0:
+        driver = {key.lower() if key in ("CPU", "GPU") else key: v for key, v in per_worker.items()}
+        return driver, per_worker
+    need = {key: value * scaling.num_workers for key, value in per_worker.items() if value}
+    return {"cpu": 0}, need
+
+
+def cluster_capacity() -> dict[str, float]:
+    """The most of each resource the cluster can offer: its autoscaler's maximum, else its total.
+
+    An autoscaling cluster publishes its node types' `max_workers` to the GCS;
+    Ray Train V2 reads it with the same call (`get_max_resources_from_cluster_config`).
+    A cluster without that config (local Ray, a fixed cluster) offers what it has now.
+    """
+    import ray
+    from ray._private.state import state  # the call Train V2 itself uses; no public API in 2.60
+
+    capacity = {key: float(value) for key, value in ray.cluster_resources().items()}
+    try:
+        configured = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # noqa: BLE001 (older GCS without the autoscaler config)
+        configured = {}
+    for key, value in configured.items():
+        capacity[key] = max(capacity.get(key, 0.0), float(value))
+    return capacity
+
+
+def default_max_concurrent(
+    trial_need: dict[str, float], on_message: Callable[[str], None] = lambda _: None
+) -> int:
+    """How many trials fit at once in the cluster's maximum size (at least 1)."""
+    capacity = cluster_capacity()
+    limits = {key: math.floor(capacity.get(key, 0.0) / value) for key, value in trial_need.items()}
+    if not limits:
+        return max(1, int(capacity.get("CPU", 1)))
+    short = {key: capacity.get(key, 0.0) for key, limit in limits.items() if limit < 1}
+    if short:
+        on_message(
+            f"the cluster offers at most {short}, less than one trial's need {trial_need}; "
+            "trials will wait for resources (lower scaling.num_workers or add nodes)"
+        )
+    return max(1, min(limits.values()))
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _prepare_experiment(space, recipe, overrides, name, storage_path, resume):
+    """Resolve the experiment directory and its plan; all before Ray starts."""
+    from ray import tune
+
+    plan = load_space(space, recipe=recipe, overrides=overrides) if space is not None else None
+    if plan is None and not (resume or name):
+        raise RecipeError("give a space (--space SPACE) or an experiment to resume (--resume NAME)")
+    experiment_dir = _experiment_dir(plan, name, storage_path)
+    restorable = tune.Tuner.can_restore(str(experiment_dir))
+    if resume and not restorable:
+        raise CsegError(
+            f"nothing to resume at {experiment_dir}; check --resume NAME (or pass the "
+            "experiment directory), or drop --resume to start a search"
+        )
+    if restorable:
+        stored = load_plan(experiment_dir)
+        if stored is None:
+            raise CsegError(f"{experiment_dir} has no {PLAN_FILE}; it was not made by cseg tune")
+        plan = stored
+    elif plan is None:
+        raise RecipeError(f"no experiment at {experiment_dir}; give --space SPACE to start one")
+    return experiment_dir, plan, restorable
+
+
+def _experiment_dir(plan: SearchPlan | None, name: str | None, storage_path: str | None) -> Path:
+    if name and Path(name).expanduser().is_dir() and (Path(name).expanduser() / PLAN_FILE).exists():
+        return Path(name).expanduser().resolve()
+    if storage_path is None:
+        base = plan.recipe.storage.path if plan is not None else StorageSection().path
+        storage_path = f"{base}/tune"
+    if is_url(storage_path):
+        raise RecipeError(
+            f"cseg tune keeps each trial's run directory on a file system, not {storage_path}; "
+            "set storage.path to a local or shared (NFS) folder, e.g. storage.path=/mnt/runs"
+        )
+    if name is None:
+        stem = Path(plan.source).name.removesuffix(".yaml")
+        name = f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return Path(storage_path).expanduser().resolve() / name
+
+
+def _save_plan(plan: SearchPlan, experiment_dir: Path, *, fresh: bool) -> None:
+    if not fresh and (experiment_dir / PLAN_FILE).exists():
+        return
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "source": plan.source,
+        "recipe_path": str(plan.recipe_path),
+        "user_overrides": plan.user_overrides,
+        "metric": plan.metric,
+        "mode": plan.mode,
+        "max_t": plan.max_t,
+        "space": plan.space.model_dump(mode="json"),
+        "recipe": plan.base_raw,
+    }
+    write_atomic(experiment_dir / PLAN_FILE, json.dumps(record, indent=2))
+    space = plan.space.model_dump(mode="json", exclude_none=True)
+    space.update(recipe=str(plan.recipe_path), metric=plan.metric, mode=plan.mode)
+    header = (
+        f"# The space this experiment searches (from {plan.source}), metric and mode resolved.\n"
+    )
+    write_atomic(experiment_dir / SPACE_FILE, header + yaml.safe_dump(space, sort_keys=False))
+
+
+def load_plan(experiment_dir: Path) -> SearchPlan | None:
+    """The plan an experiment was started with (None when `search.json` is absent)."""
+    path = Path(experiment_dir) / PLAN_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return SearchPlan(
+        space=Space.model_validate(record["space"]),
+        source=record["source"],
+        recipe_path=Path(record["recipe_path"]),
+        recipe=validate_recipe(record["recipe"], source=str(path)),
+        user_overrides=record["user_overrides"],
+        metric=record["metric"],
+        mode=record["mode"],
+        max_t=record["max_t"],
+    )
+
+
+def _tune_config(plan: SearchPlan, concurrency: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    spec = plan.space.scheduler
+    if spec.type == "asha":
+        scheduler = ASHAScheduler(
+            time_attr=spec.time_attr,
+            max_t=plan.max_t,
+            grace_period=spec.grace_period,
+            reduction_factor=spec.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(
+        metric=plan.metric,
+        mode=plan.mode,
+        num_samples=plan.space.num_samples,
+        max_concurrent_trials=concurrency,
+        scheduler=scheduler,
+        search_alg=_search_alg(plan.space),
+        trial_dirname_creator=_trial_dirname,
+    )
+
+
+def _search_alg(space: Space):
+    if space.search_alg in (None, "random"):
+        return None
+    module_name, class_path = SEARCH_ALGORITHMS[space.search_alg]
+    import importlib
+
+    module, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), class_name)()
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def _connect_ray(address: str | None, recipe: Recipe, verbose: int) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a local Ray with its dashboard on (RAY.md §0)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    common = {
+        "logging_config": ray.LoggingConfig(log_level="WARNING"),
+        "log_to_driver": verbose > 0,
+    }
+    if address:
+        ray.init(address=address, **common)
+        return
+    _, need = trial_demand(recipe)
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, math.ceil(need.get("CPU", 0.0))),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        **common,
+    )
+
+
+@contextmanager
+def _strict_metric_check_off() -> Iterator[None]:
+    """Workers log every step but report `val_*` metrics only every `val_every` steps.
+
+    Tune would reject the reports without the metric; ASHA skips them anyway.
+    A metric no trial ever reports is reported as no best trial instead.
+    """
+    key = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+    previous = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = previous
+
+
+# ----------------------------------------------------------------------------- results
