@@ -26,14 +26,15 @@ function trainable that returns on its own leaves its last logged result at
 `done: false` (Tune only marks an unlogged duplicate). ASHA also says STOP
 when a trial reaches `max_t`, which is not an early stop. So a TERMINATED
 trial is *early-stopped* when its last logged result has `done: true` and
-its last step is below the largest last step of any trial in the experiment.
-If no trial ran to `max_t` (all stopped early, or the best one errored), an
-early stop at the experiment's largest step reads as TERMINATED.
+its last step is below `max_t`. `max_t` is read from `space.yaml`
+(`scheduler.max_t`) when it is there; otherwise the largest last step of any
+trial stands in for it, and if no trial ran to `max_t` (all stopped early, or
+the best one errored), an early stop at that largest step reads as TERMINATED.
 
 Metric and mode. `runner_data._metric` names the metric; the mode is only in
 the pickles. Both can be given by the caller (`cseg tune` passes them), or
-are read from a `space.yaml` copy of the search space (CONTRACTS.md §4) in the
-experiment directory; failing both, the mode is inferred from the metric's
+are read from the `space.yaml` copy of the search space (CONTRACTS.md §4)
+that `cseg tune` writes into the experiment directory; failing both, the mode is inferred from the metric's
 name (`min` for names containing loss or error, else `max`).
 """
 
@@ -160,7 +161,8 @@ def load_experiment(
         for pair in state.get("trial_data", [])
     ]
     trials.sort(key=lambda trial: trial.trial_id)
-    _mark_early_stops(trials)
+    scheduler = space.get("scheduler") if isinstance(space.get("scheduler"), dict) else {}
+    _mark_early_stops(trials, _as_float(scheduler.get("max_t")))
     params = sorted({name for trial in trials for name in trial.params})
     best_recipe = path / "best.yaml"
     return ExperimentSummary(
@@ -294,18 +296,19 @@ def _last_error_line(trial_dir: Path, run: dict) -> str | None:
     return lines[-1] if lines else None
 
 
-def _mark_early_stops(trials: list[TrialSummary]) -> None:
-    """Relabel scheduler-stopped TERMINATED trials as EARLY_STOPPED (see module docstring)."""
-    last_steps = [trial.last_step for trial in trials if trial.last_step is not None]
-    if not last_steps:
+def _mark_early_stops(trials: list[TrialSummary], max_t: float | None) -> None:
+    """Relabel scheduler-stopped TERMINATED trials as EARLY_STOPPED (see module docstring).
+
+    A stop at or past `max_t` is a completion; without a known `max_t`, the
+    largest last step of any trial stands in for it.
+    """
+    if max_t is None:
+        max_t = max((t.last_step for t in trials if t.last_step is not None), default=None)
+    if max_t is None:
         return
-    max_step = max(last_steps)
     for trial in trials:
-        if (
-            trial.status == "TERMINATED"
-            and trial.last_report_done
-            and (trial.last_step or 0) < max_step
-        ):
+        stopped = trial.status == "TERMINATED" and trial.last_report_done
+        if stopped and trial.last_step is not None and trial.last_step < max_t:
             trial.status = EARLY_STOPPED
 
 

@@ -101,10 +101,19 @@ def plot_params_vs_metric(summary: ExperimentSummary, path: Path) -> Path | None
         axes.set_xlabel(name)
         axes.set_ylabel(f"final {summary.metric}")
         axes.grid(alpha=0.3)
-        if index == 1:
-            axes.legend(fontsize="x-small", loc="best")
+    handles, labels = _unique_legend_entries(figure)
+    figure.legend(handles, labels, loc="outside right upper", fontsize="small")
     figure.suptitle(f"each parameter against the final {summary.metric}")
     return save_figure(figure, path)
+
+
+def _unique_legend_entries(figure: Figure) -> tuple[list, list[str]]:
+    """Each label once across all panels, so a figure-level legend lists every status."""
+    entries: dict[str, object] = {}
+    for axes in figure.axes:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    return list(entries.values()), list(entries)
 
 
 def _axis_positions(values: list[Any]) -> tuple[list[float], list[str] | None]:

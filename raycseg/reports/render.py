@@ -78,7 +78,7 @@ pre code { background: none; padding: 0; }
 .table-wrap { overflow-x: auto; margin: .8rem 0; }
 table { border-collapse: collapse; font-size: .9rem; }
 th, td { border: 1px solid #d0d7de; padding: .3rem .65rem; text-align: left; white-space: nowrap; }
-th { background: #f6f8fa; }
+th { background: #f6f8fa; white-space: normal; vertical-align: bottom; }
 tr:nth-child(even) td { background: #fafbfc; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 1rem 0 1.6rem; }
@@ -184,7 +184,10 @@ def _html_table(table: Table) -> str:
     def css(name: str) -> str:
         return ' class="num"' if name in table.numeric else ""
 
-    head = "".join(f"<th{css(h)}>{_inline_html(h)}</th>" for h in table.header)
+    # Long dotted parameter names may wrap after each dot.
+    head = "".join(
+        f"<th{css(h)}>{_inline_html(h).replace('.', '.<wbr>')}</th>" for h in table.header
+    )
     rows = [
         "<tr>"
         + "".join(

@@ -152,8 +152,8 @@ def experiment_blocks(summary: ExperimentSummary, plots: list[Path]) -> list[Blo
         Paragraph(
             f"Experiment `{summary.path}`: {len(summary.trials)} trials "
             f"({status_counts(summary)}). Objective: `{summary.metric}`, mode `{summary.mode}` "
-            f"({summary.mode_source}). EARLY_STOPPED = stopped by the scheduler before the "
-            "longest trial's last step."
+            f"({summary.mode_source}). EARLY_STOPPED = stopped by the scheduler before "
+            "`max_t`; the best trial is chosen among TERMINATED trials when there are any."
         ),
         Heading("Best trial"),
     ]

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from raycseg.errors import CsegError
 
 METRICS_FILE = "metrics.jsonl"
@@ -198,9 +196,3 @@ def _find_seed(scores: dict[str, Any]) -> int | None:
         if isinstance(result, dict) and isinstance(result.get("seed"), int):
             return result["seed"]
     return None
-
-
-def read_config(summary: RunSummary) -> dict[str, Any]:
-    """The resolved recipe as a mapping (empty when missing or not a mapping)."""
-    loaded = yaml.safe_load(summary.config_text) if summary.config_text else None
-    return loaded if isinstance(loaded, dict) else {}

@@ -174,6 +174,19 @@ def test_next_command_uses_best_yaml_when_present(
     assert command in section(markdown, "What to run next")
 
 
+def test_max_t_from_the_space_file_marks_a_stop_below_it_early(tmp_path: Path) -> None:
+    trials = [
+        FakeTrial(0, {"lr": 0.1}, [(1, 0.5), (2, 0.6)], "scheduler"),
+        FakeTrial(1, {"lr": 0.01}, [(s, 0.1 * s) for s in range(1, 5)], "scheduler"),
+    ]
+    root = write_experiment(tmp_path / "exp", trials)
+    assert [t.status for t in load_experiment(root).trials] == ["EARLY_STOPPED", "TERMINATED"]
+
+    (root / "space.yaml").write_text("scheduler: {type: asha, max_t: 10}\n")
+
+    assert [t.status for t in load_experiment(root).trials] == ["EARLY_STOPPED"] * 2
+
+
 def test_log_axis_is_inferred_without_a_space_file(experiment_dir: Path) -> None:
     summary = load_experiment(experiment_dir)
 
