@@ -21,6 +21,7 @@ from . import bench, cluster, recipes
 from .console import err
 from .eval import evaluate
 from .pretrain import pretrain
+from .report import report
 
 app = typer.Typer(
     name="cseg",
@@ -35,6 +36,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(cluster.app, name="cluster")
 app.command("pretrain")(pretrain)
 app.command("eval")(evaluate)
+app.command("report")(report)
 
 
 def _print_version(value: bool) -> None:
