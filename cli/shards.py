@@ -1,0 +1,268 @@
+"""`cseg shards build|synthetic|inspect|verify`: make and check webdataset shards.
+
+Thin wrappers over `raycseg.data.shards` and `raycseg.data.synthetic`:
+results go to stdout, progress bars and problem lists to stderr. Exit codes
+follow CONTRACTS.md §5: 1 when inputs were skipped (build) or stored samples
+are corrupt (verify), 2 for usage errors, missing/empty sources and existing
+shards without --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from raycseg.errors import DataError, FoundProblems
+
+from .console import err, out, progress_bar
+
+app = typer.Typer(
+    help="Build, generate, inspect and verify webdataset shards.", no_args_is_help=True
+)
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}  # fmt: skip
+
+
+class _LazyProgress:
+    """A progress callback `(done, total)` that opens its bar on the first call."""
+
+    def __init__(self, stack: ExitStack, quiet: bool):
+        self.stack, self.quiet = stack, quiet
+        self.bars: dict[str, tuple] = {}
+
+    def stage(self, name: str):
+        def update(done: int, total: int) -> None:
+            if name not in self.bars:
+                self.bars[name] = (
+                    self.stack.enter_context(progress_bar(name, total, quiet=self.quiet)),
+                    [0],
+                )
+            advance, seen = self.bars[name]
+            advance(done - seen[0])
+            seen[0] = done
+
+        return update
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size such as 500MB, 1GB or 1048576."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise DataError(f"cannot read size {text!r}; write it like 500MB, 1GB or 1048576")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def _human(num_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return str(num_bytes)
+
+
+@app.command("build")
+def build(
+    paths: list[Path] = typer.Argument(
+        ..., metavar="[SRC] OUT", help="Source (omit with --images) and output folder."
+    ),
+    kind: str = typer.Option(..., "--kind", help="video, image, segmentation or saliency."),
+    layout: str = typer.Option(
+        "voc", "--layout", help="Segmentation layout: voc, cityscapes or ade20k."
+    ),
+    images: Path = typer.Option(
+        None, "--images", help="Saliency: the image folder (instead of SRC)."
+    ),
+    masks: Path = typer.Option(
+        None, "--masks", help="Saliency masks paired by stem; for videos, per-frame mask strips."
+    ),
+    compute: bool = typer.Option(
+        False, "--compute", help="Saliency: derive masks with the classical detector."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards already in OUT."),
+    max_count: int = typer.Option(1000, "--max-count", min=1, help="Most samples per shard."),
+    max_size: str = typer.Option("1GB", "--max-size", help="Largest shard size (e.g. 500MB, 1GB)."),
+    procs: int = typer.Option(None, "--procs", min=1, help="Worker processes (default: all CPUs)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
+) -> None:
+    """Turn a folder, CSV or dataset tree into shards plus manifest.json."""
+    from raycseg.data.shards import build_shards
+
+    if images is not None:
+        if len(paths) != 1:
+            raise DataError("with --images give only OUT; the images come from --images")
+        src, dest = images, paths[0]
+    elif len(paths) == 2:
+        src, dest = paths
+    else:
+        raise DataError("give SRC and OUT (or --images DIR and OUT)")
+    with ExitStack() as stack:
+        report = build_shards(
+            kind, src, dest, layout=layout, masks_dir=masks, compute_saliency=compute,
+            max_count=max_count, max_bytes=parse_size(max_size), overwrite=overwrite,
+            num_procs=procs, on_progress=_LazyProgress(stack, quiet).stage(f"building {kind} shards"),
+        )  # fmt: skip
+    if quiet:
+        out.print(str(report.out), markup=False)
+    else:
+        table = Table("split", "samples", "shards", title=f"{kind} shards in {report.out}")
+        for split, count in report.counts.items():
+            table.add_row(split, str(count), str(report.shards[split]))
+        out.print(table)
+        out.print(
+            f"{_human(report.bytes)} in {report.seconds:.1f} s; manifest: {report.out / 'manifest.json'}",
+            markup=False,
+        )
+        if report.dropped:
+            err.print(
+                f"{len(report.dropped)} inputs left out by design (see 'dropped' in the manifest)",
+                markup=False,
+            )
+    if report.skipped:
+        _print_problems("skipped inputs", [(s["path"], s["reason"]) for s in report.skipped])
+        raise FoundProblems(
+            f"{len(report.skipped)} inputs were skipped (listed under 'skipped' in "
+            f"{report.out / 'manifest.json'}); fix or remove them and rebuild with --overwrite"
+        )
+
+
+@app.command("synthetic")
+def synthetic(
+    dest: Path = typer.Argument(
+        ..., metavar="OUT", help="Output folder: OUT/video, OUT/segmentation, OUT/saliency."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Everything is deterministic from it."),
+    num_clips: int = typer.Option(300, "--num-clips", min=1, help="Training clips."),
+    val_clips: int = typer.Option(
+        100, "--val-clips", min=1, help="Validation clips (one frame each)."
+    ),
+    image_size: int = typer.Option(64, "--image-size", min=16, help="Frame side in pixels."),
+    frames: int = typer.Option(8, "--frames", min=1, help="Frames per clip."),
+    fps: int = typer.Option(8, "--fps", min=1, help="Frame rate of the mp4s."),
+    min_objects: int = typer.Option(2, "--min-objects", min=1, help="Fewest objects per clip."),
+    max_objects: int = typer.Option(4, "--max-objects", min=1, help="Most objects per clip."),
+    frames_per_clip: int = typer.Option(
+        2, "--frames-per-clip", min=1, help="Stills per training clip (segmentation, saliency)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing dataset in OUT."
+    ),
+    procs: int = typer.Option(None, "--procs", min=1, help="Worker processes (default: all CPUs)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
+) -> None:
+    """Generate procedural videos, masks and saliency maps (no downloads) as shards."""
+    from raycseg.data.shards import inspect_shards
+    from raycseg.data.synthetic import build_synthetic
+
+    with ExitStack() as stack:
+        progress = _LazyProgress(stack, quiet)
+        root = build_synthetic(
+            dest, seed=seed, num_clips=num_clips, val_clips=val_clips, image_size=image_size,
+            frames=frames, fps=fps, min_objects=min_objects, max_objects=max_objects,
+            frames_per_clip=frames_per_clip, overwrite=overwrite, num_procs=procs,
+            on_progress=lambda stage, done, total: progress.stage(stage)(done, total),
+        )  # fmt: skip
+    if quiet:
+        out.print(str(root), markup=False)
+        return
+    table = Table(
+        "shard set", "split", "samples", "shards", "size", title=f"synthetic dataset in {root}"
+    )
+    for name in ("video", "segmentation", "saliency"):
+        for split, info in inspect_shards(root / name)["splits"].items():
+            table.add_row(
+                name, split, str(info["samples"]), str(info["shards"]), _human(info["bytes"])
+            )
+    out.print(table)
+
+
+@app.command("inspect")
+def inspect(
+    root: Path = typer.Argument(
+        ..., metavar="DIR", help="A shard set (folder with manifest.json)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Show counts, classes, sizes and duration/fps statistics from the manifest."""
+    from raycseg.data.shards import inspect_shards
+
+    summary = inspect_shards(root)
+    if as_json:
+        out.print(json.dumps(summary, indent=2), markup=False, highlight=False)
+        return
+    table = Table(
+        "split", "samples", "shards", "size", title=f"{summary['kind']} shards in {summary['root']}"
+    )
+    for split, info in summary["splits"].items():
+        table.add_row(split, str(info["samples"]), str(info["shards"]), _human(info["bytes"]))
+    out.print(table)
+    stats = Table("split", "statistic", "min", "mean", "max", title="statistics")
+    for split, values in summary["stats"].items():
+        for name, value in values.items():
+            if isinstance(value, dict) and {"min", "mean", "max"} <= value.keys():
+                stats.add_row(split, name, *(f"{value[k]:g}" for k in ("min", "mean", "max")))
+    if stats.row_count:
+        out.print(stats)
+    classes = summary["classes"] or []
+    shown = ", ".join(classes[:30]) + (
+        f", ... ({len(classes)} in all)" if len(classes) > 30 else ""
+    )
+    out.print(f"classes ({len(classes)}): {shown or '(unlabelled)'}", markup=False)
+    if summary.get("mask_classes"):
+        out.print(f"mask classes: {', '.join(summary['mask_classes'])}", markup=False)
+    for split, values in summary["stats"].items():
+        counts = values.get("class_counts") or values.get("images_per_class_id")
+        if counts:
+            pairs = ", ".join(f"{name}: {count}" for name, count in list(counts.items())[:30])
+            out.print(f"{split} per class: {pairs}", markup=False)
+    out.print(
+        f"source: {summary['source']}; skipped at build: {summary['skipped']}; dropped: {summary['dropped']}",
+        markup=False,
+    )
+
+
+@app.command("verify")
+def verify(
+    root: Path = typer.Argument(
+        ..., metavar="DIR", help="A shard set (folder with manifest.json)."
+    ),
+    procs: int = typer.Option(None, "--procs", min=1, help="Worker processes (default: all CPUs)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Check checksums and decode every stored sample; exit 1 if anything is corrupt."""
+    from raycseg.data.shards import verify_shards
+
+    with ExitStack() as stack:
+        report = verify_shards(
+            root, _LazyProgress(stack, quiet).stage("verifying"), num_procs=procs
+        )
+    out.print(
+        f"{report.samples} samples in {report.shards} shards checked in {report.root}", markup=False
+    )
+    if report.skipped:
+        _print_problems(
+            "inputs skipped at build (from the manifest)",
+            [(s["path"], s["reason"]) for s in report.skipped],
+        )
+    problems = [(f"{c['shard']}:{c['key']}", c["reason"]) for c in report.corrupt]
+    problems += [(name, "sha256 differs from the manifest") for name in report.checksum_mismatches]
+    problems += [(name, "shard file is missing") for name in report.missing_shards]
+    problems += [(text, "sample count differs") for text in report.count_mismatches]
+    if problems:
+        _print_problems("corrupt", problems)
+        raise FoundProblems(
+            f"{len(problems)} problems in {report.root}; rebuild the shards with `cseg shards build --overwrite`"
+        )
+    out.print("ok: every checksum matches and every sample decodes", markup=False)
+
+
+def _print_problems(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table("input", "reason", title=f"{title} ({len(rows)})")
+    for name, reason in rows:
+        table.add_row(name, reason)
+    err.print(table)

@@ -1,0 +1,1 @@
+"""Throughput benchmarks (`cseg bench ...`); tests never assert on wall time."""

@@ -1,0 +1,469 @@
+"""Write, read, inspect and verify webdataset shards (CONTRACTS.md §5).
+
+On disk, one build makes::
+
+    OUT/<split>/<kind>-000000.tar, <kind>-000001.tar, ...
+    OUT/manifest.json
+
+Each shard holds at most `max_count` samples and about `max_bytes` bytes
+(a sample larger than `max_bytes` gets a shard of its own). A shard is
+written as `.<name>.tmp` and renamed when complete, and the manifest is
+written last (also through a temporary name), so an interrupted build never
+leaves a shard or manifest that looks complete, and a shard set without a
+manifest counts as existing output (rebuild with `overwrite`). Samples are
+written in a shuffled order fixed by `shuffle_seed`; tar members have a
+fixed owner and mtime, so the same inputs give byte-identical shards.
+
+The manifest records, per split, every shard's name, sample count, byte
+size and sha256; the class list; the source; the schema version; summary
+statistics; `skipped` (broken inputs, with reasons: build exits 1) and
+`dropped` (inputs left out by design, such as images without a salient
+object). Reading and writing files goes through `raycseg.data.storage`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from raycseg import __version__
+from raycseg.errors import DataError
+
+from .labels import IGNORE_INDEX
+from .samples import MaskRules, PreparedSample, PrepareOptions, check_stored_sample, prepare_sample
+from .sources import LeftOut, SourceItem, list_sources
+from .storage import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    ShardWriter,
+    count_samples,
+    file_sha256,
+    iter_shard_samples,
+    list_shard_urls,
+    read_manifest,
+    write_manifest,
+)
+
+__all__ = [  # the storage helpers are re-exported for callers that build shard sets
+    "BuildReport",
+    "ShardWriter",
+    "VerifyReport",
+    "build_shards",
+    "count_samples",
+    "inspect_shards",
+    "iter_shard_samples",
+    "list_shard_urls",
+    "read_manifest",
+    "summarise_metas",
+    "verify_shards",
+    "write_manifest",
+]
+
+DEFAULT_MAX_COUNT = 1000
+DEFAULT_MAX_BYTES = 1 << 30
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class BuildReport:
+    """What `build_shards` wrote and what it left out."""
+
+    out: Path
+    kind: str
+    counts: dict[str, int]
+    shards: dict[str, int]
+    bytes: int
+    skipped: list[dict] = field(default_factory=list)
+    dropped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_shards` checked and found."""
+
+    root: Path
+    samples: int = 0
+    shards: int = 0
+    corrupt: list[dict] = field(default_factory=list)
+    checksum_mismatches: list[str] = field(default_factory=list)
+    missing_shards: list[str] = field(default_factory=list)
+    count_mismatches: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every stored shard and sample checked out."""
+        problems = (
+            self.corrupt,
+            self.checksum_mismatches,
+            self.missing_shards,
+            self.count_mismatches,
+        )
+        return not any(problems)
+
+
+def _existing_outputs(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    found = [out / MANIFEST] if (out / MANIFEST).exists() else []
+    return found + sorted(p for p in out.glob("*/*.tar") if p.is_file())
+
+
+def _prepare_all(
+    items: list[SourceItem], options: PrepareOptions, num_procs: int, on_progress: ProgressFn | None
+) -> Iterator[PreparedSample | LeftOut]:
+    """Prepare items in order, in a process pool when num_procs > 1."""
+    total = len(items)
+    if num_procs <= 1 or total < 2:
+        results = (prepare_sample(item, options) for item in items)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=min(num_procs, total))
+        chunk = max(1, min(16, total // (num_procs * 4)))
+        results = pool.map(prepare_sample, items, [options] * total, chunksize=chunk)
+    try:
+        for done, result in enumerate(results, start=1):
+            if on_progress is not None:
+                on_progress(done, total)
+            yield result
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def build_shards(
+    kind: str,
+    src: Path | str,
+    out: Path | str,
+    *,
+    layout: str = "voc",
+    masks_dir: Path | str | None = None,
+    classes: list[str] | None = None,
+    mask_classes: list[str] | None = None,
+    compute_saliency: bool = False,
+    max_count: int = DEFAULT_MAX_COUNT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    overwrite: bool = False,
+    num_procs: int | None = None,
+    shuffle_seed: int | None = 0,
+    source_description: str | None = None,
+    on_progress: ProgressFn | None = None,
+) -> BuildReport:
+    """Turn a source (folder, CSV or dataset tree) into shards plus a manifest.
+
+    Args:
+        kind: "video", "image", "segmentation" or "saliency".
+        src: The source (see `raycseg.data.sources` for the accepted layouts).
+        out: Output folder; `out/<split>/<kind>-%06d.tar` and `out/manifest.json`.
+        layout: Segmentation layout: "voc", "cityscapes" or "ade20k".
+        masks_dir: Saliency masks (paired by stem) or, for videos, per-frame
+            mask strips `<stem>.png`.
+        classes: Segmentation class names replacing the layout's own (a
+            VOC-format tree of another dataset); masks are checked against them.
+        mask_classes: Class names of video mask strips (their ids are checked).
+        compute_saliency: Derive saliency masks with the classical detector.
+        max_count: Most samples per shard.
+        max_bytes: Largest shard size in bytes (approximately, tar padding included).
+        overwrite: Replace shards and manifest already in `out`.
+        num_procs: Worker processes for decoding/probing (default: all CPUs).
+        shuffle_seed: Order of samples within a split (None keeps the sorted order).
+        source_description: What to record as the source (default: the path).
+        on_progress: Called as `on_progress(done, total)` after each input.
+
+    Returns:
+        The report; `report.skipped` lists broken inputs (the CLI exits 1).
+
+    Raises:
+        DataError: a missing or empty source, no valid input, or existing
+            shards in `out` without `overwrite`.
+    """
+    started = time.perf_counter()
+    src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    masks_dir = Path(masks_dir).expanduser().resolve() if masks_dir is not None else None
+    existing = _existing_outputs(out)
+    if existing and not overwrite:
+        raise DataError(
+            f"{out} already holds shards ({existing[0].name}, ...); pass --overwrite to replace them"
+        )
+    listing = list_sources(
+        kind, src, layout=layout, masks_dir=masks_dir, compute_saliency=compute_saliency
+    )
+    if kind == "segmentation" and classes:
+        listing.classes = list(classes)
+    listing.mask_classes = list(mask_classes) if kind == "video" and mask_classes else None
+    layout_used = layout if kind == "segmentation" else None
+    options = PrepareOptions(
+        kind, src, layout_used, _mask_rules(kind, layout_used, listing), compute_saliency
+    )
+    _remove_outputs(out, existing)
+    results = _prepare_all(
+        _ordered_items(listing.items, shuffle_seed), options, num_procs or os.cpu_count() or 1,
+        on_progress,
+    )  # fmt: skip
+    records, metas, left_out = _write_samples(results, out, kind, max_count, max_bytes)
+    left_out = list(listing.left_out) + left_out
+    left_out.sort(key=lambda x: x.path)
+    skipped = [{"path": x.path, "reason": x.reason} for x in left_out if x.broken]
+    dropped = [{"path": x.path, "reason": x.reason} for x in left_out if not x.broken]
+    if not records:
+        first = f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise DataError(
+            f"no valid {kind} input in {src}: {len(left_out)} left out{first}; "
+            "fix or replace the inputs"
+        )
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "layout": layout_used,
+        "source": source_description or str(src),
+        "created_by": f"raycseg {__version__}",
+        "classes": listing.classes,
+        "mask_classes": listing.mask_classes,
+        "ignore_index": options.mask_rules.ignore_index if options.mask_rules else None,
+        "splits": {split: _split_entry(recs) for split, recs in sorted(records.items())},
+        "stats": {split: summarise_metas(kind, metas[split]) for split in sorted(metas)},
+        "skipped": skipped,
+        "dropped": dropped,
+        "build": {"max_count": max_count, "max_bytes": max_bytes, "shuffle_seed": shuffle_seed},
+    }
+    write_manifest(out, manifest)
+    splits = manifest["splits"]
+    return BuildReport(
+        out, kind,
+        counts={split: entry["count"] for split, entry in splits.items()},
+        shards={split: len(entry["shards"]) for split, entry in splits.items()},
+        bytes=sum(entry["bytes"] for entry in splits.values()),
+        skipped=skipped, dropped=dropped, seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _mask_rules(kind: str, layout: str | None, listing) -> MaskRules | None:
+    """Which mask ids this build accepts: the class list, plus the layout's ignore id."""
+    if kind == "segmentation":
+        ignore = None if layout == "ade20k" else IGNORE_INDEX
+        return MaskRules(len(listing.classes), ignore)
+    if kind == "saliency":
+        return MaskRules(2, None)
+    if kind == "video" and listing.mask_classes:
+        return MaskRules(len(listing.mask_classes), IGNORE_INDEX)
+    return None
+
+
+def _remove_outputs(out: Path, existing: list[Path]) -> None:
+    """Delete a previous build's manifest and shards (and split folders left empty)."""
+    for path in existing:
+        path.unlink()
+    for directory in {path.parent for path in existing if path.parent != out}:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _write_samples(
+    results: Iterator[PreparedSample | LeftOut],
+    out: Path,
+    kind: str,
+    max_count: int,
+    max_bytes: int,
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list[LeftOut]]:
+    """Write prepared samples into per-split shard writers; collect what was left out."""
+    writers: dict[str, ShardWriter] = {}
+    metas: dict[str, list[dict]] = {}
+    left_out: list[LeftOut] = []
+    for result in results:
+        if isinstance(result, LeftOut):
+            left_out.append(result)
+            continue
+        if result.split not in writers:
+            writers[result.split] = ShardWriter(
+                out / result.split, kind, max_count=max_count, max_bytes=max_bytes
+            )
+        files = {
+            ext: data.read_bytes() if isinstance(data, Path) else data
+            for ext, data in result.files.items()
+        }
+        writers[result.split].write(result.key, files)
+        metas.setdefault(result.split, []).append(result.meta)
+    return {split: writer.close() for split, writer in writers.items()}, metas, left_out
+
+
+def _ordered_items(items: list[SourceItem], seed: int | None) -> list[SourceItem]:
+    if seed is None:
+        return list(items)
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
+
+
+def _split_entry(records: list[dict]) -> dict:
+    return {
+        "count": sum(r["count"] for r in records),
+        "bytes": sum(r["bytes"] for r in records),
+        "shards": records,
+    }
+
+
+def _summary(values: list[float]) -> dict:
+    return {"min": min(values), "mean": round(sum(values) / len(values), 4), "max": max(values)}
+
+
+def summarise_metas(kind: str, metas: list[dict]) -> dict:
+    """Per-split statistics for the manifest: class counts and size/duration ranges."""
+    stats: dict = {}
+    if kind in ("video", "image"):
+        stats["class_counts"] = dict(
+            sorted(Counter(m.get("class_name", "(unlabelled)") for m in metas).items())
+        )
+    if kind == "segmentation":
+        counts = Counter(i for m in metas for i in m["class_ids"])
+        stats["images_per_class_id"] = {str(k): v for k, v in sorted(counts.items())}
+    if kind == "saliency":
+        stats["foreground"] = _summary([m["foreground"] for m in metas])
+    numeric = ("width", "height", "num_frames", "fps", "duration_s")
+    for name in numeric:
+        values = [m[name] for m in metas if name in m]
+        if values:
+            stats[name] = _summary(values)
+    return stats
+
+
+def mask_rules_for(manifest: dict) -> MaskRules | None:
+    """The mask id rules a manifest's samples were validated against."""
+    if manifest["kind"] == "video":
+        classes = manifest.get("mask_classes")
+        return MaskRules(len(classes), IGNORE_INDEX) if classes else None
+    if manifest["kind"] in ("segmentation", "saliency"):
+        return MaskRules(len(manifest["classes"]), manifest.get("ignore_index"))
+    return None
+
+
+def inspect_shards(root: Path | str) -> dict:
+    """Summarise a shard set from its manifest (no shard is read).
+
+    Returns:
+        {"root", "kind", "layout", "source", "schema_version", "classes",
+        "splits": {split: {"samples", "shards", "bytes"}}, "stats", "skipped", "dropped"}.
+    """
+    manifest = read_manifest(root)
+    return {
+        "root": str(Path(root).resolve()),
+        "kind": manifest["kind"],
+        "layout": manifest.get("layout"),
+        "source": manifest["source"],
+        "schema_version": manifest["schema_version"],
+        "classes": manifest["classes"],
+        "mask_classes": manifest.get("mask_classes"),
+        "splits": {
+            split: {"samples": e["count"], "shards": len(e["shards"]), "bytes": e["bytes"]}
+            for split, e in manifest["splits"].items()
+        },
+        "stats": manifest.get("stats", {}),
+        "skipped": len(manifest.get("skipped", [])),
+        "dropped": len(manifest.get("dropped", [])),
+    }
+
+
+def _verify_one_shard(root: str, record: dict, kind: str, rules: MaskRules | None) -> dict:
+    """Check one shard: presence, checksum, count, and every sample decoded."""
+    path = Path(root) / record["name"]
+    result = {
+        "name": record["name"],
+        "missing": False,
+        "checksum_ok": True,
+        "count": 0,
+        "corrupt": [],
+    }
+    if not path.is_file():
+        result["missing"] = True
+        return result
+    result["checksum_ok"] = file_sha256(path) == record["sha256"]
+    try:
+        for sample in iter_shard_samples(str(path)):
+            result["count"] += 1
+            try:
+                check_stored_sample(kind, sample, rules)
+            except (ValueError, KeyError, OSError) as error:
+                result["corrupt"].append(
+                    {"shard": record["name"], "key": sample["__key__"], "reason": str(error)}
+                )
+    except Exception as error:  # a damaged tar stream
+        result["corrupt"].append(
+            {"shard": record["name"], "key": None, "reason": f"unreadable tar: {error}"}
+        )
+    return result
+
+
+def verify_shards(
+    root: Path | str, on_progress: ProgressFn | None = None, *, num_procs: int | None = None
+) -> VerifyReport:
+    """Check checksums against the manifest and decode every stored sample.
+
+    Args:
+        root: The shard set (folder holding manifest.json).
+        on_progress: Called as `on_progress(samples_done, samples_total)` per shard.
+        num_procs: Worker processes (default: all CPUs).
+
+    Returns:
+        The report; `report.ok` is False when anything stored is wrong. The
+        manifest's `skipped` inputs are listed in `report.skipped`.
+    """
+    root = Path(root).resolve()
+    manifest = read_manifest(root)
+    rules = mask_rules_for(manifest)
+    records = [r for e in manifest["splits"].values() for r in e["shards"]]
+    total = sum(r["count"] for r in records)
+    report = VerifyReport(root, shards=len(records), skipped=list(manifest.get("skipped", [])))
+    procs = min(num_procs or os.cpu_count() or 1, len(records))
+    with ProcessPoolExecutor(max_workers=procs) if procs > 1 else _Inline() as pool:
+        results = pool.map(
+            _verify_one_shard,
+            [str(root)] * len(records),
+            records,
+            [manifest["kind"]] * len(records),
+            [rules] * len(records),
+        )
+        done = 0
+        for record, result in zip(records, results, strict=True):
+            report.samples += result["count"]
+            report.corrupt += result["corrupt"]
+            if result["missing"]:
+                report.missing_shards.append(record["name"])
+            elif not result["checksum_ok"]:
+                report.checksum_mismatches.append(record["name"])
+            if not result["missing"] and result["count"] != record["count"]:
+                report.count_mismatches.append(
+                    f"{record['name']}: {result['count']} samples, manifest says {record['count']}"
+                )
+            done += record["count"]
+            if on_progress is not None:
+                on_progress(done, total)
+    return report
+
+
+class _Inline:
+    """A stand-in for a process pool that maps in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(fn, *iterables):
+        return map(fn, *iterables)
+
+
+def report_to_dict(report: BuildReport | VerifyReport) -> dict:
+    """A JSON-ready dict of a build or verify report."""
+    data = asdict(report)
+    data["out" if "out" in data else "root"] = str(data.get("out", data.get("root")))
+    if isinstance(report, VerifyReport):
+        data["ok"] = report.ok
+    return data

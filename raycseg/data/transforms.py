@@ -1,0 +1,286 @@
+"""Augmentations on uint8 tensors, with explicit random generators.
+
+Every transform takes a `numpy.random.Generator`, so a loader worker's
+stream is deterministic from its seed (torch's global RNG is never used).
+Images are uint8 [3, H, W], masks/labels uint8 [H, W]; outputs stay uint8:
+normalisation happens later, on the device.
+
+* `PairViewTransform`: one view of a frame or image for CACL pairs:
+  RandomResizedCrop (area `crop_scale`, aspect 3/4..4/3), horizontal flip,
+  colour jitter with probability (optionally full-range hue rotation),
+  random grayscale.
+* `SegmentationTrainTransform`: random scale (bilinear image, nearest
+  label), padding to the crop (image 0, label 255), random crop, flip,
+  colour jitter on the image only. `resize_for_eval` is the deterministic
+  evaluation resize.
+* `MaskContrastViews`: two views of an image and its saliency mask whose
+  salient area lies strictly between `min_mask_area` and `max_mask_area`;
+  a crop is re-drawn up to `tries` times, then the image is refused
+  (`None`) so the loader moves on to another image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from .labels import IGNORE_INDEX
+
+Box = tuple[int, int, int, int]  # top, left, height, width
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+@dataclass(frozen=True)
+class ColorJitter:
+    """Colour jitter applied with probability `p`, the four ops in random order.
+
+    Factors are uniform in [max(0, 1 - x), 1 + x] for brightness, contrast and
+    saturation; the hue rotation (`rotate_hue`) is uniform in [-hue, hue]
+    turns, or in [-0.5, 0.5] (any rotation) with `hue_full_range`.
+    """
+
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    p: float = 0.8
+    hue_full_range: bool = False
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Jitter a uint8 [3, H, W] image."""
+        if rng.random() >= self.p:
+            return image
+        hue = 0.5 if self.hue_full_range else self.hue
+        ops = [
+            (TF.adjust_brightness, _factor(self.brightness, rng)),
+            (TF.adjust_contrast, _factor(self.contrast, rng)),
+            (TF.adjust_saturation, _factor(self.saturation, rng)),
+            (rotate_hue, float(rng.uniform(-hue, hue)) if hue > 0 else None),
+        ]
+        for index in rng.permutation(4):
+            op, value = ops[index]
+            if value is not None:
+                image = op(image, value)
+        return image
+
+
+_RGB_TO_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+
+
+def rotate_hue(image: torch.Tensor, turns: float) -> torch.Tensor:
+    """Rotate the hue of a uint8 [3, H, W] image by `turns` (0.5 = opposite colours).
+
+    The rotation acts on the chroma plane of YIQ, so luma is unchanged; it is
+    one 3x3 linear map per image (torchvision's HSV hue shift gives similar
+    colours but costs about ten times more on CPU).
+    """
+    angle = 2.0 * math.pi * turns
+    rotation = torch.tensor(
+        [[1.0, 0.0, 0.0],
+         [0.0, math.cos(angle), -math.sin(angle)],
+         [0.0, math.sin(angle), math.cos(angle)]], dtype=torch.float64,
+    )  # fmt: skip
+    matrix = (torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ).float()
+    rotated = torch.einsum("ij,jhw->ihw", matrix, image.float())
+    return rotated.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _factor(strength: float, rng: np.random.Generator) -> float | None:
+    if strength <= 0:
+        return None
+    return float(rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength))
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Box:
+    """Draw a crop box of area `scale` x image and aspect `ratio` (as torchvision does).
+
+    After 10 failed draws the box is the largest centred crop within `ratio`.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_w = round(math.sqrt(target * aspect))
+        crop_h = round(math.sqrt(target / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        crop_h, crop_w = height, round(height * ratio[1])
+    else:
+        crop_w, crop_h = width, height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def crop_resize(image: torch.Tensor, box: Box, size: tuple[int, int]) -> torch.Tensor:
+    """Crop a uint8 [C, H, W] image to `box` and resize it (bilinear, antialiased)."""
+    return TF.resized_crop(image, *box, size=list(size), antialias=True)
+
+
+def crop_resize_mask(mask: torch.Tensor, box: Box, size: tuple[int, int]) -> torch.Tensor:
+    """Crop a uint8 [H, W] mask to `box` and resize it with nearest neighbour."""
+    resized = TF.resized_crop(
+        mask[None], *box, size=list(size), interpolation=InterpolationMode.NEAREST_EXACT
+    )
+    return resized[0]
+
+
+def random_grayscale(image: torch.Tensor, p: float, rng: np.random.Generator) -> torch.Tensor:
+    """With probability p, replace a uint8 [3, H, W] image by its luminance (3 channels)."""
+    if p > 0 and rng.random() < p:
+        return TF.rgb_to_grayscale(image, num_output_channels=3)
+    return image
+
+
+class PairViewTransform:
+    """One augmented view of a frame or image (see the module docstring)."""
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int],
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        hue_full_range: bool = False,
+        grayscale_p: float = 0.2,
+        jitter_p: float = 0.8,
+        flip_p: float = 0.5,
+    ):
+        self.size = _pair(image_size)
+        self.crop_scale = tuple(crop_scale)
+        self.jitter = ColorJitter(*color_jitter, p=jitter_p, hue_full_range=hue_full_range)
+        self.grayscale_p, self.flip_p = grayscale_p, flip_p
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Augment a uint8 [3, H, W] image into a uint8 [3, *image_size] view."""
+        box = random_resized_crop_box(image.shape[-2], image.shape[-1], self.crop_scale, rng)
+        view = crop_resize(image, box, self.size)
+        if rng.random() < self.flip_p:
+            view = TF.horizontal_flip(view)
+        view = self.jitter(view, rng)
+        return random_grayscale(view, self.grayscale_p, rng)
+
+
+class SegmentationTrainTransform:
+    """Joint image + label augmentation for segmentation training."""
+
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int],
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        color_jitter: ColorJitter | None = None,
+        flip_p: float = 0.5,
+    ):
+        self.crop = _pair(crop_size)
+        self.scale_range = tuple(scale_range)
+        self.jitter = color_jitter if color_jitter is not None else ColorJitter()
+        self.flip_p = flip_p
+
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment uint8 image [3, H, W] and label [H, W]; both come out at `crop_size`."""
+        scale = rng.uniform(*self.scale_range)
+        height, width = image.shape[-2:]
+        new_size = [max(1, round(height * scale)), max(1, round(width * scale))]
+        image = TF.resize(image, new_size, antialias=True)
+        label = TF.resize(label[None], new_size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
+        pad_h, pad_w = max(0, self.crop[0] - new_size[0]), max(0, self.crop[1] - new_size[1])
+        if pad_h or pad_w:
+            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
+            label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        top = int(rng.integers(0, label.shape[0] - self.crop[0] + 1))
+        left = int(rng.integers(0, label.shape[1] - self.crop[1] + 1))
+        image = image[:, top : top + self.crop[0], left : left + self.crop[1]]
+        label = label[top : top + self.crop[0], left : left + self.crop[1]]
+        if rng.random() < self.flip_p:
+            image, label = TF.horizontal_flip(image), TF.horizontal_flip(label)
+        return self.jitter(image, rng), label
+
+
+def resize_for_eval(
+    image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize image (bilinear, antialiased) and label (nearest) to exactly `size`.
+
+    The aspect ratio is not kept, so every pixel of the image is scored and
+    all images of a batch share one size.
+    """
+    size = list(_pair(size))
+    resized = TF.resize(label[None], size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
+    return TF.resize(image, size, antialias=True), resized
+
+
+class MaskContrastViews:
+    """Query and key views of an image and its saliency mask (see the module docstring)."""
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int],
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        min_mask_area: float = 0.01,
+        max_mask_area: float = 0.99,
+        color_jitter: ColorJitter | None = None,
+        grayscale_p: float = 0.2,
+        flip_p: float = 0.5,
+        tries: int = 3,
+    ):
+        self.size = _pair(image_size)
+        self.crop_scale = tuple(crop_scale)
+        self.area_range = (min_mask_area, max_mask_area)
+        self.jitter = color_jitter if color_jitter is not None else ColorJitter()
+        self.grayscale_p, self.flip_p, self.tries = grayscale_p, flip_p, tries
+
+    def _view(
+        self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        height, width = mask.shape
+        for _ in range(self.tries):
+            box = random_resized_crop_box(height, width, self.crop_scale, rng)
+            view_mask = crop_resize_mask(mask, box, self.size)
+            area = view_mask.float().mean().item()
+            if self.area_range[0] < area < self.area_range[1]:
+                break
+        else:
+            return None
+        view = crop_resize(image, box, self.size)
+        view = random_grayscale(self.jitter(view, rng), self.grayscale_p, rng)
+        if rng.random() < self.flip_p:
+            view, view_mask = TF.horizontal_flip(view), TF.horizontal_flip(view_mask)
+        return view, view_mask.bool()
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Return (query, query_mask, key, key_mask), or None to ask for another image.
+
+        Args:
+            image: uint8 [3, H, W].
+            mask: uint8 or bool [H, W], non-zero = salient.
+        """
+        mask = (mask > 0).to(torch.uint8)
+        query = self._view(image, mask, rng)
+        key = self._view(image, mask, rng) if query is not None else None
+        if key is None:
+            return None
+        return query[0], query[1], key[0], key[1]

@@ -1,0 +1,183 @@
+"""Video decoding with decord from in-memory bytes, and frame-index samplers.
+
+Decoding never touches the filesystem: shard members arrive as bytes and are
+wrapped in `io.BytesIO`. Each reader decodes on one thread (`num_threads=1`),
+so throughput scales with DataLoader workers, one per CPU core.
+
+Samplers take a `numpy.random.Generator` so that a worker's stream is
+deterministic from its seed:
+
+* `sample_pair_indices`: two frames of one clip whose gap is drawn uniformly
+  from a range in **seconds**, converted with the clip's frame rate and
+  clamped to the clip (CACL's positive pair);
+* `sample_clip_indices`: T frames with a fixed stride, the last frame
+  repeated when the clip is too short.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learns about a clip."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        """Clip length in seconds (frames / fps)."""
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def decord_reason(error: BaseException) -> str:
+    """Turn a decord exception into a one-line reason without source paths."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return _DECORD_PREFIX.sub("", text)[:200]
+
+
+def open_video(data: bytes, *, num_threads: int = 1) -> decord.VideoReader:
+    """Open a clip held in memory.
+
+    Args:
+        data: The whole container file (mp4, avi, webm, mkv, ...).
+        num_threads: decord decoding threads (1: scale with loader workers).
+
+    Raises:
+        ValueError: decord cannot open it (empty, truncated, broken metadata).
+    """
+    if not data:
+        raise ValueError("empty video (0 bytes)")
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=num_threads)
+    except Exception as error:  # decord raises DECORDError, RuntimeError, ...
+        raise ValueError(f"cannot open video: {decord_reason(error)}") from error
+    if len(reader) == 0:
+        raise ValueError("video has no frames")
+    return reader
+
+
+def decode_frames(reader: decord.VideoReader, indices: list[int] | np.ndarray) -> np.ndarray:
+    """Decode the given frame indices.
+
+    Returns:
+        uint8 array [T, H, W, 3] (RGB), in the order of `indices`.
+
+    Raises:
+        ValueError: a frame fails to decode (corrupt stream).
+    """
+    try:
+        return reader.get_batch([int(i) for i in indices]).asnumpy()
+    except Exception as error:
+        raise ValueError(f"cannot decode frames: {decord_reason(error)}") from error
+
+
+def probe_video(data: bytes) -> VideoInfo:
+    """Open a clip and decode its first, middle and last frames.
+
+    Reading the last frame decodes through the final group of pictures, which
+    catches streams that break part-way (a header alone would not).
+
+    Raises:
+        ValueError: with the reason, when the clip cannot be used.
+    """
+    reader = open_video(data)
+    num_frames = len(reader)
+    frame = decode_frames(reader, [0])
+    decode_frames(reader, sorted({num_frames // 2, num_frames - 1}))
+    fps = float(reader.get_avg_fps())
+    if not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"video reports an unusable frame rate ({fps})")
+    return VideoInfo(num_frames, fps, width=frame.shape[2], height=frame.shape[1])
+
+
+def decode_every_frame(data: bytes, *, chunk: int = 32) -> int:
+    """Decode a clip from first to last frame, in order; return the frame count.
+
+    Raises:
+        ValueError: the clip cannot be opened or a frame fails to decode.
+    """
+    reader = open_video(data)
+    num_frames = len(reader)
+    for start in range(0, num_frames, chunk):
+        decode_frames(reader, list(range(start, min(num_frames, start + chunk))))
+    return num_frames
+
+
+def sample_pair_indices(
+    num_frames: int, fps: float, gap_range_s: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int]:
+    """Draw two frame indices of one clip, `gap` seconds apart.
+
+    The gap is uniform in `gap_range_s`, converted to frames with `fps` and
+    rounded, then clamped to [0, num_frames - 1] (a clip shorter than the
+    gap gives its first and last frames; a one-frame clip gives (0, 0)).
+    The first frame is uniform among those that leave room for the gap.
+
+    Returns:
+        (first, second) with second - first = the clamped gap in frames.
+    """
+    low, high = gap_range_s
+    gap_s = rng.uniform(low, high) if high > low else low
+    gap = int(np.clip(round(gap_s * fps), 0, max(num_frames - 1, 0)))
+    first = int(rng.integers(0, num_frames - gap))
+    return first, first + gap
+
+
+def sample_clip_indices(
+    num_frames: int, clip_len: int, stride: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw `clip_len` frame indices `stride` apart from a random start.
+
+    When the clip is shorter than the span, the start is 0 and indices past
+    the end repeat the last frame.
+
+    Returns:
+        int64 array [clip_len], non-decreasing.
+    """
+    span = (clip_len - 1) * stride + 1
+    start = int(rng.integers(0, num_frames - span + 1)) if num_frames >= span else 0
+    return np.minimum(start + stride * np.arange(clip_len), num_frames - 1).astype(np.int64)
+
+
+def resize_and_crop(
+    frames: torch.Tensor, size: int, rng: np.random.Generator | None = None
+) -> torch.Tensor:
+    """Resize a clip so its short side is `size`, then crop `size` x `size`.
+
+    The same crop applies to every frame. With `rng` the crop position is
+    random, otherwise centred.
+
+    Args:
+        frames: uint8 [T, 3, H, W].
+        size: Output side length.
+        rng: Generator for the crop position, or None for a centre crop.
+
+    Returns:
+        uint8 [T, 3, size, size].
+    """
+    height, width = frames.shape[-2:]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    resized = F.interpolate(
+        frames.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+    )
+    if rng is None:
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+    else:
+        top, left = int(rng.integers(0, new_h - size + 1)), int(rng.integers(0, new_w - size + 1))
+    cropped = resized[..., top : top + size, left : left + size]
+    return cropped.round().clamp(0, 255).to(torch.uint8)
