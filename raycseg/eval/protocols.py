@@ -16,7 +16,7 @@ from torch import nn
 
 from raycseg.errors import CsegError
 from raycseg.eval.cluster import EmbedFn, run_kmeans_protocol, run_maskcontrast_kmeans
-from raycseg.eval.features import Batch, FeatureFn, require_reiterable
+from raycseg.eval.features import Batch, FeatureFn, frozen, require_reiterable
 from raycseg.eval.metrics import ProtocolSkipped
 from raycseg.eval.probe import run_linear_probe
 
@@ -72,7 +72,9 @@ def evaluate_backbone(
         seed: the linear probe's seed (k-means keeps its pinned seed 0).
         feature_fn: features to probe and cluster (default: the backbone output);
             MaskContrast passes its 256-d decoder features.
-        embed_fn: (embeddings, saliency logits) for ``maskcontrast-kmeans``.
+        embed_fn: (embeddings, saliency logits) for ``maskcontrast-kmeans``; it
+            runs with `backbone` frozen, so pass the module that owns it (e.g. a
+            `MaskContrastHead` as both `backbone` and `embed_fn`).
 
     Returns:
         ``{"linear_probe": {...}, "kmeans": {...}, ...}`` plus ``"skipped":
@@ -110,9 +112,10 @@ def evaluate_backbone(
                         "maskcontrast-kmeans needs the MaskContrast embedding and saliency "
                         "heads; evaluate a checkpoint of a maskcontrast stage"
                     )
-                scores[key] = run_maskcontrast_kmeans(
-                    embed_fn, val_batches, num_classes, device=device
-                )
+                with frozen(backbone, device):
+                    scores[key] = run_maskcontrast_kmeans(
+                        embed_fn, val_batches, num_classes, device=device
+                    )
         except ProtocolSkipped as reason:
             skipped[key] = str(reason)
     if skipped:

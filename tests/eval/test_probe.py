@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from eval_scenes import PoolingBackbone, as_batches, color_blocks
 
 from raycseg.errors import DataError
 from raycseg.eval import run_linear_probe
+from raycseg.eval.probe import upsample_bilinear
 from raycseg.models import build_backbone
 
 
@@ -68,3 +70,12 @@ def test_probe_rejects_one_shot_iterators_and_bad_labels():
         run_linear_probe(PoolingBackbone(1), iter(train), val, 4, steps=1, lr=0.1, device="cpu")
     with pytest.raises(DataError, match="label value 3"):
         run_linear_probe(PoolingBackbone(1), train, val, 3, steps=1, lr=0.1, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("size_in", "size_out"), [((4, 4), (16, 16)), ((5, 3), (17, 8)), ((6, 6), (6, 6))]
+)
+def test_matrix_upsampling_equals_bilinear_interpolation(size_in, size_out):
+    logits = torch.randn(2, 3, *size_in)
+    expected = F.interpolate(logits, size=size_out, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_bilinear(logits, size_out), expected)
