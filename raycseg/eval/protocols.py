@@ -83,41 +83,49 @@ def evaluate_backbone(
     keys = list(dict.fromkeys(protocol_key(name) for name in protocols))
     require_reiterable(val_batches, "val_batches")
     device = torch.device(device)
+    runners = {
+        "linear_probe": lambda: _linear_probe(
+            backbone,
+            train_batches,
+            val_batches,
+            num_classes,
+            steps=probe_steps,
+            lr=probe_lr,
+            device=device,
+            seed=seed,
+            batch_size=probe_batch_size,
+            feature_fn=feature_fn,
+        ),
+        "kmeans": lambda: run_kmeans_protocol(
+            backbone, val_batches, num_classes, device=device, feature_fn=feature_fn
+        ),
+        "maskcontrast_kmeans": lambda: _maskcontrast_kmeans(
+            backbone, embed_fn, val_batches, num_classes, device
+        ),
+    }
     scores: dict = {}
     skipped: dict[str, str] = {}
     for key in keys:
         try:
-            if key == "linear_probe":
-                if train_batches is None:
-                    raise ProtocolSkipped("the linear probe needs a labelled training split")
-                scores[key] = run_linear_probe(
-                    backbone,
-                    train_batches,
-                    val_batches,
-                    num_classes,
-                    steps=probe_steps,
-                    lr=probe_lr,
-                    device=device,
-                    seed=seed,
-                    batch_size=probe_batch_size,
-                    feature_fn=feature_fn,
-                )
-            elif key == "kmeans":
-                scores[key] = run_kmeans_protocol(
-                    backbone, val_batches, num_classes, device=device, feature_fn=feature_fn
-                )
-            else:
-                if embed_fn is None:
-                    raise ProtocolSkipped(
-                        "maskcontrast-kmeans needs the MaskContrast embedding and saliency "
-                        "heads; evaluate a checkpoint of a maskcontrast stage"
-                    )
-                with frozen(backbone, device):
-                    scores[key] = run_maskcontrast_kmeans(
-                        embed_fn, val_batches, num_classes, device=device
-                    )
+            scores[key] = runners[key]()
         except ProtocolSkipped as reason:
             skipped[key] = str(reason)
     if skipped:
         scores["skipped"] = skipped
     return scores
+
+
+def _linear_probe(backbone, train_batches, *args, **kwargs) -> dict:
+    if train_batches is None:
+        raise ProtocolSkipped("the linear probe needs a labelled training split")
+    return run_linear_probe(backbone, train_batches, *args, **kwargs)
+
+
+def _maskcontrast_kmeans(backbone, embed_fn, val_batches, num_classes, device) -> dict:
+    if embed_fn is None:
+        raise ProtocolSkipped(
+            "maskcontrast-kmeans needs the MaskContrast embedding and saliency heads; "
+            "evaluate a checkpoint of a maskcontrast stage"
+        )
+    with frozen(backbone, device):
+        return run_maskcontrast_kmeans(embed_fn, val_batches, num_classes, device=device)
