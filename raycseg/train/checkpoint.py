@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,18 @@ def load_ray_checkpoint(checkpoint, map_location: str | torch.device = "cpu") ->
         return load_state(directory, map_location)
 
 
-def new_checkpoint_dir() -> Path:
-    """A fresh temporary directory for rank 0 to fill before reporting it to Ray."""
-    return Path(tempfile.mkdtemp(prefix="raycseg-ckpt-"))
+def new_checkpoint_dir(parent: Path | None = None, name: str | None = None) -> Path:
+    """A fresh directory for rank 0 to fill before reporting it to Ray.
+
+    With `parent` and `name` it is `parent/name` (emptied first); otherwise a new
+    temporary directory.
+    """
+    if parent is None or name is None:
+        return Path(tempfile.mkdtemp(prefix="raycseg-ckpt-"))
+    directory = Path(parent) / name
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
 
 
 class MetricsLog:

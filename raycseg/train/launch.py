@@ -213,6 +213,7 @@ def _run_stage(
         "run_dir": str(run_dir),
         "init_from": init_from,
         "progress_queue": progress,
+        "local_mode": local_mode,
     }
     resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     if scaling.use_gpu:

@@ -174,16 +174,23 @@ def build_optimizer(module: torch.nn.Module, optim: OptimSection) -> torch.optim
 def _report(
     metrics, method, optimizer, recipe, stage_name, stage_step, rank, save_now, metrics_log, config
 ) -> None:
-    """Every rank reports (a barrier); rank 0 logs, streams and writes the checkpoint."""
+    """Every rank reports (a barrier); rank 0 logs, streams and writes the checkpoint.
+
+    Ray uploads a reported checkpoint to the stage's storage and then deletes the
+    staged copy. Local mode (num_workers=0) uploads nothing and keeps the reported
+    path, so there the staged copies live in the run directory and only the
+    latest `num_to_keep` are kept.
+    """
+    local_mode = config.get("local_mode", False)
+    staging = Path(config["run_dir"]) / stage_name / "local_checkpoints" if local_mode else None
     checkpoint = None
-    directory = None
     if rank == 0:
         metrics_log.append(metrics)
         queue = config.get("progress_queue")
         if queue is not None:
             queue.put_nowait(metrics)
         if save_now:
-            directory = new_checkpoint_dir()
+            directory = new_checkpoint_dir(staging, name=f"checkpoint_{metrics['step']:06d}")
             save_state(
                 directory,
                 {
@@ -198,9 +205,12 @@ def _report(
                 },
             )
             checkpoint = ray.train.Checkpoint.from_directory(str(directory))
-    ray.train.report(metrics, checkpoint=checkpoint)
-    if directory is not None:
-        shutil.rmtree(directory, ignore_errors=True)
+    ray.train.report(
+        metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=not local_mode
+    )
+    if staging is not None and checkpoint is not None:
+        for stale in sorted(staging.iterdir())[: -recipe.storage.num_to_keep]:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _validate(method, stage, recipe, device, rank) -> dict[str, float]:
@@ -228,7 +238,7 @@ def _all_finite(loss: torch.Tensor, device: torch.device) -> bool:
 def _stop_non_finite(
     stage_name: str, step: int, terms: dict[str, torch.Tensor], rank: int
 ) -> dict[str, Any]:
-    values = ", ".join(f"loss_{k}={float(v):.4g}" for k, v in terms.items())
+    values = ", ".join(f"loss_{k}={float(v.detach()):.4g}" for k, v in terms.items())
     message = (
         f"stage {stage_name}: the loss became non-finite at step {step} ({values}); "
         "lower optim.lr, keep optim.grad_clip on, or resume from the last checkpoint"

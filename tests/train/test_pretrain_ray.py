@@ -1,0 +1,68 @@
+"""`cseg pretrain` end to end on Ray Train with 2 workers, one of them killed mid-run.
+
+This is the one kill-a-worker test (CONTRACTS.md §7): it also serves the
+cluster issue's worker-failure case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+STEPS = 60
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return records
+
+
+def test_pretrain_survives_a_killed_worker_and_logs_every_step_once(tmp_path):
+    run_dir = tmp_path / "runs" / "kill"
+    command = [
+        sys.executable, "-c", "from cseg.main import run; run()",
+        "pretrain", "cacl/debug",
+        f"data.root={tmp_path / 'data'}", f"storage.path={tmp_path / 'runs'}", "storage.name=kill",
+        f"stages.cacl.steps={STEPS}", "stages.cacl.val_every=0", "storage.checkpoint_every=5",
+        "storage.max_failures=1", "eval.probe_steps=10",
+        "--quiet",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 400
+    while process.poll() is None and time.monotonic() < deadline:
+        steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+        if killed is None and steps and max(steps) >= 12:
+            rank1 = [w for w in read_jsonl(run_dir / "workers.jsonl") if w["rank"] == 1]
+            killed = rank1[-1]["pid"]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr[-3000:]
+    assert killed is not None, "the run finished before a worker could be killed"
+
+    assert stdout.strip() == str(run_dir.resolve())  # --quiet: only the run directory
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert steps == list(range(1, STEPS + 1)), "every step exactly once, in order"
+    workers = read_jsonl(run_dir / "workers.jsonl")
+    assert sum(w["rank"] == 1 for w in workers) == 2, "rank 1 was restarted once"
+    assert all(w["world_size"] == 2 for w in workers)
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["cacl"]["last_step"] == STEPS and Path(stages["cacl"]["checkpoint"]).exists()
+    assert "kmeans" in json.loads((run_dir / "eval.json").read_text())
