@@ -254,6 +254,8 @@ def build_maskcontrast_loader(
         crop_scale=stage.data.crop_scale,
         min_mask_area=stage.data.min_mask_area,
         max_mask_area=stage.data.max_mask_area,
+        color_jitter=stage.data.color_jitter,
+        grayscale_p=stage.data.grayscale_p,
         seed=seed,
         rank=rank,
         world_size=world_size,
@@ -267,19 +269,22 @@ def build_maskcontrast_loader(
 
 
 def maskcontrast_stage_of(recipe: Recipe, stage_name: str | None = None) -> MaskContrastStage:
-    """The named stage, else the recipe's last maskcontrast stage.
+    """The checkpoint's stage (by name), else the recipe's last maskcontrast stage.
 
     Raises:
-        CsegError: the recipe has no maskcontrast stage.
+        ProtocolSkipped: the named stage is not a maskcontrast stage, or there is none.
     """
-    candidates = [s for s in recipe.stages if isinstance(s, MaskContrastStage)]
-    named = [s for s in candidates if s.name == stage_name]
-    if named or candidates:
-        return (named or candidates)[-1]
-    raise CsegError(
-        "maskcontrast-kmeans needs a checkpoint of a maskcontrast stage (its embedding and "
-        "saliency heads); evaluate a run whose recipe has one"
-    )
+    stages = {stage.name: stage for stage in recipe.stages}
+    chosen = stages.get(stage_name) if stage_name else None
+    if chosen is None:
+        chosen = next((s for s in reversed(recipe.stages) if s.method == "maskcontrast"), None)
+    if not isinstance(chosen, MaskContrastStage):
+        raise ProtocolSkipped(
+            "maskcontrast-kmeans needs the embedding and saliency heads of a maskcontrast "
+            f"stage, and this checkpoint is of stage {stage_name or recipe.stages[-1].name!r}; "
+            "evaluate a maskcontrast stage's checkpoint"
+        )
+    return chosen
 
 
 def load_query_encoder(state: dict[str, Any]) -> MaskContrastHead:
@@ -288,12 +293,23 @@ def load_query_encoder(state: dict[str, Any]) -> MaskContrastHead:
     Args:
         state: a loaded checkpoint (`raycseg.train.checkpoint.load_state`) with keys
             "model" (the method's state dict), "recipe" and optionally "stage".
+
+    Raises:
+        ProtocolSkipped: the checkpoint is not of a maskcontrast stage.
+        CsegError: its weights do not fit the architecture its recipe describes.
     """
     recipe = Recipe.model_validate(state["recipe"])
     stage = maskcontrast_stage_of(recipe, state.get("stage"))
     # the weights come from the checkpoint: do not read model.init_from (it may be gone)
     method = MaskContrast(stage, recipe.model.model_copy(update={"init_from": None}))
-    method.load_state_dict(state["model"])
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CsegError(
+            f"the checkpoint's model does not fit stage {stage.name!r} of its recipe ({first}); "
+            "evaluate the checkpoint with the recipe that trained it"
+        ) from error
     return method.query_encoder.eval()
 
 
@@ -312,7 +328,8 @@ def maskcontrast_kmeans_scores(
         eval.json's entry: {"miou", "per_class_iou", "seeds", "miou_per_seed", "notes"}.
 
     Raises:
-        ProtocolSkipped: too few images with a salient pixel.
+        ProtocolSkipped: the checkpoint is not of a maskcontrast stage, or fewer than
+            K − 1 images have a salient pixel.
     """
     device = torch.device(device)
     with frozen(load_query_encoder(state), device) as encoder:

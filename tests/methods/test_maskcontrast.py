@@ -255,6 +255,13 @@ def test_maskcontrast_kmeans_scores_reads_a_checkpoint_state(tmp_path):
     assert len(scores["per_class_iou"]) == 5 and len(scores["miou_per_seed"]) == 5
 
 
+def test_maskcontrast_kmeans_is_skipped_for_a_checkpoint_of_another_stage():
+    recipe = load_recipe("cacl/debug", check_files=False)
+    state = {"model": {}, "recipe": recipe.model_dump(mode="json"), "stage": "cacl"}
+    with pytest.raises(ProtocolSkipped, match="stage 'cacl'"):
+        maskcontrast_kmeans_scores(state, labelled_batches(1), 5, "cpu")
+
+
 # ----------------------------------------------------------------------------- two workers
 
 
