@@ -1,0 +1,204 @@
+"""MaskContrast losses: pixel-to-prototype contrast over saliency masks, saliency BCE.
+
+Paper: Van Gansbeke et al., "Unsupervised Semantic Segmentation by Contrasting
+Object Mask Proposals", ICCV 2021 (https://arxiv.org/abs/2102.06191).
+Spec: docs/methods/maskcontrast.md §4.
+
+Symbols (defined once):
+    B      images in this process's batch (each seen as a query and a key view).
+    D      embedding channels.
+    H, W   spatial size at which the loss is computed (may differ between views).
+    K      memory-bank (queue) entries: prototypes of earlier steps, from all ranks.
+    A      anchors: salient query pixels of the images that are kept.
+
+maskcontrast_loss(q [B, D, H, W] float, q_mask [B, H, W] bool,
+                  k [B, D, H', W'] float, k_mask [B, H', W'] bool,
+                  queue [K, D] float, temperature) -> (loss 0-dim, prototypes [B, D])
+    * An image is kept iff both its query mask and its key mask are non-empty.
+      A dropped image gives no anchors and no prototype column; its row of
+      ``prototypes`` is zero.
+    * prototypes_b = normalise(sum over k_mask_b of normalise(k_p)), no gradient.
+    * Anchor p (a salient query pixel of kept image b): z_p = normalise(q_p);
+      logits = [z_p . prototypes of kept images, z_p . normalise(queue)] / T;
+      target = b's column. Queue rows that are all zero (e.g. a dropped image's
+      prototype enqueued by the method) are ignored.
+    * E-Net weights: f_b = (anchors of b) / A over this process's batch,
+      w_b = 1 / ln(1.02 + f_b); loss = sum_p w_b(p) CE_p / sum_p w_b(p).
+    * Gradient into q only (k, queue and prototypes are stop-gradient).
+    * No kept image: the loss is ``q.sum() * 0`` (connected, never NaN).
+    * In-batch prototypes are this process's; only the queue is global (the method
+      all-gathers ``prototypes`` to update it).
+
+saliency_bce_loss(logits [B, H, W] float, mask [B, H, W] bool) -> 0-dim
+    Class-balanced BCE-with-logits: foreground terms weighted by #bg / #all,
+    background terms by #fg / #all (counted over the whole batch), sum / (B·H·W).
+    Gradient into logits.
+
+Resolution. The official code upsamples the 28x28 embeddings bilinearly to
+224x224 and uses every salient pixel as an anchor (tens of thousands per image,
+neighbouring anchors being interpolations of the same few cells). The feature-
+resolution option instead keeps the embeddings at their own grid and downsamples
+the masks with :func:`downsample_mask` (a cell is salient when at least half of
+its area is): 64x fewer anchors at 224 -> 28. The differences: anchors are
+whole cells, not interpolated pixels, so cells on an object boundary are either
+in or out instead of partly counted; the E-Net shares f_b and the prototypes are
+computed from cells, each cell weighted once rather than by how many upsampled
+pixels it covers; small objects under half a cell can vanish, which drops the
+image (as an empty mask does). The full-resolution path here is memory-lean: it
+gathers the salient anchors before normalising, and computes the [A, B + K]
+logits in chunks whose softmax is recomputed during backward (checkpointing), so
+no [B·H·W, B + K] or full [A, B + K] logits tensor is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from raycseg.losses._precision import at_least_float32
+
+__all__ = ["downsample_mask", "maskcontrast_loss", "saliency_bce_loss"]
+
+ENET_CONSTANT = 1.02
+_ANCHOR_CHUNK = 65536
+
+
+def downsample_mask(
+    mask: torch.Tensor, size: tuple[int, int], threshold: float = 0.5
+) -> torch.Tensor:
+    """Downsample a saliency mask to a feature grid by area: a cell is salient if its salient share >= threshold.
+
+    Args:
+        mask: bool [B, H, W].
+        size: (h, w) of the feature grid.
+        threshold: minimum salient share of a cell's area.
+
+    Returns:
+        bool [B, h, w].
+    """
+    share = F.interpolate(mask[:, None].float(), size=tuple(size), mode="area")[:, 0]
+    return share >= threshold
+
+
+@torch.no_grad()
+def _key_prototypes(k: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
+    """normalise(sum of normalised key embeddings over the key mask): float [B, D]."""
+    k_n = F.normalize(at_least_float32(k), dim=1).flatten(2)  # [B, D, H'W']
+    summed = torch.bmm(k_n, k_mask.flatten(1).to(k_n.dtype).unsqueeze(-1)).squeeze(-1)
+    return F.normalize(summed, dim=1)  # an empty mask gives a zero sum and a zero row
+
+
+def _anchor_cross_entropy(
+    anchors: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Per-anchor CE of normalised anchors [n, D] against candidates [C, D]: float [n]."""
+    logits = F.normalize(anchors, dim=1) @ candidates.T / temperature
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _chunked_cross_entropy(
+    anchors: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """:func:`_anchor_cross_entropy` over anchor chunks; with gradients, each chunk's logits are
+    recomputed in backward instead of kept (activation checkpointing)."""
+    recompute = anchors.requires_grad and anchors.shape[0] > _ANCHOR_CHUNK
+    pieces = []
+    for chunk, chunk_targets in zip(
+        anchors.split(_ANCHOR_CHUNK), targets.split(_ANCHOR_CHUNK), strict=True
+    ):
+        if recompute:
+            pieces.append(
+                checkpoint(
+                    _anchor_cross_entropy,
+                    chunk,
+                    candidates,
+                    chunk_targets,
+                    temperature,
+                    use_reentrant=False,
+                )
+            )
+        else:
+            pieces.append(_anchor_cross_entropy(chunk, candidates, chunk_targets, temperature))
+    return torch.cat(pieces)
+
+
+def maskcontrast_loss(
+    q: torch.Tensor,
+    q_mask: torch.Tensor,
+    k: torch.Tensor,
+    k_mask: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contrast salient query pixels against per-image key prototypes and a queue.
+
+    Args:
+        q: float [B, D, H, W], query-view embeddings (gets gradient).
+        q_mask: bool [B, H, W], query-view saliency.
+        k: float [B, D, H', W'], key-view embeddings (no gradient).
+        k_mask: bool [B, H', W'], key-view saliency.
+        queue: float [K, D], memory bank (no gradient); K may be 0.
+        temperature: T.
+
+    Returns:
+        ``(loss, prototypes)``: the 0-dim E-Net-weighted mean CE over the anchors,
+        and the detached float [B, D] prototypes (zero rows for dropped images).
+    """
+    if q.dim() != 4 or q_mask.shape != (q.shape[0], *q.shape[2:]):
+        raise ValueError(
+            f"q must be [B, D, H, W] and q_mask [B, H, W]; got {tuple(q.shape)}, {tuple(q_mask.shape)}"
+        )
+    if k.dim() != 4 or k_mask.shape != (k.shape[0], *k.shape[2:]) or k.shape[:2] != q.shape[:2]:
+        raise ValueError(
+            f"k must be [B, D, H', W'] and k_mask [B, H', W']; got {tuple(k.shape)}, {tuple(k_mask.shape)}"
+        )
+    if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"queue must be [K, D] with D = {q.shape[1]}; got {tuple(queue.shape)}")
+    q_mask, k_mask = q_mask.bool(), k_mask.bool()
+    kept = q_mask.flatten(1).any(1) & k_mask.flatten(1).any(1)  # [B]
+    prototypes = _key_prototypes(k, k_mask) * kept.unsqueeze(1)
+    if not kept.any():
+        return q.sum() * 0.0, prototypes
+    anchor_mask = q_mask & kept[:, None, None]
+    anchors = at_least_float32(
+        q.permute(0, 2, 3, 1)[anchor_mask]
+    )  # [A, D], gathered before normalising
+    with torch.no_grad():
+        bank = F.normalize(queue.detach().to(anchors.dtype), dim=1)
+        bank = bank[
+            bank.abs().sum(1) > 0
+        ]  # all-zero rows (dropped images' prototypes) are not candidates
+        candidates = torch.cat([prototypes[kept].to(anchors.dtype), bank])  # [B_kept + K, D]
+        image_of_anchor = anchor_mask.nonzero()[:, 0]
+        column_of_image = torch.cumsum(kept.long(), 0) - 1
+        targets = column_of_image[image_of_anchor]
+        anchors_per_image = anchor_mask.flatten(1).sum(1).to(anchors.dtype)
+        share = anchors_per_image / anchors_per_image.sum()
+        weight = (1.0 / torch.log(ENET_CONSTANT + share))[image_of_anchor]  # [A]
+    cross_entropy = _chunked_cross_entropy(anchors, candidates, targets, temperature)
+    return (weight * cross_entropy).sum() / weight.sum(), prototypes
+
+
+def saliency_bce_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Class-balanced binary cross-entropy for the saliency head.
+
+    Args:
+        logits: float [B, H, W] saliency logits.
+        mask: bool [B, H, W] target saliency.
+
+    Returns:
+        0-dim tensor: [#bg/#all · sum_fg BCE + #fg/#all · sum_bg BCE] / (B·H·W).
+    """
+    if logits.shape != mask.shape:
+        raise ValueError(
+            f"logits and mask must have the same [B, H, W] shape; got {tuple(logits.shape)}, {tuple(mask.shape)}"
+        )
+    logits = at_least_float32(logits)
+    target = mask.to(logits.dtype)
+    foreground_share = target.mean()
+    weight = torch.where(mask.bool(), 1.0 - foreground_share, foreground_share)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (weight * per_pixel).sum() / math.prod(mask.shape)
