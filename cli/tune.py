@@ -38,8 +38,11 @@ def tune(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the experiment directory."),
 ) -> None:
     """Search hyperparameters with Ray Tune (ASHA by default), then write the search report."""
+    from raycseg.reports import write_experiment_report
     from raycseg.tune.search import run_tune
     from raycseg.tune.spaces import load_space
+
+    from .report import print_summary
 
     recipe, overrides = _split_recipe_and_overrides(recipe, overrides or [])
     if resume and name and resume != name:
@@ -64,11 +67,17 @@ def tune(
     if result.interrupted:
         err.print(f"interrupted; resume with: cseg tune --resume {result.experiment_dir}")
         raise typer.Exit(130)
-    _write_report(result, say)
+    summary = write_experiment_report(result.experiment_dir, metric=result.metric, mode=result.mode)
     if quiet:
         out.print(str(result.experiment_dir), markup=False)
     else:
-        _print_trials(result)
+        for path in summary.files:
+            say(f"wrote {path}")
+        print_summary(summary)
+        if result.best_recipe_path is not None:
+            out.print(f"best recipe: {result.best_recipe_path}", markup=False)
+            out.print(f"next: cseg pretrain {result.best_recipe_path}", markup=False)
+        out.print(f"experiment directory: {result.experiment_dir}", markup=False)
     _raise_on_problems(result)
 
 
@@ -77,40 +86,6 @@ def _split_recipe_and_overrides(recipe: str | None, overrides: list[str]):
     if recipe is not None and "=" in recipe:
         return None, [recipe, *overrides]
     return recipe, overrides
-
-
-def _write_report(result, say) -> None:
-    from raycseg.reports import write_experiment_report
-
-    summary = write_experiment_report(result.experiment_dir, metric=result.metric, mode=result.mode)
-    for path in summary.files:
-        say(f"wrote {path}")
-
-
-def _print_trials(result) -> None:
-    params = sorted({key for trial in result.trials for key in trial.config})
-    table = Table(title=f"{result.name}: {result.metric} ({result.mode})")
-    for column in ("trial", "status", *params, "final", "best", "step", "time (s)"):
-        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
-    for trial in result.trials:
-        marker = " *" if result.best is not None and trial.trial_id == result.best.trial_id else ""
-        table.add_row(
-            trial.trial_id + marker,
-            trial.status,
-            *(_format(trial.config.get(key)) for key in params),
-            _format(trial.final_metric),
-            _format(trial.best_metric),
-            _format(trial.last_step),
-            f"{trial.time_s:.0f}",
-        )
-    out.print(table)
-    if result.best is not None:
-        out.print(
-            f"best trial: {result.best.trial_id} ({result.metric} = {_format(result.best_metric)})"
-        )
-        out.print(f"best recipe: {result.best_recipe_path}", markup=False)
-        out.print(f"next: cseg pretrain {result.best_recipe_path}", markup=False)
-    out.print(f"experiment directory: {result.experiment_dir}", markup=False)
 
 
 def _print_plan(plan) -> None:
@@ -138,11 +113,3 @@ def _raise_on_problems(result) -> None:
         raise FoundProblems(
             f"no trial reported {result.metric}; check the space's metric and the stages' val_every"
         )
-
-
-def _format(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

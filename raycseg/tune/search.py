@@ -47,6 +47,7 @@ from .spaces import (
 
 PLAN_FILE = "search.json"
 SPACE_FILE = "space.yaml"
+DRIVER_MEMORY_BYTES = 256 * 1024**2  # what a trial's waiting driver asks the scheduler for
 
 
 def run_tune(
@@ -159,8 +160,10 @@ def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
     """What one trial asks for: (the Tune driver's resources, the whole trial's need).
 
     The driver only waits on `fit()` (Train's controller is a 0-CPU actor and
-    Train requests the workers' placement group itself), so it takes no CPU.
-    In local mode (`num_workers=0`) the driver trains, so it takes a worker's share.
+    Train requests the workers' placement group itself), so it takes no CPU;
+    Tune cannot place a request that is all zeros, so it asks for a little
+    memory instead (a scheduling hint, not a limit). In local mode
+    (`num_workers=0`) the driver trains, so it takes a worker's share.
     """
     scaling = recipe.scaling
     per_worker = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
@@ -170,7 +173,7 @@ def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
         driver = {key.lower() if key in ("CPU", "GPU") else key: v for key, v in per_worker.items()}
         return driver, per_worker
     need = {key: value * scaling.num_workers for key, value in per_worker.items() if value}
-    return {"cpu": 0}, need
+    return {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}, need
 
 
 def cluster_capacity() -> dict[str, float]:
@@ -271,6 +274,7 @@ def _save_plan(plan: SearchPlan, experiment_dir: Path, *, fresh: bool) -> None:
     write_atomic(experiment_dir / PLAN_FILE, json.dumps(record, indent=2))
     space = plan.space.model_dump(mode="json", exclude_none=True)
     space.update(recipe=str(plan.recipe_path), metric=plan.metric, mode=plan.mode)
+    space["scheduler"]["max_t"] = plan.max_t
     header = (
         f"# The space this experiment searches (from {plan.source}), metric and mode resolved.\n"
     )

@@ -52,7 +52,7 @@ def test_trial_demand_driver_takes_no_cpu_and_the_trial_needs_its_workers():
         "cacl/debug", ["scaling.num_workers=3", "scaling.cpus_per_worker=2"], check_files=False
     )
     driver, need = trial_demand(recipe)
-    assert driver == {"cpu": 0}
+    assert driver["cpu"] == 0 and 0 < driver["memory"] <= 2**30  # no CPU: it only waits
     assert need == {"CPU": 6.0}
     gpu = load_recipe(
         "cacl/debug",
@@ -155,7 +155,7 @@ def test_plan_round_trips_through_the_experiment_dir(plan, tmp_path):
     assert again.space == plan.space and (again.metric, again.mode) == ("val_miou", "max")
     space = yaml.safe_load((tmp_path / "space.yaml").read_text())
     assert space["metric"] == "val_miou" and space["mode"] == "max"
-    assert space["params"]["stages.cacl.lambda_cycle"] == {"grid": [0.1, 30.0]}
+    assert space["params"]["stages.cacl.lambda_pixel"] == {"grid": [0.0, 30.0]}
     assert Path(space["recipe"]).is_absolute()
     assert load_plan(tmp_path / "absent") is None
 

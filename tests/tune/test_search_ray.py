@@ -1,0 +1,169 @@
+"""The one Ray-level search: 4 trials of the CACL debug space, interrupted, then restored.
+
+One search serves every Ray behaviour of `cseg tune` (CONTRACTS.md §7: the
+interrupted search is the one that gets restored):
+
+- 1 worker per trial on a 2-CPU Ray, so at most 2 trials fit at once: all 4
+  finish only if the workers of every stopped or interrupted trial free their
+  CPUs (without the dashboard, Ray 2.60 leaks them and the next trial waits
+  forever, RAY.md §0); afterwards no placement group is left and all CPUs are free;
+- interrupted (SIGINT, as Ctrl-C) once the first checkpoint is reported, then
+  restored under the same name: the trial ids are kept, and a trial that was
+  running continues in its own run directory with every step logged once;
+- ASHA stops at least one trial at its first rung.
+
+The objective here is the training loss (min), not the space's val_miou:
+the λ_pixel = 30 arms then have a loss an order of magnitude higher, so ASHA's
+decision does not hang on k-means noise in an 8-step run. The workers still
+report val_miou every 4 steps, and the test checks that it reaches the run logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray import tune
+
+from raycseg.config import load_recipe
+from raycseg.tune.search import run_tune
+from raycseg.tune.spaces import find_space
+
+pytestmark = pytest.mark.ray
+
+WATCHDOG_S = 900  # a leaked placement group would make the restored search wait forever
+
+
+class InterruptOnFirstCheckpoint(tune.Callback):
+    """Sends SIGINT (as Ctrl-C does) once, when a trial first reports a checkpoint.
+
+    Tune keeps run-config callbacks across a restore, so a marker file makes it fire once.
+    """
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "checkpoint_path" in result and not self.marker.exists():
+            self.marker.write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    """A 2-CPU local Ray with the dashboard on (it frees stopped trials' placement groups)."""
+    import ray
+
+    if ray.is_initialized():  # a session Ray without the dashboard would leak stopped trials
+        ray.shutdown()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        logging_config=ray.LoggingConfig(log_level="ERROR"),
+    )
+    yield ray
+    ray.shutdown()
+
+
+def loss_space(tmp_path: Path) -> Path:
+    raw = yaml.safe_load(find_space("cacl_debug").read_text())
+    raw.update(metric="loss", mode="min")
+    path = tmp_path / "cacl_debug_loss.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def read_steps(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until_freed(ray, timeout_s: float = 60.0) -> tuple[float, list[str]]:
+    """Poll until every CPU is free and no placement group is still held."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = [
+            pg_id
+            for pg_id, info in ray.util.placement_group_table().items()
+            if info["state"] not in ("REMOVED",)
+        ]
+        free = ray.available_resources().get("CPU", 0.0)
+        if (free == 2.0 and not held) or time.monotonic() > deadline:
+            return free, held
+        time.sleep(1.0)
+
+
+def test_search_stops_a_trial_frees_its_workers_and_restores_after_an_interrupt(
+    ray_two_cpus, tmp_path
+):
+    ray = ray_two_cpus
+    space = loss_space(tmp_path)
+    overrides = [f"data.root={tmp_path / 'data'}", f"storage.path={tmp_path / 'runs'}"]
+    marker = tmp_path / "interrupted-trial"
+
+    first = run_tune(
+        space, overrides=overrides, name="search", callbacks=[InterruptOnFirstCheckpoint(marker)]
+    )
+    experiment = first.experiment_dir
+    assert experiment == tmp_path / "runs" / "tune" / "search"
+    assert first.interrupted and marker.exists()
+    assert any(trial.status == "unfinished" for trial in first.trials)
+    assert first.best is None and not (experiment / "best.yaml").exists()
+    interrupted_id = marker.read_text()
+    steps_before = [r["step"] for r in read_steps(experiment / "runs" / interrupted_id)]
+    assert steps_before and max(steps_before) < 16
+
+    watchdog = threading.Timer(WATCHDOG_S, os.kill, (os.getpid(), signal.SIGINT))
+    watchdog.start()
+    try:
+        second = run_tune(None, name="search", storage_path=str(tmp_path / "runs" / "tune"),
+                          resume=True)  # fmt: skip
+    finally:
+        watchdog.cancel()
+
+    assert second.resumed and not second.interrupted, "timed out: a stopped trial leaked?"
+    ids = {trial.trial_id for trial in second.trials}
+    assert len(ids) == 4 and {t.trial_id for t in first.trials} <= ids
+    statuses = {trial.trial_id: trial.status for trial in second.trials}
+    assert set(statuses.values()) <= {"completed", "stopped"}, statuses
+    stopped = [t for t in second.trials if t.status == "stopped"]
+    assert stopped and all(t.last_step < 16 for t in stopped)  # ASHA stopped at the rung
+
+    # the interrupted trial went on in its own run directory, each step logged once
+    resumed_run = experiment / "runs" / interrupted_id
+    steps = [r["step"] for r in read_steps(resumed_run)]
+    assert steps == sorted(set(steps)) and steps[0] == 1
+    starts = (resumed_run / "workers.jsonl").read_text().splitlines()
+    assert len(starts) >= 2  # its worker group started before and after the restore
+    assert any("val_miou" in r for r in read_steps(resumed_run))
+
+    # the best trial is a sensible arm, and best.yaml reproduces it
+    best = second.best
+    assert best.status == "completed" and best.config["stages.cacl.lambda_pixel"] == 0.0
+    recipe = load_recipe(second.best_recipe_path, check_files=False)
+    assert recipe.stages[0].lambda_cycle == best.config["stages.cacl.lambda_cycle"]
+    assert recipe.stages[0].lambda_pixel == 0.0 and recipe.scaling.num_workers == 1
+
+    free, held = wait_until_freed(ray)
+    assert free == 2.0 and not held, (free, held)
+
+    _check_report(experiment, ids)
+
+
+def _check_report(experiment: Path, ids: set[str]) -> None:
+    try:
+        from raycseg.reports import write_experiment_report
+    except ImportError:
+        pytest.skip("raycseg.reports is not written yet")
+    summary = write_experiment_report(experiment, metric="loss", mode="min")
+    report = (experiment / "report.md").read_text()
+    assert (experiment / "report.html").exists()
+    assert all(trial_id in report for trial_id in ids)
+    assert {t.trial_id for t in summary.trials} == ids
