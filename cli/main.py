@@ -17,11 +17,13 @@ from rich.text import Text
 from raycseg import __version__
 from raycseg.errors import CsegError
 
-from . import bench, cluster, recipes
+from . import bench, cluster, recipes, shards
 from .console import err
 from .eval import evaluate
 from .pretrain import pretrain
 from .report import report
+from .splits import split
+from .tune import tune
 
 app = typer.Typer(
     name="cseg",
@@ -31,12 +33,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+app.command("pretrain")(pretrain)
+app.command("tune")(tune)
+app.command("eval")(evaluate)
+app.command("report")(report)
+app.add_typer(shards.app, name="shards")
+shards.app.command("split")(split)
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(bench.app, name="bench")
 app.add_typer(cluster.app, name="cluster")
-app.command("pretrain")(pretrain)
-app.command("eval")(evaluate)
-app.command("report")(report)
 
 
 def _print_version(value: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 import typer
@@ -45,9 +47,16 @@ def pretrain(
             return
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     total = sum(stage.steps for stage in loaded.stages)
-    with _progress_display(total, quiet) as on_metrics:
+    # Ray and its workers print to stdout; keep stdout for results (CONTRACTS.md §2).
+    with _progress_display(total, quiet) as on_metrics, contextlib.redirect_stdout(sys.stderr):
         result = run_pretrain(
-            loaded, address=address, resume=resume, new=new, on_metrics=on_metrics, on_message=say
+            loaded,
+            address=address,
+            resume=resume,
+            new=new,
+            on_metrics=on_metrics,
+            on_message=say,
+            quiet=quiet,
         )
     if quiet:
         out.print(str(result.run_dir.resolve()), markup=False)

@@ -16,9 +16,10 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,8 @@ def format_number(value: float | None, digits: int = 4) -> str:
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Draw `figure` on an Agg canvas (no pyplot, no global backend) into the PNG at `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=FIGURE_DPI, format="png")
     return path

@@ -15,7 +15,6 @@ import yaml
 
 from raycseg.errors import CsegError
 
-from . import experiment_plots, run_plots
 from .experiment import (
     SPACE_FILE,
     ExperimentSummary,
@@ -87,9 +86,9 @@ def write_experiment_report(
     """
     summary = load_experiment(Path(path), metric=metric, mode=mode)
     plots = [
-        experiment_plots.plot_metric_curves(summary, summary.path / "metric_by_step.png"),
-        experiment_plots.plot_params_vs_metric(summary, summary.path / "params_vs_metric.png"),
-        experiment_plots.plot_parallel_coordinates(
+        _plots("experiment").plot_metric_curves(summary, summary.path / "metric_by_step.png"),
+        _plots("experiment").plot_params_vs_metric(summary, summary.path / "params_vs_metric.png"),
+        _plots("experiment").plot_parallel_coordinates(
             summary, summary.path / "parallel_coordinates.png"
         ),
     ]
@@ -235,10 +234,10 @@ def write_run_report(path: Path) -> RunSummary:
     """
     summary = load_run(Path(path))
     plots = [
-        run_plots.plot_losses(summary, summary.path / "loss.png"),
-        run_plots.plot_schedule_and_throughput(summary, summary.path / "lr_throughput.png"),
-        run_plots.plot_validation(summary, summary.path / "validation.png"),
-        run_plots.plot_eval(summary, summary.path / "eval.png"),
+        _plots("run").plot_losses(summary, summary.path / "loss.png"),
+        _plots("run").plot_schedule_and_throughput(summary, summary.path / "lr_throughput.png"),
+        _plots("run").plot_validation(summary, summary.path / "validation.png"),
+        _plots("run").plot_eval(summary, summary.path / "eval.png"),
     ]
     plots = [plot for plot in plots if plot is not None]
     blocks = run_blocks(summary, plots)
@@ -355,3 +354,10 @@ def _per_class_table(summary: RunSummary) -> Table:
         for index in range(classes)
     ]
     return Table(header, rows, numeric=frozenset(header))
+
+
+def _plots(kind: str):
+    """The plotting module for `kind` (imported on use: matplotlib is slow to import)."""
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{kind}_plots")

@@ -103,6 +103,7 @@ def run_pretrain(
     new: bool = False,
     on_metrics: Callable[[dict[str, Any]], None] | None = None,
     on_message: Callable[[str], None] = lambda _: None,
+    quiet: bool = False,
 ) -> PretrainResult:
     """Run every stage of `recipe` on Ray Train, then its eval section.
 
@@ -113,6 +114,7 @@ def run_pretrain(
         new: start afresh under a new name even if the named run exists.
         on_metrics: called in the driver with every metrics record rank 0 logs.
         on_message: called with progress messages for the user.
+        quiet: keep Ray's own logs out of the output (errors only).
     """
     run_dir, resumed = choose_run_dir(recipe, resume=resume, new=new)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +123,8 @@ def run_pretrain(
     prepare_data(recipe, on_message)
 
     result = PretrainResult(run_dir=run_dir, resumed=resumed)
+    if recipe.scaling.num_workers:
+        start_ray(address, recipe.scaling, quiet=quiet)
     result.checkpoints = run_stages(
         recipe, run_dir, address=address, on_metrics=on_metrics, on_message=on_message
     )
@@ -248,16 +252,20 @@ def _run_stage(
     return str(Path(outcome.checkpoint.path) / STATE_FILE)
 
 
-def start_ray(address: str | None, scaling) -> None:
-    """Join `address` (or RAY_ADDRESS), else start local Ray with this machine's CPUs."""
+def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
+    """Join `address` (or RAY_ADDRESS), else start local Ray with this machine's CPUs.
+
+    Local services (the dashboard) bind to 127.0.0.1. `quiet` keeps the workers'
+    logs out of the driver's output and shows only Ray's errors.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    logging_config = ray.LoggingConfig(log_level="WARNING")
+    logging_config = ray.LoggingConfig(log_level="ERROR" if quiet else "WARNING")
     if address:
-        ray.init(address=address, logging_config=logging_config)
+        ray.init(address=address, logging_config=logging_config, log_to_driver=not quiet)
         return
     needed = scaling.num_workers * scaling.cpus_per_worker
     ray.init(
@@ -265,6 +273,7 @@ def start_ray(address: str | None, scaling) -> None:
         num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
         dashboard_host="127.0.0.1",
         logging_config=logging_config,
+        log_to_driver=not quiet,
     )
 
 
