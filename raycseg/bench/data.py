@@ -81,6 +81,7 @@ def _run_raw(clips: list[tuple[str, list[int]]], data: dict[str, bytes]) -> floa
 def _rates(clips: int, frames_per_clip: int, seconds: float, cores: int) -> dict:
     clips_per_s = clips / seconds
     return {
+        "clips": clips,
         "seconds": round(seconds, 3),
         "cores": cores,
         "clips_per_s": round(clips_per_s, 3),

@@ -65,6 +65,7 @@ class PrepareOptions:
     layout: str | None = None
     mask_rules: MaskRules | None = None
     compute_saliency: bool = False
+    masks_root: Path | None = None
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _prepare_saliency(item: SourceItem, options: PrepareOptions) -> PreparedSamp
         meta["mask_source"] = "computed: boolean map saliency + MaskContrast post-processing"
     else:
         mask = read_saliency_mask(item.mask_path.read_bytes())
-        meta["mask_source"] = _display(item.mask_path, options.source_root)
+        meta["mask_source"] = _display(item.mask_path, options.masks_root or options.source_root)
         if mask.shape != rgb.shape[:2]:
             raise ValueError(
                 f"mask is {mask.shape[1]}x{mask.shape[0]} but image is {rgb.shape[1]}x{rgb.shape[0]}"

@@ -199,9 +199,8 @@ def build_shards(
         listing.classes = list(classes)
     listing.mask_classes = list(mask_classes) if kind == "video" and mask_classes else None
     layout_used = layout if kind == "segmentation" else None
-    options = PrepareOptions(
-        kind, src, layout_used, _mask_rules(kind, layout_used, listing), compute_saliency
-    )
+    rules = _mask_rules(kind, layout_used, listing)
+    options = PrepareOptions(kind, src, layout_used, rules, compute_saliency, masks_dir)
     _remove_outputs(out, existing)
     results = _prepare_all(
         _ordered_items(listing.items, shuffle_seed), options, num_procs or os.cpu_count() or 1,

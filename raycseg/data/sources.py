@@ -26,6 +26,7 @@ never splits a key at a dot.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -159,7 +160,7 @@ def _video_csv_items(csv_path: Path) -> SourceListing:
             entries.append((split, on_disk[name], row["label"], extra))
     else:
         for row in rows:
-            path = (base / row["path"]).resolve()
+            path = Path(os.path.abspath(base / row["path"]))
             if not path.is_file():
                 left_out.append(LeftOut(str(path), f"listed in {csv_path.name} but missing"))
                 continue

@@ -30,8 +30,10 @@ generator seeded by its position (epoch, index in the worker's epoch), so a
 resumed stream matches the uninterrupted one.
 
 Resuming (`start_batch=k`): the DataLoader hands out batch `i` from worker
-`i mod W`, so worker `w` skips its first `ceil((k - w) / W)` batches, i.e.
-that many times `batch_size` raw samples; whole epochs are skipped by
+`i mod W`, starting at worker 0, so in a resumed loader worker `w` plays the
+part of worker `r = (w + k) mod W` of the uninterrupted stream and skips
+that worker's first `ceil((k - r) / W)` batches, i.e. that many times
+`batch_size` raw samples; whole epochs are skipped by
 arithmetic and the rest are read from the tar but never decoded. This is
 exact when no sample before the resume point was skipped (corrupt, or
 refused by a transform such as MaskContrast's area check); each such skip
@@ -161,8 +163,23 @@ class ShardStream(IterableDataset):
                 f"samples_per_rank={self.spec.samples_per_rank} gives some of the "
                 f"{workers} loader workers nothing; raise it or use fewer workers"
             )
-        raw = (self._train_raw if self.spec.train else self._eval_raw)(worker, workers)
+        # The DataLoader takes batch i from worker i mod W and always starts at
+        # worker 0, so a loader resumed at batch k lets worker w play the part
+        # of worker (w + k) mod W of the uninterrupted stream.
+        role = (worker + self.spec.start_batch) % workers
+        raw = (
+            (sample, self._sample_rng(role, workers, epoch, index))
+            for sample, epoch, index in self.iter_raw(role, workers)
+        )
         yield from _batches(raw, self.decode, self.spec.batch_size, drop_last=self.spec.train)
+
+    def iter_raw(self, worker: int, workers: int) -> Iterator[tuple[dict, int, int]]:
+        """Undecoded samples of one loader worker as (sample, epoch, index in epoch).
+
+        Evaluation streams have a single epoch 0. Resuming (`start_batch`) is
+        already applied.
+        """
+        return (self._train_raw if self.spec.train else self._eval_raw)(worker, workers)
 
     def _rank_worker_parts(self, parts: list[Part], worker: int, workers: int) -> list[Part]:
         return parts[self.spec.rank :: self.spec.world_size][worker::workers]
@@ -173,7 +190,7 @@ class ShardStream(IterableDataset):
             [spec.seed, spec.rank, spec.world_size, workers, worker, epoch, index]
         )
 
-    def _eval_raw(self, worker: int, workers: int) -> Iterator[tuple[dict, np.random.Generator]]:
+    def _eval_raw(self, worker: int, workers: int) -> Iterator[tuple[dict, int, int]]:
         spec = self.spec
         parts = make_parts(spec.urls, spec.world_size * workers)
         mine = self._rank_worker_parts(parts, worker, workers)
@@ -181,9 +198,9 @@ class ShardStream(IterableDataset):
         skip = skipped_raw_samples(spec.start_batch, spec.batch_size, worker, workers)
         for index, sample in enumerate(samples):
             if index >= skip:
-                yield sample, self._sample_rng(worker, workers, 0, index)
+                yield sample, 0, index
 
-    def _train_raw(self, worker: int, workers: int) -> Iterator[tuple[dict, np.random.Generator]]:
+    def _train_raw(self, worker: int, workers: int) -> Iterator[tuple[dict, int, int]]:
         spec = self.spec
         parts = make_parts(spec.urls, spec.world_size * workers)
         quota = worker_quota(spec.samples_per_rank, worker, workers)
@@ -202,7 +219,7 @@ class ShardStream(IterableDataset):
             stream = _passes(mine, fallback, spec.shuffle_buffer, shuffle_rng)
             for index, sample in enumerate(islice(stream, quota)):
                 if index >= offset:
-                    yield sample, self._sample_rng(worker, workers, epoch, index)
+                    yield sample, epoch, index
             epoch, offset = epoch + 1, 0
 
 

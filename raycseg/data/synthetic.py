@@ -50,6 +50,7 @@ from raycseg.errors import DataError
 
 from .images import encode_jpeg, encode_mask_png, voc_palette
 from .shards import build_shards
+from .video import probe_video
 
 SYNTHETIC_CLASSES = (
     "background",
@@ -176,17 +177,42 @@ def render_clip(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndar
     return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 planes of an RGB frame [H, W, 3] (H, W even).
+
+    Returns:
+        uint8 [H * 3 / 2, W]: the Y plane, then the U and V planes (each
+        [H/2, W/2]) laid out row after row, as PyAV's "yuv420p" ndarray expects.
+    """
+    rgb = frame.astype(np.float64)
+    height, width = frame.shape[:2]
+    y = 16.0 + rgb @ np.array([65.481, 128.553, 24.966]) / 255.0
+    u = 128.0 + rgb @ np.array([-37.797, -74.203, 112.0]) / 255.0
+    v = 128.0 + rgb @ np.array([112.0, -93.786, -18.214]) / 255.0
+    half = (height // 2, 2, width // 2, 2)
+    u, v = (plane.reshape(half).mean(axis=(1, 3)) for plane in (u, v))
+    planes = [y.ravel(), u.ravel(), v.ravel()]
+    return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8).reshape(-1, width)
+
+
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
-    """Encode uint8 frames [T, H, W, 3] as mp4/h264 (yuv420p, CRF 18, one thread)."""
+    """Encode uint8 frames [T, H, W, 3] as mp4/h264 (yuv420p, CRF 18, one thread).
+
+    Two settings keep the bytes (and so the shards) identical from run to
+    run: x264's macroblock tree is off (with it, small frames encoded
+    differently between runs in one process), and the colour conversion is
+    done here in numpy rather than by swscale.
+    """
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "fast"}
+        stream.options = {"crf": "18", "preset": "fast", "x264-params": "mbtree=0"}
         stream.codec_context.thread_count = 1
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            container.mux(stream.encode(yuv))
         container.mux(stream.encode(None))
     return buffer.getvalue()
 
@@ -317,6 +343,7 @@ def build_synthetic(
     if any((out / name / "manifest.json").exists() for name in sets) and not overwrite:
         raise DataError(f"{out} already holds a synthetic dataset; pass --overwrite to replace it")
     cfg = SyntheticConfig(image_size, frames, fps, min_objects, max_objects)
+    _check_decodable(cfg)
     procs = num_procs or os.cpu_count() or 1
     tree = out / ".source-tmp"
     shutil.rmtree(tree, ignore_errors=True)
@@ -340,6 +367,18 @@ def build_synthetic(
             "frames_per_clip": frames_per_clip, "classes": list(SYNTHETIC_CLASSES), **asdict(cfg)}  # fmt: skip
     (out / "synthetic.json").write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def _check_decodable(cfg: SyntheticConfig) -> None:
+    """Refuse frame sizes decord cannot decode (it fails on a few small sizes, e.g. 24 and 48)."""
+    frames = np.zeros((2, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    try:
+        probe_video(encode_mp4(frames, cfg.fps))
+    except ValueError as error:
+        raise DataError(
+            f"decord cannot decode {cfg.image_size}x{cfg.image_size} mp4 frames ({error}); "
+            "choose another --image-size, e.g. 32, 64 or 96"
+        ) from error
 
 
 def _stage(on_progress: Callable[[str, int, int], None] | None, stage: str):

@@ -1,0 +1,122 @@
+"""Augmentations: pairs, joint segmentation transforms, MaskContrast views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raycseg.data.transforms import (
+    ColorJitter,
+    MaskContrastViews,
+    PairViewTransform,
+    SegmentationTrainTransform,
+    random_resized_crop_box,
+    resize_for_eval,
+    rotate_hue,
+)
+
+
+def random_image(height=48, width=64, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+
+
+def test_crop_boxes_respect_the_scale_and_the_image():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        top, left, height, width = random_resized_crop_box(60, 80, (0.3, 0.6), rng)
+        assert 0 <= top and top + height <= 60 and 0 <= left and left + width <= 80
+        assert 0.25 <= height * width / (60 * 80) <= 0.65  # rounding at these sizes
+
+
+def test_pair_views_are_uint8_of_the_asked_size_and_deterministic():
+    transform = PairViewTransform(32, crop_scale=(0.3, 1.0), hue_full_range=True)
+    image = random_image()
+    first = transform(image, np.random.default_rng(5))
+    again = transform(image, np.random.default_rng(5))
+    other = transform(image, np.random.default_rng(6))
+    assert first.shape == (3, 32, 32) and first.dtype == torch.uint8
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_grayscale_with_probability_one_gives_equal_channels():
+    transform = PairViewTransform(16, grayscale_p=1.0, jitter_p=0.0)
+    view = transform(random_image(), np.random.default_rng(0))
+    assert torch.equal(view[0], view[1]) and torch.equal(view[1], view[2])
+
+
+def test_hue_rotation_keeps_grey_and_full_turn_is_identity():
+    grey = torch.full((3, 4, 4), 77, dtype=torch.uint8)
+    assert torch.equal(rotate_hue(grey, 0.3), grey)
+    image = random_image(8, 8)
+    assert (rotate_hue(image, 1.0).int() - image.int()).abs().max() <= 1
+    red = torch.tensor([200, 0, 0], dtype=torch.uint8).view(3, 1, 1)
+    assert rotate_hue(red, 0.5).flatten()[0] < 50  # opposite hue: red is gone
+
+
+def test_jitter_probability_zero_is_identity():
+    image = random_image()
+    assert torch.equal(ColorJitter(p=0.0)(image, np.random.default_rng(0)), image)
+
+
+def test_segmentation_crop_pads_labels_with_ignore_and_images_with_zero():
+    transform = SegmentationTrainTransform(64, scale_range=(0.5, 0.5), flip_p=0.0,
+                                           color_jitter=ColorJitter(p=0.0))  # fmt: skip
+    image = torch.full((3, 40, 60), 200, dtype=torch.uint8)
+    label = torch.full((40, 60), 3, dtype=torch.uint8)
+    out_image, out_label = transform(image, label, np.random.default_rng(0))
+    assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
+    assert (out_label[:20, :30] == 3).all()
+    assert (out_label[20:] == 255).all() and (out_label[:, 30:] == 255).all()
+    assert (out_image[:, 20:] == 0).all() and (out_image[:, :20, :30] == 200).all()
+
+
+def test_segmentation_transform_moves_image_and_label_together():
+    transform = SegmentationTrainTransform(
+        24, scale_range=(0.8, 1.4), color_jitter=ColorJitter(p=0.0)
+    )
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    label = torch.zeros(40, 40, dtype=torch.uint8)
+    image[:, :, 20:] = 255
+    label[:, 20:] = 1
+    for seed in range(20):
+        out_image, out_label = transform(image, label, np.random.default_rng(seed))
+        bright = out_image[0] > 127
+        valid = out_label != 255
+        agree = (bright == (out_label == 1)) & valid
+        assert agree.sum() >= 0.95 * valid.sum()
+
+
+def test_eval_resize_is_exact_and_nearest_for_labels():
+    image = random_image(30, 50)
+    label = torch.randint(0, 5, (30, 50), dtype=torch.uint8)
+    out_image, out_label = resize_for_eval(image, label, 20)
+    assert out_image.shape == (3, 20, 20) and out_label.shape == (20, 20)
+    assert set(out_label.unique().tolist()) <= set(label.unique().tolist())
+
+
+def test_maskcontrast_views_satisfy_the_area_constraint():
+    views = MaskContrastViews(32, crop_scale=(0.2, 1.0), min_mask_area=0.1, max_mask_area=0.9)
+    image = random_image(64, 64)
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[16:48, 16:48] = 1
+    accepted = 0
+    for seed in range(40):
+        result = views(image, mask, np.random.default_rng(seed))
+        if result is None:
+            continue
+        accepted += 1
+        query, query_mask, key, key_mask = result
+        assert query.shape == key.shape == (3, 32, 32) and query.dtype == torch.uint8
+        assert query_mask.dtype == torch.bool
+        for view_mask in (query_mask, key_mask):
+            assert 0.1 < view_mask.float().mean().item() < 0.9
+    assert accepted >= 20
+
+
+@pytest.mark.parametrize("fill", [0, 1])
+def test_maskcontrast_refuses_empty_and_full_masks(fill):
+    views = MaskContrastViews(16)
+    mask = torch.full((32, 32), fill, dtype=torch.uint8)
+    assert views(random_image(32, 32), mask, np.random.default_rng(0)) is None
