@@ -12,8 +12,10 @@ earlier case's allocator state leaks into the figures:
    needed, gradients of the inputs included. This first step is not timed.
    Where the peak mark cannot be reset (not Linux), ``ru_maxrss`` is used and
    ``peak_method`` says so;
-3. it times ``repeats`` further forward+backward steps (``time.perf_counter``)
-   and reports the median and the minimum.
+3. it times ``repeats`` further forward+backward steps and reports the median
+   and minimum wall time (``time.perf_counter``) and the median CPU time of the
+   process (``time.process_time``, all threads), which is the steadier figure
+   on a shared machine.
 
 RSS includes memory that glibc keeps after a free, so the figures are an upper
 bound on live tensor memory, measured the same way as the quoted reference
@@ -305,15 +307,17 @@ def _measure_case(
         baseline = _max_rss_mib()
         step()
         peak, method = _max_rss_mib() - baseline, "ru_maxrss - post-setup ru_maxrss"
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "time_s": statistics.median(times),
         "time_s_min": min(times),
         "times_s": times,
+        "cpu_s": statistics.median(cpu_times),
         "peak_mib": peak,
         "peak_method": method,
     }
@@ -335,7 +339,8 @@ def benchmark_loss(
 
     Returns:
         A flat JSON-ready dict: ``case``, ``threads``, ``repeats``, ``shapes``,
-        ``time_s`` (median), ``time_s_min``, ``times_s``, ``peak_mib``,
+        ``time_s`` (median wall), ``time_s_min``, ``times_s``, ``cpu_s`` (median
+        process CPU time), ``peak_mib``,
         ``peak_method``, and, when the shapes are the defaults and a reference is
         known, ``reference`` plus ``speedup`` (reference time / ours) and
         ``memory_ratio`` (ours / reference peak).

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raycseg.losses._precision import at_least_float32
+from raycseg.losses._precision import at_least_float32, full_precision
 
 __all__ = [
     "CACLLoss",
@@ -68,6 +68,7 @@ _DROPPED_EDGE_LOGIT = -1e20
 _RETURN_PROBABILITY_FLOOR = 1e-20
 
 
+@full_precision
 def global_contrast_loss(
     g: torch.Tensor, g_pos: torch.Tensor, temperature: float = 0.2
 ) -> torch.Tensor:
@@ -114,6 +115,7 @@ def _rematch_direction(
     return torch.logsumexp(logits, dim=-1) - positive_logits.squeeze(-1)
 
 
+@full_precision
 def pixel_rematch_loss(
     p: torch.Tensor,
     p_pos: torch.Tensor,
@@ -144,6 +146,10 @@ def pixel_rematch_loss(
         raise ValueError(
             f"u and u_pos must be [B, E, N] matching p; got {tuple(u.shape)}, {tuple(u_pos.shape)}"
         )
+    if negatives is not None and (
+        negatives.dim() != 3 or negatives.shape[0] != p.shape[0] or negatives.shape[2] != p.shape[1]
+    ):
+        raise ValueError(f"negatives must be [B, K, D]; got {tuple(negatives.shape)}")
     with torch.no_grad():
         u_n = F.normalize(at_least_float32(u), dim=1)
         u_pos_n = F.normalize(at_least_float32(u_pos), dim=1)
@@ -151,25 +157,19 @@ def pixel_rematch_loss(
         forward_match = affinity.argmax(dim=2)  # first maximum: ties go to the lowest index
         backward_match = affinity.argmax(dim=1)
         del affinity
-        if negatives is not None:
-            if (
-                negatives.dim() != 3
-                or negatives.shape[0] != p.shape[0]
-                or negatives.shape[2] != p.shape[1]
-            ):
-                raise ValueError(f"negatives must be [B, K, D]; got {tuple(negatives.shape)}")
-            negatives = (
-                F.normalize(at_least_float32(negatives.detach()), dim=2)
-                if negatives.shape[1]
-                else None
-            )
     anchors = F.normalize(at_least_float32(p), dim=1).transpose(1, 2)  # [B, N, D]
     partners = F.normalize(at_least_float32(p_pos), dim=1).transpose(1, 2)
+    if negatives is not None:
+        has_negatives = negatives.shape[1] > 0
+        negatives = (
+            F.normalize(negatives.detach().to(anchors.dtype), dim=2) if has_negatives else None
+        )
     forward = _rematch_direction(anchors, partners, forward_match, negatives, temperature)
     backward = _rematch_direction(partners, anchors, backward_match, negatives, temperature)
     return 0.5 * (forward.mean() + backward.mean())
 
 
+@full_precision
 def cycle_attention_loss(
     c: torch.Tensor, c_pos: torch.Tensor, temperature: float = 0.07, edge_dropout: float = 0.0
 ) -> torch.Tensor:

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from raycseg.losses._precision import at_least_float32
+from raycseg.losses._precision import at_least_float32, full_precision
 
 __all__ = ["downsample_mask", "maskcontrast_loss", "saliency_bce_loss"]
 
@@ -125,6 +125,7 @@ def _chunked_cross_entropy(
     return torch.cat(pieces)
 
 
+@full_precision
 def maskcontrast_loss(
     q: torch.Tensor,
     q_mask: torch.Tensor,
@@ -182,6 +183,7 @@ def maskcontrast_loss(
     return (weight * cross_entropy).sum() / weight.sum(), prototypes
 
 
+@full_precision
 def saliency_bce_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Class-balanced binary cross-entropy for the saliency head.
 

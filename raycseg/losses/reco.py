@@ -47,7 +47,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from raycseg.losses._precision import at_least_float32
+from raycseg.losses._precision import at_least_float32, full_precision
 
 __all__ = ["RecoSamples", "draw_reco_samples", "reco_loss"]
 
@@ -234,6 +234,7 @@ class _GatheredDot(torch.autograd.Function):
         return grad_anchors, None, None
 
 
+@full_precision
 def reco_loss(
     rep: torch.Tensor,
     label: torch.Tensor,

@@ -334,3 +334,12 @@ def test_two_rank_gather_matches_single_process(run_two_gloo_ranks):
         rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
         for name in ("g", "g_pos", "p", "p_pos"):
             torch.testing.assert_close(saved[f"grad_{name}"] / world, single[name].grad[rows])
+
+
+def test_losses_compute_in_float32_under_bf16_autocast():
+    c, c_pos = leaves((2, 8, 16), (2, 8, 16), seed=12, dtype=torch.float32)
+    exact = cycle_attention_loss(c, c_pos)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = cycle_attention_loss(c, c_pos)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, exact)

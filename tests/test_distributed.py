@@ -1,0 +1,71 @@
+"""raycseg.distributed: identities without a process group; the autograd gather on 2 gloo ranks."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing
+
+from raycseg.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
+
+ROWS = (2, 3)  # rank 0 holds 2 rows, rank 1 holds 3: unequal first dims are supported
+
+
+def test_without_a_process_group_everything_is_an_identity():
+    assert (get_rank(), get_world_size()) == (0, 1)
+    x = torch.randn(3, 2, requires_grad=True)
+    assert all_gather_with_grad(x) is x
+    detached = all_gather_no_grad(x)
+    assert torch.equal(detached, x) and not detached.requires_grad
+
+
+def rank_rows(rank: int) -> torch.Tensor:
+    start = sum(ROWS[:rank])
+    return torch.arange(start, start + ROWS[rank], dtype=torch.float64)[:, None] * torch.tensor(
+        [1.0, -1.0], dtype=torch.float64
+    )
+
+
+def rank_weights(rank: int) -> torch.Tensor:
+    """A different loss on every rank: L_r = sum(weights_r * gathered)."""
+    return torch.arange(sum(ROWS) * 2, dtype=torch.float64).reshape(sum(ROWS), 2) * (rank + 1)
+
+
+def gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    x = rank_rows(rank).requires_grad_()
+    gathered = all_gather_with_grad(x)
+    (rank_weights(rank) * gathered).sum().backward()
+    saved = {
+        "rank": torch.tensor([get_rank(), get_world_size()]),
+        "gathered": gathered.detach(),
+        "no_grad": all_gather_no_grad(x),
+        "no_grad_requires_grad": torch.tensor(all_gather_no_grad(x).requires_grad),
+        "grad": x.grad,
+    }
+    torch.save(saved, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gather_forward_and_backward_on_two_gloo_ranks(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    everything = torch.cat([rank_rows(r) for r in range(2)])
+    total_weights = sum(rank_weights(r) for r in range(2))  # backward sums over ranks ...
+    for rank, saved in enumerate(ranks):
+        assert saved["rank"].tolist() == [rank, 2]
+        torch.testing.assert_close(saved["gathered"], everything)  # rank order, unequal sizes
+        torch.testing.assert_close(saved["no_grad"], everything)
+        assert not saved["no_grad_requires_grad"].item()
+        rows = slice(sum(ROWS[:rank]), sum(ROWS[: rank + 1]))
+        torch.testing.assert_close(
+            saved["grad"], total_weights[rows]
+        )  # ... and routes the owner's rows
