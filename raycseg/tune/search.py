@@ -83,50 +83,51 @@ def run_tune(
         RecipeError: a bad space, recipe or override (before Ray starts).
         CsegError: `resume` with nothing to resume.
     """
-    from ray import tune
+    from ..train.launch import prepare_data
 
     experiment_dir, plan, restorable = _prepare_experiment(
         space, recipe, overrides, name, storage_path, resume
     )
     _save_plan(plan, experiment_dir, fresh=not restorable)
     on_message(f"{'restoring' if restorable else 'experiment'} {experiment_dir}")
-    from ..train.launch import prepare_data
-
     prepare_data(plan.recipe, on_message)
     _connect_ray(address, plan.recipe, verbose)
 
-    driver_resources, trial_need = trial_demand(plan.recipe)
-    trainable = tune.with_resources(
-        make_trial_driver(plan.base_raw, experiment_dir), driver_resources
-    )
     with _strict_metric_check_off():
-        if restorable:
-            tuner = tune.Tuner.restore(
-                str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            concurrency = plan.space.max_concurrent_trials or default_max_concurrent(
-                trial_need, on_message
-            )
-            on_message(f"up to {concurrency} trial(s) at once, each needing {trial_need}")
-            tuner = tune.Tuner(
-                trainable,
-                param_space=to_param_space(plan.space),
-                tune_config=_tune_config(plan, concurrency),
-                run_config=tune.RunConfig(
-                    name=experiment_dir.name,
-                    storage_path=str(experiment_dir.parent),
-                    callbacks=callbacks,
-                    verbose=verbose,
-                ),
-            )
-        grid = tuner.fit()
+        grid = _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message).fit()
     result = summarise_results(grid, plan, experiment_dir, resumed=restorable)
     if result.interrupted:
         on_message(f"interrupted; resume with `cseg tune --resume {experiment_dir}`")
     elif result.best is None:
         on_message(f"no trial reported {plan.metric}; no best recipe written")
     return result
+
+
+def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message):
+    """A fresh Tuner for the plan, or the restored one of `experiment_dir`."""
+    from ray import tune
+
+    driver_resources, trial_need = trial_demand(plan.recipe)
+    trainable = tune.with_resources(
+        make_trial_driver(plan.base_raw, experiment_dir), driver_resources
+    )
+    if restorable:
+        return tune.Tuner.restore(
+            str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True
+        )
+    concurrency = plan.space.max_concurrent_trials or default_max_concurrent(trial_need, on_message)
+    on_message(f"up to {concurrency} trial(s) at once, each needing {trial_need}")
+    return tune.Tuner(
+        trainable,
+        param_space=to_param_space(plan.space),
+        tune_config=_tune_config(plan, concurrency),
+        run_config=tune.RunConfig(
+            name=experiment_dir.name,
+            storage_path=str(experiment_dir.parent),
+            callbacks=callbacks,
+            verbose=verbose,
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------- the trial
