@@ -76,7 +76,6 @@ def tune(
         print_summary(summary)
         if result.best_recipe_path is not None:
             out.print(f"best recipe: {result.best_recipe_path}", markup=False)
-            out.print(f"next: cseg pretrain {result.best_recipe_path}", markup=False)
         out.print(f"experiment directory: {result.experiment_dir}", markup=False)
     _raise_on_problems(result)
 
