@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from raycseg.config import load_recipe
 from raycseg.eval.metrics import ProtocolSkipped
@@ -18,6 +18,7 @@ from raycseg.losses.maskcontrast import maskcontrast_loss
 from raycseg.methods import build_method
 from raycseg.methods.maskcontrast import (
     MaskContrast,
+    _shuffled_forward,
     load_query_encoder,
     maskcontrast_kmeans_scores,
 )
@@ -271,38 +272,88 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TWO_WORKER_BATCH = 3
+TWO_WORKER_IMAGE = 16
+
+
+def two_worker_rank(rank: int, world: int, port: int, out_dir: Path) -> None:
+    """One rank: enqueue known rows, encode keys with and without shuffle-BN, one training step.
+
+    Saves to out_dir/rank<r>.pt what the parent compares: the queue after each rank
+    enqueued rows filled with rank + 1; key embeddings of this rank's images through
+    shuffle-BN and through a plain forward, with BN in eval mode (per-image outputs:
+    equal when the un-shuffle is right) and in train mode (batch statistics: different
+    when the key batch really was shuffled); the queue and pointer after a training step.
+    """
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    batch_size, size = TWO_WORKER_BATCH, TWO_WORKER_IMAGE
+    method = new_method(
+        f"stages.maskcontrast.data.batch_size={batch_size}",
+        "stages.maskcontrast.queue_size=12",
+        f"stages.maskcontrast.data.image_size={size}",
+        f"scaling.num_workers={world}",
+    )
+    saved = {}
+    method._enqueue(torch.full((batch_size, method.queue.shape[1]), float(rank + 1)))
+    saved["queue_after_enqueue"] = method.queue.clone()
+    saved["pointer_after_enqueue"] = method.queue_pointer.clone()
+    generator = torch.Generator().manual_seed(100 + rank)
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                           generator=generator)  # fmt: skip
+    encoder = method.key_encoder
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            encoder.train(mode == "train")
+            torch.manual_seed(7)  # rank 0 draws the permutation; dropout noise alike
+            saved[f"shuffled_{mode}"] = _shuffled_forward(encoder, images)
+            torch.manual_seed(7)
+            saved[f"local_{mode}"] = encoder(normalize_images(images))[0]
+    batch = {
+        "query": images,
+        "key": images.flip(-1),
+        "query_mask": torch.rand(batch_size, size, size, generator=generator) > 0.5,
+        "key_mask": torch.rand(batch_size, size, size, generator=generator) > 0.5,
+    }
+    method.train()(batch)["loss"].backward()
+    saved["queue_after_step"] = method.queue.clone()
+    saved["pointer_after_step"] = method.queue_pointer.clone()
+    torch.save(saved, out_dir / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
 def test_two_gloo_workers_share_the_queue_and_unshuffle_keys(tmp_path):
-    script = Path(__file__).with_name("maskcontrast_two_workers.py")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs the fork start method (the ranks reuse this process's imports)")
+    context = multiprocessing.get_context("fork")  # spawn would re-import torch: ~15 s a rank
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), "2", str(port), str(tmp_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for rank in range(2)
+    ranks = [
+        context.Process(target=two_worker_rank, args=(rank, 2, port, tmp_path)) for rank in (0, 1)
     ]
+    for process in ranks:
+        process.start()
     try:
-        for proc in procs:
-            output, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, output
+        for process in ranks:
+            process.join(timeout=120)
+            assert process.exitcode == 0, "a rank failed; its traceback is in the captured stderr"
     finally:
-        for proc in procs:  # a failed rank leaves its peer waiting in a collective
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    batch = 3  # maskcontrast_two_workers.BATCH
-    for result in ranks:
+        for process in ranks:  # a failed rank leaves its peer waiting in a collective
+            if process.is_alive():
+                process.kill()
+                process.join()
+    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    rows = TWO_WORKER_BATCH
+    for result in saved:
         queue = result["queue_after_enqueue"]
-        assert result["pointer_after_enqueue"] == 2 * batch
-        assert (queue[:batch] == 1.0).all() and (queue[batch : 2 * batch] == 2.0).all()
+        assert int(result["pointer_after_enqueue"]) == 2 * rows  # the global batch
+        assert (queue[:rows] == 1.0).all() and (queue[rows : 2 * rows] == 2.0).all()
         torch.testing.assert_close(result["shuffled_eval"], result["local_eval"])
         assert not torch.allclose(result["shuffled_train"], result["local_train"], atol=1e-4)
-        assert result["pointer_after_forward"] == 0  # 12 rows, 2 x 3 per step: wrapped
-    torch.testing.assert_close(ranks[0]["queue_after_enqueue"], ranks[1]["queue_after_enqueue"])
-    torch.testing.assert_close(ranks[0]["queue_after_forward"], ranks[1]["queue_after_forward"])
+        assert int(result["pointer_after_step"]) == 0  # 12 rows, 2 x 3 per step: wrapped
+    torch.testing.assert_close(saved[0]["queue_after_enqueue"], saved[1]["queue_after_enqueue"])
+    torch.testing.assert_close(saved[0]["queue_after_step"], saved[1]["queue_after_step"])
 
 
 # ----------------------------------------------------------------------------- end to end
