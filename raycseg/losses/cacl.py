@@ -13,9 +13,10 @@ Symbols (defined once):
     K   pixel negatives per video.
 
 Every function L2-normalises its own vector inputs along the channel dim,
-computes in float32 (or float64 for float64 inputs), returns a 0-dim float32 tensor that is the mean over all
-of its anchors (both directions), and does no communication: a method gathers
-across workers first (``raycseg.distributed``) and then calls these.
+computes in float32 with autocast off (float64 inputs stay float64), returns a
+0-dim tensor that is the mean over all of its anchors (both directions), and
+does no communication: a method gathers across workers first
+(``raycseg.distributed``) and then calls these.
 
 Inputs and gradients:
     global_contrast_loss(g [B, D], g_pos [B, D])
@@ -38,6 +39,10 @@ Inputs and gradients:
         Starting from v+ uses the same matrix (rows and columns swap roles), so
         the other direction is a logsumexp over the other dim. Gradient into c, c_pos.
 
+Cost: the pixel loss forms its [B, N, K] negative logits in chunks of nodes and
+its gradient rows in the same pass (``_LogNormaliser``), so its memory is
+O(B·N·D + chunk); the cycle loss holds a few [B, N, N] tensors and never M.
+
 Edge dropout (cycle loss): each transition matrix draws its own Bernoulli(p)
 mask of dropped edges, i.e. the paper's pseudocode variant (one independent mask
 per transition), not CRW's code variant that re-uses the forward drops on the
@@ -53,6 +58,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from raycseg.losses._precision import at_least_float32, full_precision
 
@@ -64,6 +70,7 @@ __all__ = [
     "pixel_rematch_loss",
 ]
 
+_LOGITS_CHUNK_ELEMENTS = 2**22  # pixel-loss logits per chunk (16 MiB in float32)
 _DROPPED_EDGE_LOGIT = -1e20
 _RETURN_PROBABILITY_FLOOR = 1e-20
 
@@ -97,6 +104,42 @@ def global_contrast_loss(
     return F.cross_entropy(logits, targets)
 
 
+class _LogNormaliser(torch.autograd.Function):
+    """log(exp(positive) + sum_k exp(scaled . negatives_k)) per anchor, with fixed negatives.
+
+    Inputs: scaled [B, N, D] (anchors / tau), positive [B, N] (logits), negatives
+    [B, K, D] (no gradient). Its gradients, d/dpositive = exp(positive - out) and
+    d/dscaled = sum_k exp(logit_k - out) negatives_k, are formed in the forward
+    pass over chunks of nodes, so no [B, N, K] logits tensor outlives its chunk.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, scaled: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        batch, nodes, _ = scaled.shape
+        out = torch.empty_like(positive)
+        wants_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_scaled = torch.empty_like(scaled) if wants_grad else None
+        chunk = max(1, _LOGITS_CHUNK_ELEMENTS // (batch * negatives.shape[1]))
+        for start in range(0, nodes, chunk):
+            rows = slice(start, start + chunk)
+            logits = torch.bmm(scaled[:, rows], negatives.transpose(1, 2))  # [B, n, K]
+            out[:, rows] = torch.logaddexp(positive[:, rows], torch.logsumexp(logits, dim=-1))
+            if grad_scaled is not None:
+                weights = logits.sub_(out[:, rows, None]).exp_()
+                torch.bmm(weights, negatives, out=grad_scaled[:, rows])
+        grad_positive = torch.exp(positive - out) if wants_grad else None
+        ctx.save_for_backward(grad_scaled, grad_positive)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_scaled, grad_positive = ctx.saved_tensors
+        return grad_scaled * grad_out.unsqueeze(-1), grad_positive * grad_out, None
+
+
 def _rematch_direction(
     anchors: torch.Tensor,
     partners: torch.Tensor,
@@ -104,15 +147,17 @@ def _rematch_direction(
     negatives: torch.Tensor | None,
     temperature: float,
 ) -> torch.Tensor:
-    """Per-anchor InfoNCE for one direction; anchors/partners [B, N, D] normalised."""
+    """Per-anchor InfoNCE for one direction: float [B, N].
+
+    anchors and partners are unit [B, N, D], match [B, N] indexes partners, negatives
+    unit [B, K, D] (fixed) or None.
+    """
+    scaled = anchors / temperature
     positives = torch.gather(partners, 1, match.unsqueeze(-1).expand_as(partners))
-    positive_logits = (anchors * positives).sum(-1, keepdim=True) / temperature  # [B, N, 1]
+    positive_logits = (scaled * positives).sum(-1)  # [B, N]
     if negatives is None:
-        logits = positive_logits
-    else:
-        negative_logits = torch.bmm(anchors, negatives.transpose(1, 2)) / temperature  # [B, N, K]
-        logits = torch.cat([positive_logits, negative_logits], dim=-1)
-    return torch.logsumexp(logits, dim=-1) - positive_logits.squeeze(-1)
+        return positive_logits - positive_logits  # only the positive: -log 1 = 0
+    return _LogNormaliser.apply(scaled, positive_logits, negatives) - positive_logits
 
 
 @full_precision

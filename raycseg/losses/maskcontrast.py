@@ -34,6 +34,8 @@ saliency_bce_loss(logits [B, H, W] float, mask [B, H, W] bool) -> 0-dim
     background terms by #fg / #all (counted over the whole batch), sum / (B·H·W).
     Gradient into logits.
 
+Both losses compute in float32 with autocast off (float64 inputs stay float64).
+
 Resolution. The official code upsamples the 28x28 embeddings bilinearly to
 224x224 and uses every salient pixel as an anchor (tens of thousands per image,
 neighbouring anchors being interpolations of the same few cells). The feature-
@@ -46,8 +48,8 @@ computed from cells, each cell weighted once rather than by how many upsampled
 pixels it covers; small objects under half a cell can vanish, which drops the
 image (as an empty mask does). The full-resolution path here is memory-lean: it
 gathers the salient anchors before normalising, and computes the [A, B + K]
-logits in chunks whose softmax is recomputed during backward (checkpointing), so
-no [B·H·W, B + K] or full [A, B + K] logits tensor is kept.
+logits in chunks, each chunk's gradient rows being formed at once, so no
+[B·H·W, B + K] or full [A, B + K] logits tensor is ever kept.
 """
 
 from __future__ import annotations
@@ -56,14 +58,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from raycseg.losses._precision import at_least_float32, full_precision
 
 __all__ = ["downsample_mask", "maskcontrast_loss", "saliency_bce_loss"]
 
 ENET_CONSTANT = 1.02
-_ANCHOR_CHUNK = 65536
+_ANCHOR_CHUNK = 16384  # anchors per logits chunk
 
 
 def downsample_mask(
@@ -85,44 +87,62 @@ def downsample_mask(
 
 @torch.no_grad()
 def _key_prototypes(k: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
-    """normalise(sum of normalised key embeddings over the key mask): float [B, D]."""
-    k_n = F.normalize(at_least_float32(k), dim=1).flatten(2)  # [B, D, H'W']
-    summed = torch.bmm(k_n, k_mask.flatten(1).to(k_n.dtype).unsqueeze(-1)).squeeze(-1)
-    return F.normalize(summed, dim=1)  # an empty mask gives a zero sum and a zero row
+    """normalise(sum over the key mask of k_p / |k_p|): float [B, D], zero rows for empty masks.
+
+    The per-pixel normalisation is folded into the weights of one batched product,
+    so no normalised copy of ``k`` is made.
+    """
+    k_flat = at_least_float32(k).flatten(2)  # [B, D, H'W']
+    weights = k_mask.flatten(1).to(k_flat.dtype) / torch.linalg.vector_norm(
+        k_flat, dim=1
+    ).clamp_min(1e-12)
+    summed = torch.bmm(k_flat, weights.unsqueeze(-1)).squeeze(-1)
+    return F.normalize(summed, dim=1)
 
 
-def _anchor_cross_entropy(
-    anchors: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Per-anchor CE of normalised anchors [n, D] against candidates [C, D]: float [n]."""
-    logits = F.normalize(anchors, dim=1) @ candidates.T / temperature
-    return F.cross_entropy(logits, targets, reduction="none")
+class _AnchorCrossEntropy(torch.autograd.Function):
+    """Per-anchor CE of normalise(anchors) [A, D] against fixed scaled candidates [C, D] (= candidates / T).
 
+    CE_p depends on anchor p only, so its gradient is computed in the forward pass,
+    chunk by chunk: with z = a / |a| and g = (softmax - onehot) @ candidates,
+    dCE_p/da_p = (g - z (z . g)) / |a|. No [A, C] logits tensor outlives its chunk,
+    nothing is recomputed, and backward only scales the stored [A, D] rows.
+    """
 
-def _chunked_cross_entropy(
-    anchors: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """:func:`_anchor_cross_entropy` over anchor chunks; with gradients, each chunk's logits are
-    recomputed in backward instead of kept (activation checkpointing)."""
-    recompute = anchors.requires_grad and anchors.shape[0] > _ANCHOR_CHUNK
-    pieces = []
-    for chunk, chunk_targets in zip(
-        anchors.split(_ANCHOR_CHUNK), targets.split(_ANCHOR_CHUNK), strict=True
-    ):
-        if recompute:
-            pieces.append(
-                checkpoint(
-                    _anchor_cross_entropy,
-                    chunk,
-                    candidates,
-                    chunk_targets,
-                    temperature,
-                    use_reentrant=False,
-                )
+    @staticmethod
+    def forward(
+        ctx, anchors: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        cross_entropy = anchors.new_empty(anchors.shape[0])
+        gradient = torch.empty_like(anchors) if ctx.needs_input_grad[0] else None
+        for start in range(0, anchors.shape[0], _ANCHOR_CHUNK):
+            rows = slice(start, start + _ANCHOR_CHUNK)
+            inverse_norm = (
+                torch.linalg.vector_norm(anchors[rows], dim=1, keepdim=True)
+                .clamp_min_(1e-12)
+                .reciprocal_()
             )
-        else:
-            pieces.append(_anchor_cross_entropy(chunk, candidates, chunk_targets, temperature))
-    return torch.cat(pieces)
+            unit = anchors[rows] * inverse_norm
+            logits = unit @ candidates.T  # [n, C]
+            log_normaliser = torch.logsumexp(logits, dim=1, keepdim=True)
+            target_logits = logits.gather(1, targets[rows, None])
+            cross_entropy[rows] = (log_normaliser - target_logits).squeeze(1)
+            if gradient is not None:
+                probabilities = logits.sub_(log_normaliser).exp_()
+                probabilities.scatter_add_(
+                    1, targets[rows, None], torch.full_like(target_logits, -1.0)
+                )
+                unit_gradient = probabilities @ candidates
+                radial = (unit_gradient * unit).sum(1, keepdim=True)
+                gradient[rows] = unit_gradient.sub_(unit * radial).mul_(inverse_norm)
+        ctx.save_for_backward(gradient)
+        return cross_entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_cross_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (gradient,) = ctx.saved_tensors
+        return gradient * grad_cross_entropy.unsqueeze(1), None, None
 
 
 @full_precision
@@ -164,22 +184,24 @@ def maskcontrast_loss(
     if not kept.any():
         return q.sum() * 0.0, prototypes
     anchor_mask = q_mask & kept[:, None, None]
-    anchors = at_least_float32(
-        q.permute(0, 2, 3, 1)[anchor_mask]
-    )  # [A, D], gathered before normalising
+    with torch.no_grad():
+        image_of_anchor, pixel_of_anchor = anchor_mask.flatten(1).nonzero(as_tuple=True)
+    # Gather [A, D] from q's own layout, so that q's gradient comes back in that layout.
+    anchors = at_least_float32(q.flatten(2)[image_of_anchor, :, pixel_of_anchor])
     with torch.no_grad():
         bank = F.normalize(queue.detach().to(anchors.dtype), dim=1)
         bank = bank[
             bank.abs().sum(1) > 0
         ]  # all-zero rows (dropped images' prototypes) are not candidates
-        candidates = torch.cat([prototypes[kept].to(anchors.dtype), bank])  # [B_kept + K, D]
-        image_of_anchor = anchor_mask.nonzero()[:, 0]
+        candidates = (
+            torch.cat([prototypes[kept].to(anchors.dtype), bank]) / temperature
+        )  # [B_kept + K, D]
         column_of_image = torch.cumsum(kept.long(), 0) - 1
         targets = column_of_image[image_of_anchor]
         anchors_per_image = anchor_mask.flatten(1).sum(1).to(anchors.dtype)
         share = anchors_per_image / anchors_per_image.sum()
         weight = (1.0 / torch.log(ENET_CONSTANT + share))[image_of_anchor]  # [A]
-    cross_entropy = _chunked_cross_entropy(anchors, candidates, targets, temperature)
+    cross_entropy = _AnchorCrossEntropy.apply(anchors, candidates, targets)
     return (weight * cross_entropy).sum() / weight.sum(), prototypes
 
 

@@ -14,7 +14,7 @@ Symbols (defined once):
     tau      temperature (InfoNCE and the class-relation softmax).
 
 reco_loss(rep [B, D, h, w] float, label [B, h, w] long, mask [B, h, w] bool,
-          prob [B, C, h, w] float) -> 0-dim float32
+          prob [B, C, h, w] float) -> 0-dim tensor (float32, autocast off; float64 stays)
     * Valid pixel: mask true and label in [0, C). Invalid pixels are never
       queries, negatives or part of a prototype.
     * mu_c: mean of the raw D-vectors of all valid pixels of class c (batch level,
@@ -61,7 +61,7 @@ class RecoSamples(NamedTuple):
 
     Attributes:
         classes: long [S], the present class ids, ascending.
-        prototypes: float32 [S, D], raw class means mu_c (detached).
+        prototypes: float [S, D] (float32 or wider), raw class means mu_c (detached).
         query_slots: long [S_q], positions in ``classes`` of the classes with hard queries.
         query_index: long [S_q, N_q], the drawn query pixels.
         negative_index: long [S_q, N_q, N_k], the drawn negative pixels of each query.
@@ -261,7 +261,7 @@ def reco_loss(
         generator: torch.Generator on rep's device for reproducible draws.
 
     Returns:
-        0-dim float32 tensor (see the module docstring).
+        0-dim tensor, float32 or wider (see the module docstring).
     """
     if rep.dim() != 4 or label.shape != (rep.shape[0], *rep.shape[2:]) or mask.shape != label.shape:
         raise ValueError(

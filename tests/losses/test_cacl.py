@@ -110,6 +110,19 @@ def test_pixel_loss_matches_loop_reference_and_grads(with_negatives):
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
+def test_pixel_loss_is_the_same_over_many_logits_chunks(monkeypatch):
+    p, p_pos, u, u_pos, negatives = leaves(
+        (2, 4, 9), (2, 4, 9), (2, 3, 9), (2, 3, 9), (2, 5, 4), seed=13
+    )
+    whole = pixel_rematch_loss(p, p_pos, u, u_pos, negatives)
+    whole_grads = grads_of(whole, [p, p_pos])
+    monkeypatch.setattr(cacl, "_LOGITS_CHUNK_ELEMENTS", 20)  # two nodes per chunk
+    chunked = pixel_rematch_loss(p, p_pos, u, u_pos, negatives)
+    torch.testing.assert_close(chunked, whole)
+    for mine, theirs in zip(grads_of(chunked, [p, p_pos]), whole_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
 def test_pixel_loss_gives_no_gradient_to_matching_maps_or_negatives():
     p, p_pos, u, u_pos, negatives = leaves(
         (2, 4, 6), (2, 4, 6), (2, 3, 6), (2, 3, 6), (2, 5, 4), seed=2

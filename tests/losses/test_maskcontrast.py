@@ -78,7 +78,7 @@ def test_chunked_anchors_give_the_same_loss_and_grads(monkeypatch):
     q, q_mask, k, k_mask, bank = make_inputs(batch=4, size=8, seed=1)
     loss = maskcontrast_loss(q, q_mask, k, k_mask, bank)[0]
     (whole,) = torch.autograd.grad(loss, q)
-    monkeypatch.setattr(maskcontrast, "_ANCHOR_CHUNK", 7)  # recomputed chunks (checkpointing)
+    monkeypatch.setattr(maskcontrast, "_ANCHOR_CHUNK", 7)  # many logits chunks
     chunked_loss = maskcontrast_loss(q, q_mask, k, k_mask, bank)[0]
     (chunked,) = torch.autograd.grad(chunked_loss, q)
     torch.testing.assert_close(chunked_loss, loss)
