@@ -19,16 +19,19 @@ def bench_data(
         ..., help="A video shard folder (from `cseg shards build --kind video`)."
     ),
     workers: int = typer.Option(1, "--workers", help="DataLoader workers of the streaming path."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Time budget per measured path."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Time budget per path and round."),
+    rounds: int = typer.Option(1, "--rounds", help="Alternating rounds (the median is reported)."),
+    augment: bool = typer.Option(False, "--augment", help="Include the training augmentations."),
     json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Clips/s and frames/s through the full streaming path vs raw decord, per CPU core."""
     from raycseg.bench.data import benchmark_decoding
 
-    err.print(f"decoding {shards} for about {2 * seconds:.0f} s", markup=False)
-    _show(
-        "data decoding", benchmark_decoding(shards, num_workers=workers, seconds=seconds), json_out
+    err.print(f"decoding {shards} for about {2 * seconds * rounds:.0f} s", markup=False)
+    results = benchmark_decoding(
+        shards, num_workers=workers, seconds=seconds, rounds=rounds, augment=augment
     )
+    _show("data decoding", results, json_out)
 
 
 @app.command("loss")
