@@ -33,11 +33,13 @@ reco_loss(rep [B, D, h, w] float, label [B, h, w] long, mask [B, h, w] bool,
 
 Class sets and prototypes are per call (per rank); the loss does no communication.
 
-Cost: the negatives logits are computed by gathering N_k bank rows per query in
-small chunks (never a [S·N_q, N_k, D] tensor), and their backward is one
-``embedding_bag`` (sum of the gradient-weighted negative vectors per query), so
-memory stays O(S·N_q·N_k + B·h·w·D) and there is no Python loop over classes,
-pixels or queries.
+Cost: sampling is batched over all classes and queries (grouped draws by
+index arithmetic, inverse-CDF class draws). The negatives' logits are formed by
+gathering N_k bank rows for a few queries at a time into one reused cache-sized
+buffer (never a [S·N_q, N_k, D] tensor; the only Python loop runs over these
+fixed-size memory chunks), and their backward is one ``embedding_bag`` (the sum
+of the gradient-weighted negative vectors of each query). Memory stays
+O(S·N_q·N_k + B·h·w·D).
 """
 
 from __future__ import annotations
