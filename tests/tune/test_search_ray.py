@@ -3,10 +3,12 @@
 One search serves every Ray behaviour of `cseg tune` (CONTRACTS.md §7: the
 interrupted search is the one that gets restored):
 
-- 1 worker per trial on a 2-CPU Ray, so at most 2 trials fit at once: all 4
-  finish only if the workers of every stopped or interrupted trial free their
-  CPUs (without the dashboard, Ray 2.60 leaks them and the next trial waits
-  forever, RAY.md §0); afterwards no placement group is left and all CPUs are free;
+- 1 worker per trial on a 2-CPU Ray, so 2 trials fit at once. Tune kills the
+  trial actors of an interrupted search the same way ASHA kills a stopped
+  trial; the restored trials can only start if those workers freed their CPUs
+  (without the dashboard, Ray 2.60 leaks them and the next trial waits forever,
+  RAY.md §0). After the search, with ASHA's stops among the last trials, no
+  placement group is left and both CPUs are free;
 - interrupted (SIGINT, as Ctrl-C) once the first checkpoint is reported, then
   restored under the same name: the trial ids are kept, and a trial that was
   running continues in its own run directory with every step logged once;
