@@ -365,6 +365,9 @@ def local_recipe(tmp_path: Path, *overrides: str):
         f"storage.path={tmp_path / 'runs'}",
         "storage.name=local",
         "scaling.num_workers=0",
+        "stages.maskcontrast.steps=8",
+        "stages.maskcontrast.val_every=4",
+        "storage.checkpoint_every=4",
         *overrides,
         check_files=True,
     )
