@@ -1,9 +1,12 @@
 """Where shard sets live: the only code that reads or writes shard and manifest files.
 
 Everything else in raycseg goes through these functions (`read_manifest`,
-`list_shard_urls`, `open_shard`, `iter_shard_samples`, `ShardWriter`,
-`write_manifest`), so another storage backend (object stores through fsspec,
-for example) is a change to this module alone.
+`list_shard_urls`, `count_samples`, `open_shard`, `iter_shard_samples`,
+`ShardWriter`, `write_manifest`). Reading works on a local folder or a URL
+(s3://bucket/shards, gs://...) through `raycseg.remote`: the manifest is read
+whole and shards are streamed, so training and evaluation read shard sets in
+an object store directly. Building writes local folders; copy a built set to
+a bucket with the provider's tools (`aws s3 sync OUT s3://bucket/OUT`).
 
 Shards are plain webdataset tars. Members of one sample are `<key>.<ext>`;
 tar headers carry a fixed owner and mtime, so the same samples give
@@ -23,6 +26,7 @@ from typing import BinaryIO
 from webdataset import TarWriter
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from raycseg import remote
 from raycseg.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -106,18 +110,18 @@ def write_manifest(root: Path, manifest: dict) -> Path:
 
 
 def read_manifest(root: Path | str) -> dict:
-    """Read a shard set's manifest.
+    """Read a shard set's manifest (`root` is a local folder or a URL).
 
     Raises:
         DataError: no readable manifest under `root`.
     """
-    path = Path(root) / MANIFEST
-    if not path.is_file():
+    path = remote.join(root, MANIFEST)
+    if not remote.is_file(path):
         raise DataError(
             f"no {MANIFEST} in {root}; build shards with `cseg shards build` or `cseg shards synthetic`"
         )
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(remote.read_text(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path} is not valid JSON ({error}); rebuild with --overwrite") from error
     if manifest.get("schema_version") != SCHEMA_VERSION:
@@ -128,7 +132,7 @@ def read_manifest(root: Path | str) -> dict:
 
 
 def list_shard_urls(root: Path | str, split: str) -> list[str]:
-    """Shard paths of one split, in manifest order.
+    """Shard paths (or URLs, for a shard set at a URL) of one split, in manifest order.
 
     Raises:
         DataError: the split does not exist in this shard set.
@@ -138,7 +142,7 @@ def list_shard_urls(root: Path | str, split: str) -> list[str]:
         raise DataError(
             f"{root} has no split {split!r} (it has {', '.join(manifest['splits'])}); choose one of those"
         )
-    return [str(Path(root) / shard["name"]) for shard in manifest["splits"][split]["shards"]]
+    return [str(remote.join(root, shard["name"])) for shard in manifest["splits"][split]["shards"]]
 
 
 def count_samples(root: Path | str, split: str) -> int:
@@ -157,8 +161,8 @@ def count_samples(root: Path | str, split: str) -> int:
 
 
 def open_shard(url: str) -> BinaryIO:
-    """Open a shard for streaming reads."""
-    return open(url, "rb")  # noqa: SIM115 (the caller closes it)
+    """Open a shard (a local path or a URL) for streaming reads."""
+    return remote.open_input(url)
 
 
 def iter_shard_samples(url: str) -> Iterator[dict]:

@@ -25,6 +25,9 @@ from typing import Any
 
 import torch
 
+from .. import remote
+from ..config import is_url
+
 STATE_FILE = "state.pt"
 CHECKPOINT_FORMAT = "raycseg"
 
@@ -41,10 +44,10 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint's state (a directory holding state.pt, or the file itself)."""
-    path = Path(path)
-    file = path / STATE_FILE if path.is_dir() else path
-    return torch.load(file, map_location=map_location, weights_only=True)
+    """Read a checkpoint's state (a directory holding state.pt, or the file itself; or a URL)."""
+    with remote.local_copy(path) as local:
+        file = local / STATE_FILE if local.is_dir() else local
+        return torch.load(file, map_location=map_location, weights_only=True)
 
 
 def load_ray_checkpoint(checkpoint, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -72,13 +75,36 @@ class MetricsLog:
 
     Only rank 0 writes it. On resume, `truncate_after(step)` first drops the
     lines past the restored checkpoint, so that every step appears exactly once.
+
+    In an object store (a URL location) a file cannot be appended to, so the
+    log lives in a local staging file: `truncate_after` downloads the stored
+    log, truncates it and uploads it back; `append` writes to the staging file;
+    `sync` uploads it whole. The worker syncs before it reports each
+    checkpoint, so the stored log always holds every step up to the latest
+    registered checkpoint; whatever a crash loses past it lies past the
+    checkpoint a resume restores, and is logged again.
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, location: str | Path):
+        self.location = location
+        self.remote = is_url(str(location))
+        self._staging: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """The local file appended to: the log itself, or its staging copy for a URL."""
+        if not self.remote:
+            return Path(self.location)
+        if self._staging is None:
+            folder = Path(tempfile.mkdtemp(prefix="raycseg-metrics-"))
+            self._staging = folder / Path(str(self.location)).name
+        return self._staging
 
     def truncate_after(self, last_step: int) -> int:
         """Keep only lines with `step <= last_step` (atomic rewrite); return how many were dropped."""
+        if self.remote:
+            stored = remote.read_bytes(self.location) if remote.is_file(self.location) else b""
+            self.path.write_bytes(stored)
         if not self.path.exists():
             return 0
         kept, dropped = [], 0
@@ -97,17 +123,31 @@ class MetricsLog:
         partial = self.path.with_suffix(".jsonl.partial")
         partial.write_text("".join(line + "\n" for line in kept))
         os.replace(partial, self.path)
+        self.sync()
         return dropped
 
     def append(self, record: dict[str, Any]) -> None:
-        """Append one record and flush it to disk."""
+        """Append one record and flush it to disk (the staging file, for a URL)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
 
+    def sync(self) -> None:
+        """Upload the staging file to the URL location (nothing to do for a local log)."""
+        if self.remote and self.path.exists():
+            remote.write_bytes(self.location, self.path.read_bytes())
+
+    def close(self) -> None:
+        """Sync, then remove the staging file (a URL location); the log stays readable."""
+        if self.remote and self._staging is not None:
+            self.sync()
+            shutil.rmtree(self._staging.parent, ignore_errors=True)
+            self._staging = None
+
     def read(self) -> list[dict[str, Any]]:
-        """All records, in file order."""
-        if not self.path.exists():
+        """All stored records, in file order."""
+        if not remote.is_file(self.location):
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        text = remote.read_text(self.location)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -12,6 +12,12 @@ Run directory (CONTRACTS.md §2), `<storage.path>/<name>/`:
 Running again with the same name and storage resumes: finished stages are
 skipped, and Ray Train restores the unfinished stage from its latest
 registered checkpoint.
+
+`storage.path` may be a URL (s3://bucket/runs, gs://...): Ray Train writes the
+checkpoints there itself, the driver writes config.yaml, stages.json and
+eval.json through `raycseg.remote`, and rank 0 uploads metrics.jsonl at every
+checkpoint (see `MetricsLog`). Such runs need Ray Train workers (`scaling.num_workers >= 1`): local mode
+keeps its checkpoints on the driver's disk.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import queue as queue_module
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +34,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Recipe, recipe_to_yaml, synthetic_dir
-from ..errors import CsegError
+from .. import remote
+from ..config import Recipe, is_url, recipe_to_yaml, synthetic_dir
+from ..errors import CsegError, RecipeError
 from .checkpoint import STATE_FILE
 
 STAGES_FILE = "stages.json"
@@ -38,42 +46,50 @@ STAGES_FILE = "stages.json"
 class PretrainResult:
     """What `run_pretrain` produced."""
 
-    run_dir: Path
+    run_dir: Path | str  # a URL string when storage.path is one
     checkpoints: dict[str, str] = field(default_factory=dict)
     eval: dict[str, Any] | None = None
     resumed: bool = False
 
 
-def choose_run_dir(recipe: Recipe, *, resume: bool = False, new: bool = False) -> tuple[Path, bool]:
-    """The run directory, and whether it resumes an earlier run.
+def choose_run_dir(
+    recipe: Recipe, *, resume: bool = False, new: bool = False
+) -> tuple[Path | str, bool]:
+    """The run directory (a URL when storage.path is one), and whether it resumes a run.
 
     A named run (`storage.name`) resumes when its folder exists; `new` picks a
     fresh name instead. An unnamed run gets `<recipe name>-<timestamp>`;
     `resume` then picks the latest earlier run of this recipe.
     """
-    storage = Path(recipe.storage.path)
+    storage = recipe.storage.path
+    if not is_url(storage):
+        storage = Path(storage).expanduser().resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if recipe.storage.name and not new:
-        run_dir = storage / recipe.storage.name
-        exists = (run_dir / "config.yaml").exists()
+        run_dir = remote.join(storage, recipe.storage.name)
+        exists = remote.is_file(remote.join(run_dir, "config.yaml"))
         if resume and not exists:
             raise CsegError(f"nothing to resume at {run_dir}; drop --resume to start this run")
         return run_dir, exists
     if resume:
-        earlier = sorted(
-            storage.glob(f"{recipe.name}-*/config.yaml"), key=lambda p: p.stat().st_mtime
-        )
+        earlier = [
+            remote.join(storage, name)
+            for name in remote.list_names(storage)
+            if name.startswith(f"{recipe.name}-")
+            and remote.is_file(remote.join(storage, name, "config.yaml"))
+        ]
         if not earlier:
             raise CsegError(
                 f"nothing to resume: no run of {recipe.name!r} under {storage}; drop --resume"
             )
-        return earlier[-1].parent, True
+        latest = max(earlier, key=lambda run: remote.modified_time(remote.join(run, "config.yaml")))
+        return latest, True
     base = recipe.storage.name or recipe.name
-    run_dir = storage / f"{base}-{stamp}"
+    run_dir = remote.join(storage, f"{base}-{stamp}")
     suffix = 1
-    while run_dir.exists():
+    while remote.exists(run_dir):
         suffix += 1
-        run_dir = storage / f"{base}-{stamp}-{suffix}"
+        run_dir = remote.join(storage, f"{base}-{stamp}-{suffix}")
     return run_dir, False
 
 
@@ -82,6 +98,11 @@ def prepare_data(recipe: Recipe, on_message: Callable[[str], None] = lambda _: N
     target = synthetic_dir(recipe)
     if target is None:
         return
+    if is_url(target):
+        raise RecipeError(
+            f"generated data is built on this machine, not at {target}; set data.root to a "
+            "local folder, or build shards and copy them to the bucket"
+        )
     spec = recipe.data.synthetic.model_dump(exclude={"name"})
     spec_file = Path(target) / "spec.json"
     if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
@@ -91,7 +112,7 @@ def prepare_data(recipe: Recipe, on_message: Callable[[str], None] = lambda _: N
     on_message(f"building generated data in {target} (once; cached)")
     started = time.perf_counter()
     build_synthetic(Path(target), overwrite=True, **spec)
-    _write_atomic(spec_file, json.dumps(spec))
+    remote.write_text(spec_file, json.dumps(spec))
     on_message(f"generated data ready in {time.perf_counter() - started:.0f} s")
 
 
@@ -116,9 +137,14 @@ def run_pretrain(
         on_message: called with progress messages for the user.
         quiet: keep Ray's own logs out of the output (errors only).
     """
+    if is_url(recipe.storage.path) and recipe.scaling.num_workers == 0:
+        raise RecipeError(
+            f"storage.path={recipe.storage.path} needs Ray Train workers; set "
+            "scaling.num_workers>=1 or use a local storage.path (local mode keeps checkpoints here)"
+        )
     run_dir, resumed = choose_run_dir(recipe, resume=resume, new=new)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "config.yaml", recipe_to_yaml(recipe))
+    remote.make_dirs(run_dir)
+    remote.write_text(remote.join(run_dir, "config.yaml"), recipe_to_yaml(recipe))
     on_message(f"{'resuming' if resumed else 'run'} {run_dir}")
     prepare_data(recipe, on_message)
 
@@ -129,19 +155,42 @@ def run_pretrain(
         recipe, run_dir, address=address, on_metrics=on_metrics, on_message=on_message
     )
     if recipe.eval is not None:
-        from ..eval.run import evaluate_checkpoint
-
         on_message("evaluating the pretrained backbone")
         final_checkpoint = result.checkpoints[recipe.stages[-1].name]
-        result.eval = evaluate_checkpoint(
-            final_checkpoint, recipe, run_dir=run_dir, on_message=on_message
-        )
+        result.eval = evaluate_into_run(final_checkpoint, recipe, run_dir, on_message)
     return result
+
+
+def evaluate_into_run(
+    checkpoint: str,
+    recipe: Recipe,
+    run_dir: Path | str,
+    on_message: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Run the recipe's eval section on `checkpoint` and merge the scores into the run's eval.json.
+
+    A run directory at a URL gets the same merge: its eval.json is downloaded
+    (if any), merged locally and uploaded whole.
+    """
+    from ..eval.run import EVAL_FILE, evaluate_checkpoint
+
+    if not is_url(str(run_dir)):
+        return evaluate_checkpoint(checkpoint, recipe, run_dir=run_dir, on_message=on_message)
+    stored = remote.join(run_dir, EVAL_FILE)
+    with tempfile.TemporaryDirectory(prefix="raycseg-eval-") as staging:
+        if remote.is_file(stored):
+            (Path(staging) / EVAL_FILE).write_bytes(remote.read_bytes(stored))
+        with remote.local_copy(checkpoint) as local_checkpoint:
+            scores = evaluate_checkpoint(
+                local_checkpoint, recipe, run_dir=Path(staging), on_message=on_message
+            )
+        remote.write_bytes(stored, (Path(staging) / EVAL_FILE).read_bytes())
+    return scores
 
 
 def run_stages(
     recipe: Recipe,
-    run_dir: Path,
+    run_dir: Path | str,
     *,
     address: str | None = None,
     trainer_callbacks: list | None = None,
@@ -151,11 +200,12 @@ def run_stages(
     """Fit the recipe's stages in order, each from the previous stage's checkpoint.
 
     Stages listed as finished in `run_dir/stages.json` are skipped, so calling
-    this again on the same `run_dir` resumes. `trainer_callbacks` go to every
-    stage's `ray.train.RunConfig` (a Tune trial passes `TuneReportCallback`).
+    this again on the same `run_dir` (a local path or a URL) resumes.
+    `trainer_callbacks` go to every stage's `ray.train.RunConfig` (a Tune trial
+    passes `TuneReportCallback`).
 
     Returns:
-        stage name -> path of the stage's final checkpoint state file.
+        stage name -> location (path or URL) of the stage's final checkpoint state file.
     """
     finished = _read_stages(run_dir)
     checkpoints: dict[str, str] = {}
@@ -181,7 +231,7 @@ def run_stages(
                 "checkpoint": previous_checkpoint,
                 "last_step": step_offset + stage.steps,
             }
-            _write_atomic(run_dir / STAGES_FILE, json.dumps(finished, indent=2))
+            remote.write_text(remote.join(run_dir, STAGES_FILE), json.dumps(finished, indent=2))
         checkpoints[stage.name] = previous_checkpoint
         step_offset += stage.steps
     return checkpoints
@@ -249,7 +299,8 @@ def _run_stage(
         raise CsegError(summary["error"])
     if outcome.checkpoint is None:
         raise CsegError(f"stage {stage.name} finished without a checkpoint; see the Ray logs above")
-    return str(Path(outcome.checkpoint.path) / STATE_FILE)
+    location = remote.url_of(outcome.checkpoint.filesystem, outcome.checkpoint.path)
+    return str(remote.join(location, STATE_FILE))
 
 
 def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
@@ -307,12 +358,6 @@ class _streamed:
             self.on_metrics(record)
 
 
-def _read_stages(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STAGES_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+def _read_stages(run_dir: Path | str) -> dict[str, Any]:
+    path = remote.join(run_dir, STAGES_FILE)
+    return json.loads(remote.read_text(path)) if remote.is_file(path) else {}

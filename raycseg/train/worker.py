@@ -8,7 +8,7 @@ stage; the driver (`launch.py`) runs the stages in order.
     recipe          the resolved recipe as a plain dict
     stage_index     which stage to train
     step_offset     global steps finished by earlier stages (`step` counts on across stages)
-    run_dir         the run directory (rank 0 writes metrics.jsonl there)
+    run_dir         the run directory, a local path or a URL (rank 0 writes metrics.jsonl there)
     init_from       checkpoint of the previous stage (a path), or None
     progress_queue  a `ray.util.queue.Queue` that streams metrics to the driver, or None
 """
@@ -28,7 +28,8 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from ..config import OptimSection, Recipe
+from .. import remote
+from ..config import OptimSection, Recipe, is_url
 from ..methods import build_method, build_stage_loader
 from ..models import load_backbone_weights
 from .checkpoint import MetricsLog, load_ray_checkpoint, new_checkpoint_dir, save_state
@@ -44,7 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     recipe = Recipe.model_validate(config["recipe"])
     stage = recipe.stages[config["stage_index"]]
     step_offset = config["step_offset"]
-    run_dir = Path(config["run_dir"])
+    run_dir = config["run_dir"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -56,7 +57,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     method = build_method(stage, recipe.model)
     init_from = config.get("init_from") or stage.init_from
     if init_from:
-        load_backbone_weights(method.backbone, init_from)
+        with remote.local_copy(init_from) as weights:
+            load_backbone_weights(method.backbone, weights)
     if use_amp:
         method = method.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(
@@ -76,7 +78,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["stage_step"]
-    metrics_log = MetricsLog(run_dir / METRICS_FILE)
+    metrics_log = MetricsLog(remote.join(run_dir, METRICS_FILE))
     if rank == 0:
         metrics_log.truncate_after(step_offset + start_step)  # every step exactly once
     torch.manual_seed(recipe.seed + 7919 * rank + start_step)  # per-rank sampling noise
@@ -109,6 +111,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             output = model(batch)
         loss, terms = output["loss"], output["terms"]
         if not _all_finite(loss, device):
+            if rank == 0:
+                metrics_log.close()
             return _stop_non_finite(stage.name, step_offset + stage_step + 1, terms, rank)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,6 +157,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         )
 
     # 7. End of the stage --------------------------------------------------------------
+    if rank == 0:
+        metrics_log.close()
     return {"stage": stage.name, "step": step_offset + stage.steps, "metrics": last_metrics}
 
 
@@ -205,6 +211,7 @@ def _report(
                 },
             )
             checkpoint = ray.train.Checkpoint.from_directory(str(directory))
+            metrics_log.sync()  # the stored log covers every step up to this checkpoint
     ray.train.report(
         metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=not local_mode
     )
@@ -266,9 +273,13 @@ def _batch_size(batch: dict[str, Any]) -> int:
     return int(first.shape[0])
 
 
-def _record_worker(run_dir: Path, stage_name: str, rank: int, world_size: int) -> None:
-    """Append which process is which rank (for operators, and for the fault-injection test)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _record_worker(run_dir: str, stage_name: str, rank: int, world_size: int) -> None:
+    """Append which process is which rank (for operators, and for the fault-injection tests).
+
+    Every rank appends its own line to a local (or shared) run directory. An
+    object in a bucket cannot be appended to, so there rank 0 gathers every
+    rank's line and rewrites the file.
+    """
     record = {
         "stage": stage_name,
         "rank": rank,
@@ -276,5 +287,16 @@ def _record_worker(run_dir: Path, stage_name: str, rank: int, world_size: int) -
         "pid": os.getpid(),
         "host": socket.gethostname(),
     }
-    with (run_dir / WORKERS_FILE).open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    if not is_url(run_dir):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with (Path(run_dir) / WORKERS_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return
+    records = [record]
+    if dist.is_available() and dist.is_initialized():
+        records = [None] * world_size
+        dist.all_gather_object(records, record)
+    if rank == 0:
+        location = remote.join(run_dir, WORKERS_FILE)
+        earlier = remote.read_text(location) if remote.is_file(location) else ""
+        remote.write_text(location, earlier + "".join(json.dumps(r) + "\n" for r in records))
