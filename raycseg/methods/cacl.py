@@ -20,7 +20,7 @@ from torch import nn
 from ..config import CACLStage, DataSection, ModelSection
 from ..data.pipeline import build_pair_loader
 from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank
-from ..losses.cacl import CACLLoss
+from ..losses.cacl import CACLLoss, draw_pixel_negatives
 from ..models import DenseHead, build_backbone, normalize_images
 from .common import training_urls
 
@@ -37,9 +37,13 @@ class CACL(nn.Module):
             init_from=model.init_from,
         )
         channels = self.backbone.out_channels
+        # Only heads that feed a loss exist, so DDP sees every parameter get a gradient.
+        # The global head always exists: its maps also re-match pixels for the pixel loss.
         self.global_head = DenseHead(channels, stage.head_dim)
-        self.pixel_head = DenseHead(channels, stage.head_dim)
-        self.cycle_head = DenseHead(channels, stage.head_dim)
+        self.pixel_head = DenseHead(channels, stage.head_dim) if stage.lambda_pixel > 0 else None
+        self.cycle_head = DenseHead(channels, stage.head_dim) if stage.lambda_cycle > 0 else None
+        # With lambda_global = 0 the global head only serves the gradient-free re-matching.
+        self.find_unused_parameters = stage.lambda_global == 0
         self.criterion = CACLLoss(
             lambda_global=stage.lambda_global,
             lambda_pixel=stage.lambda_pixel,
@@ -61,9 +65,10 @@ class CACL(nn.Module):
         views = normalize_images(torch.cat([batch["view_a"], batch["view_b"]]))
         features = self.backbone(views)
         u_a, u_b = _flatten(self.global_head(features)).chunk(2)
-        c_a, c_b = _flatten(self.cycle_head(features)).chunk(2)
-        p_a = p_b = negatives = None
-        if self.num_pixel_negatives:
+        c_a = c_b = p_a = p_b = negatives = None
+        if self.cycle_head is not None:
+            c_a, c_b = _flatten(self.cycle_head(features)).chunk(2)
+        if self.pixel_head is not None:
             p_a, p_b = _flatten(self.pixel_head(features)).chunk(2)
             negatives = self._pixel_negatives(p_a, p_b)
         g_a = all_gather_with_grad(u_a.mean(dim=2))
@@ -73,35 +78,30 @@ class CACL(nn.Module):
 
     @torch.no_grad()
     def _pixel_negatives(self, p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor | None:
-        """K pixel vectors per video, drawn from the *other* videos of the global batch.
+        """K pixel vectors per video from the *other* videos of the global batch, plus the queue.
 
-        Returns [B, K + queue_size, D] (detached), or None when there is no other video
-        and no queue.
+        Both frames of every video are drawn from (the gather has no gradient).
+        Returns [B, K + queue_size, D], or None when there is no other video and no queue.
         """
         local = p_a.shape[0]
-        pool = all_gather_no_grad(torch.stack([p_a, p_b], dim=1))  # [W·B, 2, D, N]
-        videos, _, dim, pixels = pool.shape
+        pool = all_gather_no_grad(torch.cat([p_a, p_b], dim=2))  # [W·B, D, 2N]
+        owners = get_rank() * local + torch.arange(local, device=pool.device)
         parts = []
-        if videos > 1:
-            own = get_rank() * local + torch.arange(local, device=pool.device)
-            k = self.num_pixel_negatives
-            other = torch.randint(0, videos - 1, (local, k), device=pool.device)
-            other = other + (other >= own[:, None]).long()  # skip the video itself
-            frame = torch.randint(0, 2, (local, k), device=pool.device)
-            pixel = torch.randint(0, pixels, (local, k), device=pool.device)
-            parts.append(pool[other, frame, :, pixel])  # [B, K, D]
+        if self.num_pixel_negatives:
+            drawn = draw_pixel_negatives(pool, owners, self.num_pixel_negatives)
+            parts += [] if drawn is None else [drawn]
         if self.queue_size:
             parts.append(self.queue.clone().unsqueeze(0).expand(local, -1, -1))
             self._enqueue(pool)
         return torch.cat(parts, dim=1) if parts else None
 
     def _enqueue(self, pool: torch.Tensor) -> None:
-        """Push one random pixel of each frame of the global batch into the FIFO queue."""
-        videos, frames, dim, pixels = pool.shape
-        flat = pool.permute(0, 1, 3, 2).reshape(videos * frames, pixels, dim)
-        picked = flat[
-            torch.arange(flat.shape[0], device=pool.device),
-            torch.randint(0, pixels, (flat.shape[0],), device=pool.device),
+        """Push one random pixel of each video of the global batch into the FIFO queue."""
+        videos, _, pixels = pool.shape
+        picked = pool[
+            torch.arange(videos, device=pool.device),
+            :,
+            torch.randint(0, pixels, (videos,), device=pool.device),
         ]
         picked = nn.functional.normalize(picked[: self.queue_size], dim=1)
         start = int(self.queue_pointer)

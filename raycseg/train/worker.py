@@ -62,7 +62,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if use_amp:
         method = method.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(
-        method, parallel_strategy="ddp" if world_size > 1 else None
+        method,
+        parallel_strategy="ddp" if world_size > 1 else None,
+        parallel_strategy_kwargs={
+            "find_unused_parameters": getattr(method, "find_unused_parameters", False)
+        },
     )
 
     # 3. Optimizer and per-step schedules ------------------------------------------------
