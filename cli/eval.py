@@ -29,7 +29,7 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of eval.json."),
 ) -> None:
     """Evaluate a pretrained backbone and merge the scores into eval.json."""
-    from raycseg.eval.run import evaluate_target
+    from raycseg.train.evaluation import evaluate_target
 
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     scores, path = evaluate_target(

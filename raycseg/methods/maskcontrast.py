@@ -200,8 +200,8 @@ class MaskContrast(nn.Module):
         `val_maskcontrast_miou` is the official protocol (spec §6.2) on the stage's
         val shards; it is left out when it cannot run (too few salient images).
         """
-        # eval.run reads shards and may import methods: import it only here
-        from ..eval.run import num_classes_of, segmentation_batches  # noqa: PLC0415
+        # the eval batches read shards (heavy): import them only here
+        from ..eval.batches import num_classes_of, segmentation_batches  # noqa: PLC0415
 
         batches = segmentation_batches(stage.data.val, "val", image_size=stage.data.image_size)
         num_classes = num_classes_of(stage.data.val)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import remote
-from ..config import Recipe, is_url, recipe_to_yaml, synthetic_dir
+from ..config import Recipe, ScalingSection, is_url, recipe_to_yaml, synthetic_dir
 from ..errors import CsegError, RecipeError
 from .checkpoint import STATE_FILE
 
@@ -172,7 +172,7 @@ def evaluate_into_run(
     A run directory at a URL gets the same merge: its eval.json is downloaded
     (if any), merged locally and uploaded whole.
     """
-    from ..eval.run import EVAL_FILE, evaluate_checkpoint
+    from .evaluation import EVAL_FILE, evaluate_checkpoint
 
     if not is_url(str(run_dir)):
         return evaluate_checkpoint(checkpoint, recipe, run_dir=run_dir, on_message=on_message)
@@ -269,27 +269,19 @@ def _run_stage(
         "progress_queue": progress,
         "local_mode": local_mode,
     }
-    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
-    if scaling.use_gpu:
-        resources.setdefault("GPU", 1)
-    workers = (
-        scaling.num_workers
-        if scaling.min_workers is None
-        else (scaling.min_workers, scaling.num_workers)
-    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=build_scaling_config(scaling),
         run_config=ray.train.RunConfig(
             name=stage.name,
             storage_path=str(run_dir),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.storage.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=recipe.storage.max_failures),
             callbacks=callbacks,
+            # Train logs every report at INFO; our progress display already shows them.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     with _streamed(progress, on_metrics):
@@ -301,6 +293,30 @@ def _run_stage(
         raise CsegError(f"stage {stage.name} finished without a checkpoint; see the Ray logs above")
     location = remote.url_of(outcome.checkpoint.filesystem, outcome.checkpoint.path)
     return str(remote.join(location, STATE_FILE))
+
+
+def build_scaling_config(scaling: ScalingSection):
+    """The `ray.train.ScalingConfig` of a stage: the request the autoscaler acts on.
+
+    Each worker asks for `cpus_per_worker` CPUs, one GPU with `use_gpu` (unless
+    `resources_per_worker` names another count) and the recipe's custom
+    resources, such as `{worker_node: 1}` to land on a node type that offers it.
+    With `min_workers` the count is elastic, `(min_workers, num_workers)`: Ray
+    Train starts once `min_workers` fit and regroups as nodes come and go.
+    """
+    import ray.train
+
+    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    if scaling.use_gpu:
+        resources.setdefault("GPU", 1)
+    workers = (
+        scaling.num_workers
+        if scaling.min_workers is None
+        else (scaling.min_workers, scaling.num_workers)
+    )
+    return ray.train.ScalingConfig(
+        num_workers=workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
+    )
 
 
 def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:

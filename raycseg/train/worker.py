@@ -228,7 +228,7 @@ def _validate(method, stage, recipe, device, rank) -> dict[str, float]:
     """The stage's periodic validation metric (rank 0 computes; others wait at the report)."""
     if rank != 0 or stage.data.val is None:
         return {}
-    from ..eval.run import validation_miou  # noqa: PLC0415 (eval is heavy; only when asked)
+    from .evaluation import validation_miou  # noqa: PLC0415 (eval is heavy; only when asked)
 
     was_training = method.training
     method.eval()

@@ -8,6 +8,7 @@ import pytest
 
 from raycseg.config import load_recipe
 from raycseg.errors import CsegError
+from raycseg.train.evaluation import evaluate_checkpoint
 from raycseg.train.launch import run_pretrain
 
 
@@ -56,6 +57,11 @@ def test_local_run_writes_config_metrics_checkpoints_and_eval(tmp_path):
         assert (
             0.0 <= scores[protocol]["miou"] <= 1.0 and len(scores[protocol]["per_class_iou"]) == 5
         )
+
+    skipped = evaluate_checkpoint(
+        result.checkpoints["cacl"], recipe, protocols=["maskcontrast-kmeans"]
+    )
+    assert "maskcontrast stage" in skipped["skipped"]["maskcontrast_kmeans"]
 
     again = run_pretrain(recipe)  # same name and storage: finished stages are skipped
     assert again.resumed and len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6

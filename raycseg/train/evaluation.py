@@ -16,14 +16,16 @@ from typing import Any
 import torch
 
 from ..config import Recipe, StageBase
-from ..data.pipeline import build_segmentation_loader
-from ..data.shards import list_shard_urls, read_manifest
 from ..errors import CsegError
+from ..eval import evaluate_backbone, protocol_key
+from ..eval.batches import num_classes_of, segmentation_batches
+from ..eval.cluster import run_kmeans_protocol
+from ..eval.metrics import ProtocolSkipped
 from ..models import Backbone, build_backbone, load_backbone_weights
-from . import evaluate_backbone
 
 EVAL_FILE = "eval.json"
 DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
+MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 
 
 def build_initial_backbone(recipe: Recipe) -> Backbone:
@@ -36,50 +38,6 @@ def build_initial_backbone(recipe: Recipe) -> Backbone:
         width=model.width,
         init_from=model.init_from,
     )
-
-
-def segmentation_batches(
-    root: str, split: str, *, image_size: int, batch_size: int = 32, limit: int | None = None
-):
-    """Deterministic, exactly-once batches of one split of a segmentation shard set."""
-    urls = list_shard_urls(root, split)
-    loader = build_segmentation_loader(
-        urls,
-        batch_size=batch_size,
-        crop_size=image_size,
-        scale_range=(1.0, 1.0),
-        train=False,
-        seed=0,
-        rank=0,
-        world_size=1,
-        num_workers=0,
-    )
-    return _Limited(loader, limit) if limit else loader
-
-
-class _Limited:
-    """Re-iterable: at most `limit` images of a loader (whole batches)."""
-
-    def __init__(self, loader, limit: int):
-        self.loader, self.limit = loader, limit
-
-    def __iter__(self):
-        seen = 0
-        for batch in self.loader:
-            if seen >= self.limit:
-                return
-            seen += batch["image"].shape[0]
-            yield batch
-
-
-def num_classes_of(root: str) -> int:
-    """The number of classes a segmentation shard set declares in its manifest."""
-    classes = read_manifest(root).get("classes") or []
-    if not classes:
-        raise CsegError(
-            f"{root}/manifest.json lists no classes; pass a recipe with eval.num_classes"
-        )
-    return len(classes)
 
 
 def evaluate_checkpoint(
@@ -127,20 +85,44 @@ def evaluate_checkpoint(
         "probe_steps": section.probe_steps if section else 300,
         "probe_lr": section.probe_lr if section else 0.01,
     }
-    backbone = build_initial_backbone(recipe)
-    initial = (
-        {k: v.clone() for k, v in backbone.state_dict().items()} if baseline == "random" else None
-    )
-    load_backbone_weights(backbone, checkpoint)
+    head_protocols = [p for p in protocols if protocol_key(p) == MASKCONTRAST_KMEANS]
+    options["protocols"] = [p for p in protocols if p not in head_protocols]
     on_message(f"evaluating {checkpoint} with {', '.join(protocols)}")
-    scores = evaluate_backbone(backbone, **options)
-    if initial is not None:
+    backbone = build_initial_backbone(recipe)
+    initial = {k: v.clone() for k, v in backbone.state_dict().items()}
+    load_backbone_weights(backbone, checkpoint)
+    scores = evaluate_backbone(backbone, **options) if options["protocols"] else {}
+    if head_protocols:
+        _merge_scores(scores, _maskcontrast_kmeans(checkpoint, options))
+    if baseline == "random" and options["protocols"]:
         backbone.load_state_dict(initial)
         on_message("evaluating the random-init baseline")
         scores["baseline_random"] = evaluate_backbone(backbone, **options)
+    for key, reason in scores.get("skipped", {}).items():
+        on_message(f"{key} skipped: {reason}")
     if run_dir is not None:
         scores = merge_eval_json(Path(run_dir) / EVAL_FILE, scores)
     return scores
+
+
+def _maskcontrast_kmeans(checkpoint: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    """The official MaskContrast protocol: it needs the trained embedding and saliency heads."""
+    from ..methods.maskcontrast import load_query_encoder
+    from .checkpoint import load_state
+
+    try:
+        encoder = load_query_encoder(load_state(checkpoint))
+    except ProtocolSkipped as reason:
+        return {"skipped": {MASKCONTRAST_KMEANS: str(reason)}}
+    head_options = {**options, "protocols": [MASKCONTRAST_KMEANS], "train_batches": None}
+    return evaluate_backbone(encoder, embed_fn=encoder, **head_options)
+
+
+def _merge_scores(scores: dict[str, Any], more: dict[str, Any]) -> None:
+    skipped = {**scores.get("skipped", {}), **more.pop("skipped", {})}
+    scores.update(more)
+    if skipped:
+        scores["skipped"] = skipped
 
 
 def evaluate_target(
@@ -214,8 +196,6 @@ def validation_miou(
     """The periodic validation metric: k-means mIoU of the backbone on the stage's val shards."""
     if hasattr(method, "validation_metrics"):
         return method.validation_metrics(stage, recipe, device)
-    from .cluster import run_kmeans_protocol
-
     batches = segmentation_batches(stage.data.val, "val", image_size=stage.data.image_size)
     num_classes = num_classes_of(stage.data.val)
     scores = run_kmeans_protocol(method.backbone, batches, num_classes, seed=0, device=device)
