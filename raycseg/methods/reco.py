@@ -1,0 +1,329 @@
+"""ReCo: a few labels become a segmentation model (regional contrast + mean teacher).
+
+Spec: ../shared/docs/methods/reco.md (§1 model, §3 semi-supervised, §4 supervised).
+Per step, with B_l labelled and B_u unlabelled images per worker:
+
+    image, label          uint8 [B_l, 3, H, W], long [B_l, H, W] (255 = void)
+    unlabelled_image      uint8 [B_u, 3, H, W]                     (semi mode only)
+    student               DeepLabv3+ (or v2) -> logits [B, C, h, w], rep [B, D, h, w]
+    teacher               EMA copy of the student (no gradient, train-mode BN):
+                          pseudo-labels and confidences of the raw unlabelled batch,
+                          upsampled (bilinear, align_corners) to H × W
+    mixing                reco_mixing.augment_unlabelled: rescale-crop, ClassMix /
+                          CutMix / CutOut, colour, blur, flip, jointly on image,
+                          pseudo-label and confidence
+    terms                 sup    CE(student logits on x_l upsampled, y_l), void ignored
+                          unsup  CE on the mixed batch vs mixed pseudo-labels, each image
+                                 weighted by its share of pixels with conf >= strong_threshold,
+                                 averaged over the pixels with a positive loss (semi only)
+                          reco   reco_loss on concat(rep_l, rep_u) with labels nearest-
+                                 downsampled to h × w; unlabelled pixels count where
+                                 conf >= weak_threshold; prob = softmax(student logits)
+    loss                  sup + unsup + lambda_reco · reco
+
+Supervised mode has no teacher: sup + lambda_reco · reco on the labelled batch.
+
+The teacher is a registered submodule (so checkpoints carry it) built as a copy of
+the student in `__init__`, and synchronised from the student on the first training
+forward (buffer ``teacher_synced``): the trainer loads ``init_from`` into
+``.backbone`` (the student's) after building the method, so a copy taken in
+`__init__` would hold other weights. `after_step(step)` moves it by EMA with decay
+min(1 − 1/(step + 1), ema_decay), parameters only.
+
+`validation_metrics` scores the teacher (semi) or the student (supervised) on the
+stage's val shards and keeps the best score in the buffer ``best_val_miou``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DataSection, ModelSection, Recipe, RecoStage
+from ..data.pipeline import build_segmentation_loader
+from ..data.shards import count_samples, list_shard_urls, read_manifest
+from ..errors import DataError
+from ..eval.metrics import IGNORE_INDEX, confusion_matrix, miou_from_confusion
+from ..losses.reco import reco_loss
+from ..models import (
+    DeepLabV2,
+    DeepLabV3Plus,
+    build_backbone,
+    build_ema_copy,
+    normalize_images,
+    reco_ema_decay,
+    update_ema,
+)
+from ..models.deeplab import DEEPLABV2_RATES, RECO_ASPP_RATES, scale_aspp_rates
+from .common import training_split, training_urls
+from .reco_mixing import augment_unlabelled
+
+# Feature-map sizes the spec's ASPP rates were chosen for: a 321 crop at stride 16 (v3+)
+# and at stride 8 (v2). Smaller maps (small crops, the tiny backbone) get scaled rates.
+_RATES_REFERENCE_SIZE = {"deeplabv3p": 21, "deeplabv2": 41}
+
+
+def build_segmenter(stage: RecoStage, model: ModelSection) -> nn.Module:
+    """The student network: DeepLabv3+ or DeepLabv2 on the recipe's backbone.
+
+    ASPP rates keep the spec's values on feature maps at least as large as the
+    spec's, and shrink in proportion on smaller ones (`scale_aspp_rates`).
+    """
+    backbone = build_backbone(
+        model.backbone,
+        output_stride=model.output_stride,
+        width=model.width,
+        init_from=model.init_from,
+    )
+    feature_size = math.ceil(stage.data.image_size / backbone.output_stride)
+    reference = _RATES_REFERENCE_SIZE[stage.decoder]
+    if stage.decoder == "deeplabv3p":
+        rates = RECO_ASPP_RATES
+        if feature_size < reference:
+            rates = scale_aspp_rates(rates, feature_size, reference)
+        return DeepLabV3Plus(backbone, stage.num_classes, stage.rep_dim, aspp_rates=rates)
+    rates = DEEPLABV2_RATES
+    if feature_size < reference:
+        rates = scale_aspp_rates(rates, feature_size, reference)
+    return DeepLabV2(backbone, stage.num_classes, stage.rep_dim, rates=rates)
+
+
+class ReCo(nn.Module):
+    """Student (+ EMA teacher in semi mode) trained with CE, confidence-weighted CE and ReCo."""
+
+    def __init__(self, stage: RecoStage, model: ModelSection):
+        super().__init__()
+        self.stage = stage
+        self.semi = stage.mode == "semi"
+        self.student = build_segmenter(stage, model)
+        if self.semi:
+            self.teacher = build_ema_copy(self.student)
+            self.register_buffer("teacher_synced", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("best_val_miou", torch.full((), -1.0))
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The student's backbone (what `init_from` fills and checkpoints save)."""
+        return self.student.backbone
+
+    # ------------------------------------------------------------------------- training
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        """One step's loss: {"loss": 0-dim, "terms": {"sup", ["unsup",] "reco"}}."""
+        labels = batch["label"].long()
+        logits_l, rep_l = self.student(normalize_images(batch["image"]))
+        sup = F.cross_entropy(
+            _upsample(logits_l, labels.shape[-2:]), labels, ignore_index=IGNORE_INDEX
+        )
+        small_l = _downsample_labels(labels, rep_l.shape[-2:])
+        if not self.semi:
+            reco = self._reco(rep_l, small_l, small_l != IGNORE_INDEX, logits_l)
+            return {
+                "loss": sup + self.stage.lambda_reco * reco,
+                "terms": {"sup": sup, "reco": reco},
+            }
+
+        self._sync_teacher_once()
+        u_images, u_labels, u_confidence = self._mixed_pseudo_labels(batch["unlabelled_image"])
+        logits_u, rep_u = self.student(normalize_images(u_images))
+        unsup = confidence_weighted_ce(
+            _upsample(logits_u, u_labels.shape[-2:]),
+            u_labels,
+            u_confidence,
+            self.stage.strong_threshold,
+        )
+        small_u = _downsample_labels(u_labels, rep_u.shape[-2:])
+        confident = _downsample_labels(u_confidence, rep_u.shape[-2:]) >= self.stage.weak_threshold
+        reco = self._reco(
+            torch.cat([rep_l, rep_u]),
+            torch.cat([small_l, small_u]),
+            torch.cat([small_l != IGNORE_INDEX, confident & (small_u != IGNORE_INDEX)]),
+            torch.cat([logits_l, logits_u]),
+        )
+        loss = sup + unsup + self.stage.lambda_reco * reco
+        return {"loss": loss, "terms": {"sup": sup, "unsup": unsup, "reco": reco}}
+
+    def _reco(self, rep, labels, valid, logits) -> torch.Tensor:
+        if self.stage.lambda_reco == 0:
+            return rep.sum() * 0.0
+        return reco_loss(
+            rep,
+            labels,
+            valid,
+            torch.softmax(logits.detach().float(), dim=1),
+            strong_threshold=self.stage.strong_threshold,
+            temperature=self.stage.temperature,
+            num_queries=self.stage.num_queries,
+            num_negatives=self.stage.num_negatives,
+        )
+
+    @torch.no_grad()
+    def _mixed_pseudo_labels(self, images: torch.Tensor):
+        """Teacher pseudo-labels of raw unlabelled images, then the joint augmentation."""
+        logits, _ = self.teacher(normalize_images(images))
+        prob = torch.softmax(_upsample(logits, images.shape[-2:]).float(), dim=1)
+        confidence, pseudo = prob.max(dim=1)
+        return augment_unlabelled(
+            images.float() / 255.0,
+            pseudo,
+            confidence,
+            mix=self.stage.mix,
+            scale_range=self.stage.data.scale_range,
+            color_jitter=self.stage.data.color_jitter,
+        )
+
+    @torch.no_grad()
+    def _sync_teacher_once(self) -> None:
+        """Copy the student (with its loaded weights) into the teacher before its first use."""
+        if not bool(self.teacher_synced):
+            self.teacher.load_state_dict(self.student.state_dict())
+            self.teacher_synced.fill_(True)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """EMA teacher update after the optimizer step (semi mode)."""
+        if self.semi:
+            self._sync_teacher_once()
+            update_ema(self.teacher, self.student, reco_ema_decay(step, self.stage.ema_decay))
+
+    # ------------------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, *, teacher: bool | None = None) -> torch.Tensor:
+        """Class ids long [B, H, W] of uint8 images (default: the teacher in semi mode)."""
+        use_teacher = self.semi if teacher is None else teacher
+        network = self.teacher if use_teacher else self.student
+        logits, _ = network(normalize_images(images))
+        return _upsample(logits, images.shape[-2:]).argmax(dim=1)
+
+    @torch.no_grad()
+    def validation_metrics(
+        self, stage: RecoStage, recipe: Recipe, device: torch.device
+    ) -> dict[str, float]:
+        """mIoU of the teacher (semi) or student (supervised) on `stage.data.val`.
+
+        Returns:
+            {"val_miou": this evaluation, "best_val_miou": the best so far}.
+        """
+        from ..eval.batches import segmentation_batches  # noqa: PLC0415 (eval is heavy)
+
+        network = self.teacher if self.semi else self.student
+        was_training = network.training
+        network.eval()
+        confusion = torch.zeros(stage.num_classes, stage.num_classes, dtype=torch.long)
+        batches = segmentation_batches(
+            stage.data.val, _evaluation_split(stage.data.val), image_size=stage.data.image_size
+        )
+        for batch in batches:
+            prediction = self.predict(batch["image"].to(device), teacher=self.semi)
+            confusion += confusion_matrix(
+                prediction.cpu(), batch["label"].long(), stage.num_classes
+            )
+        network.train(was_training)
+        miou, _ = miou_from_confusion(confusion)
+        self.best_val_miou.fill_(max(float(self.best_val_miou), miou))
+        return {"val_miou": miou, "best_val_miou": float(self.best_val_miou)}
+
+
+def confidence_weighted_ce(
+    logits: torch.Tensor, target: torch.Tensor, confidence: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """ReCo's unsupervised loss on the mixed batch.
+
+    Args:
+        logits: float [B, C, H, W]; target: long [B, H, W] (255 = none);
+        confidence: float [B, H, W]; threshold: strong_threshold.
+
+    Returns:
+        0-dim: per-pixel CE times η_b = #(conf >= threshold) / #(valid) of its image,
+        averaged over the pixels whose CE is positive (0, graph-connected, if none).
+    """
+    valid = (target != IGNORE_INDEX).flatten(1).sum(dim=1).clamp_min(1)
+    weight = (confidence >= threshold).flatten(1).sum(dim=1) / valid
+    loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+    positive = loss > 0
+    weighted = loss * weight.view(-1, 1, 1)
+    return (weighted * positive).sum() / positive.sum().clamp_min(1)
+
+
+def _upsample(logits: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def _downsample_labels(values: torch.Tensor, size) -> torch.Tensor:
+    """Nearest-neighbour resize of [B, H, W] labels or confidences to [B, *size]."""
+    resized = F.interpolate(values[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
+    return resized.to(values.dtype)
+
+
+def _evaluation_split(root: str) -> str:
+    splits = read_manifest(root).get("splits", {})
+    for name in ("val", "all", "train"):
+        if name in splits:
+            return name
+    raise DataError(f"{root} has no val split; point data.val at segmentation shards with one")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SemiSupervisedStream:
+    """Zip the labelled and unlabelled loaders into one batch dict per step."""
+
+    def __init__(self, labelled, unlabelled):
+        self.labelled, self.unlabelled = labelled, unlabelled
+
+    def __iter__(self):
+        for labelled, unlabelled in zip(self.labelled, self.unlabelled, strict=False):
+            yield {
+                "image": labelled["image"],
+                "label": labelled["label"],
+                "unlabelled_image": unlabelled["image"],
+                "skipped_corrupt": int(labelled.get("skipped_corrupt", 0))
+                + int(unlabelled.get("skipped_corrupt", 0)),
+            }
+
+
+def build_reco_loader(
+    stage: RecoStage, data: DataSection, *, seed: int, rank: int, world_size: int, start_batch: int
+):
+    """The stage's training stream.
+
+    Supervised: {"image", "label"} batches of `data.train` (strong augmentation:
+    random rescale in `scale_range`, crop, flip). Semi: the same, zipped with
+    `data.unlabelled` batches (crop only; the method augments them after the
+    teacher has labelled them) as {"image", "label", "unlabelled_image",
+    "skipped_corrupt"}. Both streams are split by rank, then by loader worker.
+    """
+    urls, per_rank = training_urls(stage.data, world_size)
+    common = {
+        "batch_size": stage.data.batch_size,
+        "crop_size": stage.data.image_size,
+        "train": True,
+        "rank": rank,
+        "world_size": world_size,
+        "num_workers": data.loader_workers,
+        "start_batch": start_batch,
+    }
+    labelled = build_segmentation_loader(
+        urls, scale_range=stage.data.scale_range, seed=seed, samples_per_rank=per_rank, **common
+    )
+    if stage.mode == "supervised":
+        return labelled
+    if stage.data.unlabelled is None:
+        raise DataError(
+            f"stages.{stage.name}.data.unlabelled is not set; point it at segmentation shards "
+            f"(e.g. the unlabelled/ set of `cseg shards split`) or set mode: supervised"
+        )
+    split = training_split(stage.data.unlabelled)
+    unlabelled = build_segmentation_loader(
+        list_shard_urls(stage.data.unlabelled, split),
+        scale_range=(1.0, 1.0),
+        seed=seed + 1,
+        samples_per_rank=max(count_samples(stage.data.unlabelled, split) // max(world_size, 1), 1),
+        **common,
+    )
+    return SemiSupervisedStream(labelled, unlabelled)
