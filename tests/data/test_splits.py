@@ -164,8 +164,11 @@ def is_smallest_grown_square(kept: np.ndarray, of_class: np.ndarray, target: int
     """Kept = the class pixels of a (4k+1)-wide window around one kept pixel, k minimal."""
     rows, cols = np.nonzero(kept)
     all_rows, all_cols = np.nonzero(of_class)
-    for r, c in zip(rows, cols, strict=True):
-        half = 2 * int(np.ceil(max(np.abs(rows - r).max(), np.abs(cols - c).max()) / 2))
+    reach = np.maximum.reduce(
+        [rows - rows.min(), rows.max() - rows, cols - cols.min(), cols.max() - cols]
+    )  # each kept pixel's distance to the farthest kept pixel: the seed's is about k
+    for index in np.argsort(reach, kind="stable"):
+        r, c, half = rows[index], cols[index], 2 * int(np.ceil(reach[index] / 2))
         distance = np.maximum(np.abs(all_rows - r), np.abs(all_cols - c))
         if (distance <= half).sum() == kept.sum() and (
             half == 0 or (distance <= half - 2).sum() < target
@@ -255,3 +258,18 @@ def test_split_command(shards, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str((tmp_path / "c").resolve())
     assert len(stored(tmp_path / "c" / "labelled")) == 5
+
+
+def test_real_voc_masks_split_by_both_rules(real_data, tmp_path):
+    shards = tmp_path / "voc"
+    build_shards("segmentation", real_data / "voc", shards, num_procs=1)
+    chosen = build_label_split(shards, tmp_path / "n", num_labels=3, seed=0)
+    for sample in stored(chosen.labelled).values():
+        assert present_classes(decode_mask(sample["png"])).size >= 3  # the VOC default rule
+    partial = build_label_split(shards, tmp_path / "p", partial="p1", seed=0)
+    source = stored(shards)
+    for key, sample in stored(partial.labelled).items():
+        full, sparse = decode_mask(source[key]["png"]), decode_mask(sample["png"])
+        for class_id in present_classes(full):
+            target = int(0.01 * (full == class_id).sum())
+            assert is_smallest_grown_square(sparse == class_id, full == class_id, target)
