@@ -37,7 +37,7 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,14 +48,12 @@ from raycseg.errors import DataError
 
 from .images import decode_mask, encode_mask_png
 from .labels import IGNORE_INDEX
-from .shards import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_COUNT,
+from .shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, summarise_metas
+from .storage import (
     ShardWriter,
     iter_shard_samples,
     list_shard_urls,
     read_manifest,
-    summarise_metas,
     write_manifest,
 )
 
@@ -183,6 +181,21 @@ def image_rng(seed: int, key: str) -> np.random.Generator:
 # ----------------------------------------------------------------------------- shard sets
 
 
+@dataclass(frozen=True)
+class _Source:
+    """The split of the source shard set that is being divided."""
+
+    root: Path
+    split: str
+    manifest: dict
+    ignore_index: int
+    class_names: list[str]
+
+    def samples(self) -> Iterator[dict]:
+        for url in list_shard_urls(self.root, self.split):
+            yield from iter_shard_samples(url)
+
+
 def build_label_split(
     src: Path | str,
     out: Path | str,
@@ -219,6 +232,43 @@ def build_label_split(
     """
     started = time.perf_counter()
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    source = _checked_source(src, out, num_labels, partial, split, overwrite)
+    temp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        if num_labels is not None:
+            if min_classes is None:
+                min_classes = DEFAULT_MIN_CLASSES.get(source.manifest.get("layout") or "", 1)
+            record, per_class, route = _plan_images(source, num_labels, min_classes, seed)
+        else:
+            record, per_class, route = _plan_pixels(source, partial, seed)
+        counts = _write_sets(temp, source, route, seed, max_count, on_progress)
+        per_class_dict = dict(zip(source.class_names, map(int, per_class), strict=False))
+        record = (
+            {"mode": partial or "num_labels", "seed": seed, "source": str(src)}
+            | {"source_split": source.split}
+            | record
+            | {"labelled_images_per_class": per_class_dict, "created_by": f"raycseg {__version__}"}
+        )
+        _write_json(temp / SPLIT_FILE, record)
+        _replace_dir(temp, out)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return SplitReport(
+        out=out,
+        mode=record["mode"],
+        seed=seed,
+        labelled=out / "labelled",
+        unlabelled=out / "unlabelled" if num_labels is not None else None,
+        num_labelled=counts.get("labelled", 0),
+        num_unlabelled=counts.get("unlabelled", 0),
+        labelled_images_per_class=per_class_dict,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _checked_source(src, out, num_labels, partial, split, overwrite) -> _Source:
+    """Refuse a bad request before anything is written."""
     if (num_labels is None) == (partial is None):
         raise DataError("give exactly one of --num-labels N or --partial p0|p1|p5|p25")
     if partial is not None and partial not in PARTIAL_FRACTIONS:
@@ -231,80 +281,98 @@ def build_label_split(
         )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
-    split = split or _default_split(manifest, src)
-    urls = list_shard_urls(src, split)
+    if split is None:
+        split = next((name for name in ("train", "all") if name in manifest["splits"]), None)
+    if split not in manifest["splits"]:
+        raise DataError(
+            f"{src} has no split {split!r}; pass --split with one of {list(manifest['splits'])}"
+        )
     ignore_index = manifest.get("ignore_index")
     ignore_index = IGNORE_INDEX if ignore_index is None else int(ignore_index)
-    num_classes = len(manifest.get("classes") or []) or 256
-    total = int(manifest["splits"][split]["count"])
+    names = list(manifest.get("classes") or [str(c) for c in range(256)])
+    return _Source(src, split, manifest, ignore_index, names)
 
-    temp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    header = {"source": str(src), "source_split": split, "seed": seed}
-    try:
-        if num_labels is not None:
-            classes = min_classes if min_classes is not None else _default_min_classes(manifest)
-            keys, presence = _scan_classes(urls, num_classes, ignore_index)
-            chosen = select_labelled_images(presence, num_labels, min_classes=classes, seed=seed)
-            labelled_keys = {keys[i] for i in chosen}
-            record = header | {
-                "mode": "num_labels",
-                "num_labels": num_labels,
-                "min_classes": classes,
-            }
-            record |= {"labelled": [keys[i] for i in chosen]}
-            record |= {"unlabelled": [k for k in keys if k not in labelled_keys]}
-            counts = _write_partition(
-                urls, temp, manifest, labelled_keys, max_count, on_progress, total, record
+
+def _plan_images(source: _Source, num_labels: int, min_classes: int, seed: int):
+    """Partial Dataset mode: choose images; every sample goes, unchanged, to its set."""
+    keys, presence = _scan_classes(source)
+    chosen = select_labelled_images(presence, num_labels, min_classes=min_classes, seed=seed)
+    labelled = {keys[i] for i in chosen}
+    record = {"num_labels": num_labels, "min_classes": min_classes}
+    record |= {"labelled": [keys[i] for i in chosen]}
+    record |= {"unlabelled": [k for k in keys if k not in labelled]}
+
+    def route(sample: dict) -> tuple[str, None]:
+        return ("labelled" if sample["__key__"] in labelled else "unlabelled"), None
+
+    return record, presence[chosen].sum(axis=0), route
+
+
+def _plan_pixels(source: _Source, mode: str, seed: int):
+    """Partial Labels mode: every sample goes to `labelled` with its mask made sparse."""
+    per_class = np.zeros(len(source.class_names), dtype=np.int64)  # filled while writing
+    keys: list[str] = []
+
+    def route(sample: dict) -> tuple[str, np.ndarray]:
+        key = sample["__key__"]
+        rng = image_rng(seed, key)
+        mask = sparsify_mask(
+            _decode_stored_mask(sample), mode, rng, ignore_index=source.ignore_index
+        )
+        classes = present_classes(mask, source.ignore_index)
+        per_class[classes[classes < per_class.size]] += 1
+        keys.append(key)
+        return "labelled", mask
+
+    return {"labelled": keys, "unlabelled": None}, per_class, route
+
+
+def _write_sets(temp, source: _Source, route, seed, max_count, on_progress) -> dict[str, int]:
+    """Stream the source once; `route(sample) -> (set, new mask or None)` places each sample."""
+    writers: dict[str, ShardWriter] = {}
+    metas: dict[str, list[dict]] = {}
+    total = int(source.manifest["splits"][source.split]["count"])
+    for done, sample in enumerate(source.samples(), start=1):
+        name, mask = route(sample)
+        members = {ext: data for ext, data in sample.items() if not ext.startswith("__")}
+        meta = _meta(sample)
+        if mask is not None:
+            meta |= {"class_ids": [int(c) for c in np.unique(mask)], "partial": True}
+            members["png"] = encode_mask_png(mask)
+            if "json" in members:
+                members["json"] = json.dumps(meta, sort_keys=True).encode()
+        if name not in writers:
+            folder = temp / name / OUTPUT_SPLIT
+            writers[name] = ShardWriter(
+                folder, "segmentation", max_count=max_count, max_bytes=DEFAULT_MAX_BYTES
             )
-            per_class = presence[chosen].sum(axis=0)
-        else:
-            record = header | {"mode": partial}
-            keys, per_class = _write_sparse(
-                urls, temp, manifest, partial, seed, ignore_index, max_count, on_progress, total
-            )
-            counts = {"labelled": len(keys)}
-            record |= {"labelled": keys, "unlabelled": None}
-        names = manifest.get("classes") or [str(c) for c in range(num_classes)]
-        per_class_dict = {names[c]: int(n) for c, n in enumerate(per_class[: len(names)])}
-        record |= {
-            "labelled_images_per_class": per_class_dict,
-            "created_by": f"raycseg {__version__}",
-        }
-        _write_json(temp / SPLIT_FILE, record)
-        _replace_dir(temp, out)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    unlabelled = out / "unlabelled" if num_labels is not None else None
-    return SplitReport(
-        out=out,
-        mode=record["mode"],
-        seed=seed,
-        labelled=out / "labelled",
-        unlabelled=unlabelled,
-        num_labelled=counts["labelled"],
-        num_unlabelled=counts.get("unlabelled", 0),
-        labelled_images_per_class=per_class_dict,
-        seconds=time.perf_counter() - started,
-    )
+            metas[name] = []
+        writers[name].write(sample["__key__"], members)
+        metas[name].append(meta)
+        if on_progress is not None:
+            on_progress(done, total)
+    for name, writer in writers.items():
+        _write_set_manifest(temp / name, source, writer.close(), metas[name], seed)
+    return {name: len(items) for name, items in metas.items()}
 
 
-def _default_split(manifest: dict, src: Path) -> str:
-    for name in ("train", "all"):
-        if name in manifest["splits"]:
-            return name
-    raise DataError(
-        f"{src} has no train or all split; pass --split with one of {list(manifest['splits'])}"
-    )
-
-
-def _default_min_classes(manifest: dict) -> int:
-    return DEFAULT_MIN_CLASSES.get(manifest.get("layout") or "", 1)
-
-
-def _samples(urls: Sequence[str]) -> Iterator[dict]:
-    for url in urls:
-        yield from iter_shard_samples(url)
+def _write_set_manifest(root: Path, source: _Source, shards: list, metas: list, seed: int):
+    """The source's manifest with this set's split, statistics and provenance."""
+    entry = {
+        "count": sum(r["count"] for r in shards),
+        "bytes": sum(r["bytes"] for r in shards),
+        "shards": shards,
+    }
+    stats = summarise_metas("segmentation", [m for m in metas if "class_ids" in m])
+    derived = {
+        "source": str(source.root),
+        "splits": {OUTPUT_SPLIT: entry},
+        "stats": {OUTPUT_SPLIT: stats},
+        "skipped": [],
+        "dropped": [],
+        "label_split": {"file": f"../{SPLIT_FILE}", "seed": seed},
+    }
+    write_manifest(root, source.manifest | derived)
 
 
 def _decode_stored_mask(sample: dict) -> np.ndarray:
@@ -320,13 +388,12 @@ def _decode_stored_mask(sample: dict) -> np.ndarray:
         ) from error
 
 
-def _scan_classes(
-    urls: Sequence[str], num_classes: int, ignore_index: int
-) -> tuple[list[str], np.ndarray]:
+def _scan_classes(source: _Source) -> tuple[list[str], np.ndarray]:
     """Keys in stored order and the bool [N, C] class presence of their masks."""
     keys, rows = [], []
-    for sample in _samples(urls):
-        classes = present_classes(_decode_stored_mask(sample), ignore_index)
+    num_classes = len(source.class_names)
+    for sample in source.samples():
+        classes = present_classes(_decode_stored_mask(sample), source.ignore_index)
         row = np.zeros(num_classes, dtype=bool)
         row[classes[classes < num_classes]] = True
         keys.append(sample["__key__"])
@@ -336,86 +403,11 @@ def _scan_classes(
     return keys, np.stack(rows)
 
 
-def _members(sample: dict) -> dict[str, bytes]:
-    return {ext: data for ext, data in sample.items() if not ext.startswith("__")}
-
-
 def _meta(sample: dict) -> dict:
     try:
         return json.loads(sample["json"]) if "json" in sample else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
-
-
-def _write_partition(
-    urls, temp, manifest, labelled_keys, max_count, on_progress, total, record
-) -> dict[str, int]:
-    """Copy every sample, unchanged, into the labelled or the unlabelled shard set."""
-    writers = {
-        name: ShardWriter(temp / name / OUTPUT_SPLIT, "segmentation", max_count=max_count,
-                          max_bytes=DEFAULT_MAX_BYTES)
-        for name in ("labelled", "unlabelled")
-    }  # fmt: skip
-    metas: dict[str, list[dict]] = {"labelled": [], "unlabelled": []}
-    for done, sample in enumerate(_samples(urls), start=1):
-        name = "labelled" if sample["__key__"] in labelled_keys else "unlabelled"
-        writers[name].write(sample["__key__"], _members(sample))
-        metas[name].append(_meta(sample))
-        if on_progress is not None:
-            on_progress(done, total)
-    for name, writer in writers.items():
-        _finish_set(temp / name, writer.close(), metas[name], manifest, record)
-    return {name: len(items) for name, items in metas.items()}
-
-
-def _write_sparse(urls, temp, manifest, mode, seed, ignore_index, max_count, on_progress, total):
-    """Write every sample with its mask made sparse; return the keys and images per class."""
-    writer = ShardWriter(
-        temp / "labelled" / OUTPUT_SPLIT, "segmentation", max_count=max_count,
-        max_bytes=DEFAULT_MAX_BYTES,
-    )  # fmt: skip
-    num_classes = len(manifest.get("classes") or []) or 256
-    per_class = np.zeros(num_classes, dtype=np.int64)
-    metas, keys = [], []
-    for done, sample in enumerate(_samples(urls), start=1):
-        key = sample["__key__"]
-        sparse = sparsify_mask(
-            _decode_stored_mask(sample), mode, image_rng(seed, key), ignore_index=ignore_index
-        )
-        classes = present_classes(sparse, ignore_index)
-        per_class[classes[classes < num_classes]] += 1
-        meta = _meta(sample) | {"class_ids": [int(c) for c in np.unique(sparse)], "partial": mode}
-        members = _members(sample) | {"png": encode_mask_png(sparse)}
-        if "json" in members:
-            members["json"] = json.dumps(meta, sort_keys=True).encode()
-        writer.write(key, members)
-        metas.append(meta)
-        keys.append(key)
-        if on_progress is not None:
-            on_progress(done, total)
-    record = {"mode": mode, "seed": seed}
-    _finish_set(temp / "labelled", writer.close(), metas, manifest, record)
-    return keys, per_class
-
-
-def _finish_set(root: Path, records: list[dict], metas: list[dict], manifest: dict, record: dict):
-    """Write the manifest of one output shard set (the source's, with new splits)."""
-    root.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "count": sum(r["count"] for r in records),
-        "bytes": sum(r["bytes"] for r in records),
-        "shards": records,
-    }
-    stats = summarise_metas("segmentation", [m for m in metas if "class_ids" in m]) if metas else {}
-    derived = {
-        "source": record.get("source", manifest.get("source")),
-        "splits": {OUTPUT_SPLIT: entry} if records else {},
-        "stats": {OUTPUT_SPLIT: stats} if records else {},
-        "skipped": [],
-        "dropped": [],
-        "label_split": {k: record[k] for k in ("mode", "seed") if k in record},
-    }
-    write_manifest(root, manifest | derived)
 
 
 def _write_json(path: Path, data: dict) -> None:
