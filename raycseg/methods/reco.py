@@ -102,7 +102,7 @@ class ReCo(nn.Module):
         if self.semi:
             self.teacher = build_ema_copy(self.student)
             self.register_buffer("teacher_synced", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("best_val_miou", torch.full((), -1.0))
+        self.register_buffer("best_val_miou", torch.full((), -1.0, dtype=torch.float64))
 
     @property
     def backbone(self) -> nn.Module:
