@@ -12,7 +12,9 @@ from .console import err, out, progress_bar
 
 def split(
     src: Path = typer.Argument(
-        ..., help="A segmentation shard set (built with `cseg shards build --kind segmentation`)."
+        ...,
+        metavar="SRC",
+        help="A segmentation shard set (built with `cseg shards build --kind segmentation`).",
     ),
     dest: Path = typer.Argument(
         ..., metavar="OUT", help="Output folder: OUT/labelled, OUT/unlabelled, OUT/split.json."
