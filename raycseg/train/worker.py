@@ -130,7 +130,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         step = step_offset + stage_step + 1
         last = stage_step + 1 == stage.steps
         save_now = last or (stage_step + 1) % recipe.storage.checkpoint_every == 0
-        if not (save_now or (stage_step + 1) % recipe.storage.log_every == 0):
+        validate_now = bool(stage.val_every) and ((stage_step + 1) % stage.val_every == 0 or last)
+        # ray.train.report blocks until Train's controller polls it (every ~2 s), so Ray
+        # hears only checkpoints and validation; metrics.jsonl and the driver get every log.
+        report_now = save_now or validate_now
+        if not (report_now or (stage_step + 1) % recipe.storage.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
         values = _mean_over_ranks([loss.detach(), *[t.detach() for t in terms.values()]], device)
@@ -143,22 +147,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             "samples_per_s": window_samples * world_size / max(elapsed, 1e-9),
             "skipped_corrupt": int(_sum_over_ranks(skipped_corrupt, device)),
         }
-        if stage.val_every and ((stage_step + 1) % stage.val_every == 0 or last):
+        if validate_now:
             metrics.update(_validate(method, stage, recipe, device, rank))
         window_start, window_samples = time.perf_counter(), 0
         last_metrics = metrics
-        _report(
-            metrics,
-            method,
-            optimizer,
-            recipe,
-            stage.name,
-            stage_step + 1,
-            rank,
-            save_now,
-            metrics_log,
-            config,
-        )
+        if rank == 0:
+            _log(metrics, metrics_log, config)
+        if report_now:
+            _report(
+                metrics,
+                method,
+                optimizer,
+                recipe,
+                stage.name,
+                stage_step + 1,
+                rank,
+                save_now,
+                metrics_log,
+                config,
+            )
 
     # 7. End of the stage --------------------------------------------------------------
     if rank == 0:
@@ -184,7 +191,7 @@ def build_optimizer(module: torch.nn.Module, optim: OptimSection) -> torch.optim
 def _report(
     metrics, method, optimizer, recipe, stage_name, stage_step, rank, save_now, metrics_log, config
 ) -> None:
-    """Every rank reports (a barrier); rank 0 logs, streams and writes the checkpoint.
+    """Every rank reports (a barrier); rank 0 writes the checkpoint when one is due.
 
     Ray uploads a reported checkpoint to the stage's storage and then deletes the
     staged copy. Local mode (num_workers=0) uploads nothing and keeps the reported
@@ -194,34 +201,37 @@ def _report(
     local_mode = config.get("local_mode", False)
     staging = Path(config["run_dir"]) / stage_name / "local_checkpoints" if local_mode else None
     checkpoint = None
-    if rank == 0:
-        metrics_log.append(metrics)
-        queue = config.get("progress_queue")
-        if queue is not None:
-            queue.put_nowait(metrics)
-        if save_now:
-            directory = new_checkpoint_dir(staging, name=f"checkpoint_{metrics['step']:06d}")
-            save_state(
-                directory,
-                {
-                    "backbone": method.backbone.state_dict(),
-                    "model": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": metrics["step"],
-                    "stage": stage_name,
-                    "stage_step": stage_step,
-                    "data_position": stage_step,
-                    "recipe": recipe.model_dump(mode="json"),
-                },
-            )
-            checkpoint = ray.train.Checkpoint.from_directory(str(directory))
-            metrics_log.sync()  # the stored log covers every step up to this checkpoint
+    if rank == 0 and save_now:
+        directory = new_checkpoint_dir(staging, name=f"checkpoint_{metrics['step']:06d}")
+        save_state(
+            directory,
+            {
+                "backbone": method.backbone.state_dict(),
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": metrics["step"],
+                "stage": stage_name,
+                "stage_step": stage_step,
+                "data_position": stage_step,
+                "recipe": recipe.model_dump(mode="json"),
+            },
+        )
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory))
+        metrics_log.sync()  # the stored log covers every step up to this checkpoint
     ray.train.report(
         metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=not local_mode
     )
     if staging is not None and checkpoint is not None:
         for stale in sorted(staging.iterdir())[: -recipe.storage.num_to_keep]:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _log(metrics: dict[str, Any], metrics_log: MetricsLog, config: dict[str, Any]) -> None:
+    """Rank 0: append the record to metrics.jsonl and stream it to the driver."""
+    metrics_log.append(metrics)
+    queue = config.get("progress_queue")
+    if queue is not None:
+        queue.put_nowait(metrics)
 
 
 def _validate(method, stage, recipe, device, rank) -> dict[str, float]:
