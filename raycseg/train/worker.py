@@ -32,7 +32,7 @@ from .. import remote
 from ..config import OptimSection, Recipe, is_url
 from ..methods import build_method, build_stage_loader
 from ..models import load_backbone_weights
-from .checkpoint import MetricsLog, load_ray_checkpoint, new_checkpoint_dir, save_state
+from .checkpoint import STATE_FILE, MetricsLog, load_ray_checkpoint, new_checkpoint_dir, save_state
 from .schedules import build_lr_schedule
 
 METRICS_FILE = "metrics.jsonl"
@@ -201,21 +201,32 @@ def _report(
     local_mode = config.get("local_mode", False)
     staging = Path(config["run_dir"]) / stage_name / "local_checkpoints" if local_mode else None
     checkpoint = None
+    is_best = (
+        metrics.get("best_val_miou") is not None
+        and metrics.get("val_miou") == metrics["best_val_miou"]
+    )
+    if rank == 0 and (save_now or is_best):
+        state = {
+            "backbone": method.backbone.state_dict(),
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": metrics["step"],
+            "stage": stage_name,
+            "stage_step": stage_step,
+            "data_position": stage_step,
+            "recipe": recipe.model_dump(mode="json"),
+        }
+    if rank == 0 and is_best:  # the best validation so far: <run>/<stage>/best/state.pt
+        best = new_checkpoint_dir()
+        save_state(best, {**state, "val_miou": metrics["val_miou"]})
+        remote.write_bytes(
+            remote.join(config["run_dir"], stage_name, "best", STATE_FILE),
+            (best / STATE_FILE).read_bytes(),
+        )
+        shutil.rmtree(best, ignore_errors=True)
     if rank == 0 and save_now:
         directory = new_checkpoint_dir(staging, name=f"checkpoint_{metrics['step']:06d}")
-        save_state(
-            directory,
-            {
-                "backbone": method.backbone.state_dict(),
-                "model": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": metrics["step"],
-                "stage": stage_name,
-                "stage_step": stage_step,
-                "data_position": stage_step,
-                "recipe": recipe.model_dump(mode="json"),
-            },
-        )
+        save_state(directory, state)
         checkpoint = ray.train.Checkpoint.from_directory(str(directory))
         metrics_log.sync()  # the stored log covers every step up to this checkpoint
     ray.train.report(

@@ -13,6 +13,7 @@ from raycseg.config import ModelSection, RecoStage, load_recipe
 from raycseg.data.splits import build_label_split
 from raycseg.methods.reco import ReCo, build_segmenter, confidence_weighted_ce
 from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights
+from raycseg.train.checkpoint import load_state
 from raycseg.train.launch import prepare_data, run_pretrain
 
 MODEL = ModelSection(backbone="tiny", output_stride=4, width=8)
@@ -194,7 +195,10 @@ def train(root: Path, labelled: Path, mode: str) -> list[dict]:
     )
     result = run_pretrain(recipe)
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    records = [json.loads(line) for line in lines]
+    kept = load_state(result.run_dir / "reco" / "best" / "state.pt")  # the best is kept
+    assert kept["val_miou"] == pytest.approx(max(r["val_miou"] for r in records if "val_miou" in r))
+    return records
 
 
 def test_semi_supervised_beats_supervised_on_the_same_labels_and_steps(one_pixel_per_class):
