@@ -250,6 +250,7 @@ def build_segmentation_loader(
     crop_size: int,
     scale_range: tuple[float, float] = (0.5, 1.5),
     train: bool,
+    crop_only: bool = False,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
@@ -270,6 +271,9 @@ def build_segmentation_loader(
         scale_range: Random scale range for training.
         train: Endless, augmented and shuffled (True), or one pass with a
             deterministic resize to crop_size x crop_size (False).
+        crop_only: Training augmentation is a random crop alone: no rescale,
+            colour jitter or flip (ReCo's unlabelled stream, which the teacher
+            sees raw and the method augments after pseudo-labelling).
         seed: Stream seed.
         rank: This worker's rank.
         world_size: Number of ranks.
@@ -282,7 +286,14 @@ def build_segmentation_loader(
     """
     if train and samples_per_rank is None:
         samples_per_rank = max(1, _count_in_shards(urls) // world_size)
-    transform = SegmentationTrainTransform(crop_size, scale_range) if train else None
+    if not train:
+        transform = None
+    elif crop_only:
+        transform = SegmentationTrainTransform(
+            crop_size, (1.0, 1.0), color_jitter=ColorJitter(p=0.0), flip_p=0.0
+        )
+    else:
+        transform = SegmentationTrainTransform(crop_size, scale_range)
     spec = StreamSpec(tuple(urls), batch_size, train, seed, rank, world_size, samples_per_rank,
                       start_batch, shuffle_buffer if train else 0)  # fmt: skip
     return _loader(spec, SegmentationDecoder(transform, crop_size), num_workers)

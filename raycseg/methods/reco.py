@@ -321,7 +321,7 @@ def build_reco_loader(
     split = training_split(stage.data.unlabelled)
     unlabelled = build_segmentation_loader(
         list_shard_urls(stage.data.unlabelled, split),
-        scale_range=(1.0, 1.0),
+        crop_only=True,
         seed=seed + 1,
         samples_per_rank=max(count_samples(stage.data.unlabelled, split) // max(world_size, 1), 1),
         **common,

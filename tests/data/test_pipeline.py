@@ -120,3 +120,30 @@ def test_real_clips_stream_through_two_workers(real_video_shards):
             assert 0 <= a <= b < lengths[key]
             seen.add(key)
     assert len(seen) >= 5
+
+
+def test_crop_only_training_yields_untouched_windows_of_the_originals(tiny_synthetic):
+    """ReCo's unlabelled stream: a random crop, no rescale, colour jitter or flip."""
+    from raycseg.data.images import decode_image, decode_mask
+
+    urls = list_shard_urls(tiny_synthetic / "segmentation", "train")
+    originals = {
+        s["__key__"]: (torch.from_numpy(decode_image(s["jpg"])).permute(2, 0, 1),
+                       torch.from_numpy(decode_mask(s["png"])).long())
+        for u in urls for s in iter_shard_samples(u)
+    }  # fmt: skip
+    loader = build_segmentation_loader(urls, batch_size=4, crop_size=20, train=True, crop_only=True)
+    crop = 20
+    for batch in first(loader, 3):
+        for image, label, key in zip(batch["image"], batch["label"], batch["key"], strict=True):
+            full_image, full_label = originals[key]
+            height, width = full_label.shape
+            windows = [
+                (top, left)
+                for top in range(height - crop + 1)
+                for left in range(width - crop + 1)
+                if torch.equal(full_image[:, top : top + crop, left : left + crop], image)
+            ]
+            assert windows, f"{key}: not an untouched crop of the original"
+            top, left = windows[0]
+            assert torch.equal(full_label[top : top + crop, left : left + crop], label)
