@@ -254,9 +254,7 @@ def _run_stage(
     if not local_mode:
         start_ray(address, scaling)
     if not local_mode and on_metrics is not None:
-        from ray.util.queue import Queue
-
-        progress = Queue(actor_options={"num_cpus": 0})
+        progress = _progress_queue()
     on_message(
         f"stage {stage.name}: {stage.steps} steps on {max(scaling.num_workers, 1)} worker(s)"
     )
@@ -344,6 +342,20 @@ def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
     )
 
 
+def _progress_queue():
+    """The queue that streams rank 0's metrics to this driver.
+
+    It lives on the driver's own node: a 0-CPU actor could otherwise land on a
+    worker node that the autoscaler later removes, taking the stream with it.
+    """
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
 class _streamed:
     """Drain the workers' metrics queue into `on_metrics` in a thread while fit() runs."""
 
@@ -367,10 +379,12 @@ class _streamed:
         while True:
             try:
                 record = self.progress.get(timeout=0.5)
-            except (queue_module.Empty, Exception):  # ray's Empty subclasses queue.Empty
+            except queue_module.Empty:  # ray's Empty subclasses queue.Empty
                 if self.stop.is_set():
                     return
                 continue
+            except Exception:  # noqa: BLE001 (the queue's actor is gone: nothing more comes)
+                return
             self.on_metrics(record)
 
 

@@ -16,6 +16,7 @@ stage; the driver (`launch.py`) runs the stages in order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.exceptions import RayError
 
 from .. import remote
 from ..config import OptimSection, Recipe, is_url
@@ -51,6 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     use_amp = device.type == "cuda" and recipe.scaling.mixed_precision
     torch.manual_seed(recipe.seed)  # same initial weights on every rank and in the random baseline
+    _quiet_per_report_logs()
     _record_worker(run_dir, stage.name, rank, world_size)
 
     # 2. Model --------------------------------------------------------------------------
@@ -237,12 +240,31 @@ def _report(
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _quiet_per_report_logs() -> None:
+    """Drop Ray Train's INFO line per `ray.train.report` (the driver's progress shows them).
+
+    Ray 2.60 logs it on a logger named after its file, outside `ray.train`, so the
+    trainer's `LoggingConfig(log_level)` does not reach it.
+    """
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def _log(metrics: dict[str, Any], metrics_log: MetricsLog, config: dict[str, Any]) -> None:
-    """Rank 0: append the record to metrics.jsonl and stream it to the driver."""
+    """Rank 0: append the record to metrics.jsonl and stream it to the driver.
+
+    The stream is progress display only: if its queue is gone (its node or the
+    driver died), training goes on without it.
+    """
     metrics_log.append(metrics)
     queue = config.get("progress_queue")
-    if queue is not None:
+    if queue is None:
+        return
+    try:
         queue.put_nowait(metrics)
+    except RayError:
+        config["progress_queue"] = None
 
 
 def _validate(method, stage, recipe, device, rank) -> dict[str, float]:
