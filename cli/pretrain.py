@@ -23,6 +23,9 @@ def pretrain(
     address: str = typer.Option(
         None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)."
     ),
+    cluster: str = typer.Option(
+        None, "--cluster", help="A cluster overlay (`gpu` or a YAML path) under the overrides."
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the latest (or the named) run; error if none."
     ),
@@ -40,7 +43,7 @@ def pretrain(
     """Pretrain: run every stage of RECIPE in order (default: the quickstart on generated data)."""
     from raycseg.train.launch import run_pretrain
 
-    loaded = load_recipe(recipe, overrides or [], check_files=not dry_run)
+    loaded = load_recipe(recipe, overrides or [], cluster=cluster, check_files=not dry_run)
     if dry_run or print_config:
         out.print(recipe_to_yaml(loaded), markup=False)
         if dry_run:

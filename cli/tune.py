@@ -32,6 +32,9 @@ def tune(
     address: str = typer.Option(
         None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)."
     ),
+    cluster: str = typer.Option(
+        None, "--cluster", help="A cluster overlay (`gpu` or a YAML path) under the overrides."
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Validate the space against its recipe; run nothing."
     ),
@@ -50,7 +53,10 @@ def tune(
     if space is None and resume is None:
         raise RecipeError("give a space, e.g. `cseg tune --space cacl_debug`, or --resume NAME")
     if dry_run:
-        _print_plan(load_space(space, recipe=recipe, overrides=overrides, check_files=False))
+        plan = load_space(
+            space, recipe=recipe, overrides=overrides, cluster=cluster, check_files=False
+        )
+        _print_plan(plan)
         return
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables are progress
@@ -58,6 +64,7 @@ def tune(
             space,
             recipe=recipe,
             overrides=overrides,
+            cluster=cluster,
             name=resume or name,
             resume=resume is not None,
             address=address,

@@ -42,7 +42,7 @@ GPU_WORKER_TYPE = "gpu_worker"  # launcher node type of the GPU workers
 GPU_WORKER_GROUP = "gpu-workers"  # KubeRay worker group of the GPU workers
 DEFAULT_CLUSTER_NAME = "raycseg"
 DEFAULT_ENTRYPOINT = (
-    "cseg pretrain quickstart scaling.use_gpu=true scaling.num_workers={workers} "
+    "cseg pretrain quickstart --cluster gpu scaling.num_workers={workers} "
     "storage.path=s3://YOUR-BUCKET/raycseg/runs"
 )
 _MAX_CLUSTER_NAME = 38  # the RayJob is named "<cluster>-pretrain" and KubeRay allows 47

@@ -6,6 +6,9 @@ method's fields directly, so dotted paths read naturally:
 `stages.cacl.lambda_cycle=0.1`, `stages.reco.strong_threshold=0.9`
 (stages are addressed by `name`, which defaults to the method).
 
+A cluster overlay (`--cluster gpu`, or a YAML path) is a partial recipe laid
+over any recipe before the `key=value` overrides: recipe < overlay < overrides.
+
 Every problem (unknown key, wrong type, missing file) is collected and raised
 at once as one `RecipeError`, each with its key path, before Ray starts.
 """
@@ -22,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import RecipeError
 
 RECIPE_SUFFIX = ".yaml"
+OVERLAY_FOLDER = "clusters/overlays"
 
 
 class Section(BaseModel):
@@ -201,6 +205,9 @@ class ScalingSection(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, ge=0)
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    driver_resources: dict[str, float] = Field(
+        default_factory=dict, description="what each `cseg tune` trial driver asks for"
+    )
     mixed_precision: bool = Field(True, description="bf16 autocast + channels_last on GPU")
 
 
@@ -386,6 +393,36 @@ def _stage_index(stages: list[Any], part: str, dotted: str) -> int:
     raise RecipeError(f"override {dotted}: no stage named {part!r}; stages are {known}")
 
 
+def find_cluster_overlay(name_or_path: str | Path) -> Path:
+    """Resolve a cluster overlay: a YAML path, or a shipped name (`gpu`)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.resolve()
+    shipped = importlib.resources.files("raycseg.recipes").joinpath(
+        f"{OVERLAY_FOLDER}/{name_or_path}{RECIPE_SUFFIX}"
+    )
+    if shipped.is_file():
+        return Path(str(shipped))
+    names = [Path(rel).stem for rel in shipped_files(OVERLAY_FOLDER)]
+    raise RecipeError(
+        f"no cluster overlay file or shipped overlay named {str(name_or_path)!r}; "
+        f"shipped overlays: {', '.join(names)}"
+    )
+
+
+def cluster_overlay(name_or_path: str | Path) -> dict[str, Any]:
+    """A cluster overlay as dotted overrides, merged key by key (`scaling.use_gpu: true`)."""
+    return dict(_dotted_leaves(read_yaml(find_cluster_overlay(name_or_path))))
+
+
+def _dotted_leaves(node: dict[str, Any], prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _dotted_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate a raw dict, raising one RecipeError that lists every problem with its path."""
     try:
@@ -424,6 +461,7 @@ def load_recipe(
     path: str | Path,
     overrides: list[str] | dict[str, Any] | None = None,
     *,
+    cluster: str | Path | None = None,
     check_files: bool = True,
 ) -> Recipe:
     """Load, override and validate a recipe, then resolve its paths.
@@ -431,6 +469,8 @@ def load_recipe(
     Args:
         path: a YAML file or the name of a shipped recipe (`quickstart`, `cacl/debug`).
         overrides: `a.b=value` strings (or a dict of dotted path -> value).
+        cluster: a cluster overlay (a shipped name such as `gpu`, or a YAML path),
+            applied before the overrides.
         check_files: also report missing shard folders and checkpoints.
 
     Returns:
@@ -441,8 +481,12 @@ def load_recipe(
         RecipeError: listing every problem at once, each with its key path.
     """
     file = find_recipe(path)
-    raw = apply_overrides(read_yaml(file), overrides or [])
-    recipe = validate_recipe(raw, source=str(path))
+    raw = read_yaml(file)
+    if cluster is not None:
+        apply_overrides(raw, cluster_overlay(cluster))
+    raw = apply_overrides(raw, overrides or [])
+    source = str(path) if cluster is None else f"{path} with cluster overlay {cluster}"
+    recipe = validate_recipe(raw, source=source)
     resolve_paths(recipe)
     if check_files:
         missing = missing_inputs(recipe)

@@ -127,3 +127,38 @@ def test_every_shipped_recipe_validates():
     assert "quickstart" in names and "cacl/debug" in names
     for name in names:
         load_recipe(name, check_files=False)
+
+
+def test_a_cluster_overlay_lies_between_the_recipe_and_the_overrides(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "scaling: {num_workers: 8, cpus_per_worker: 4, resources_per_worker: {worker_node: 1}}\n"
+        "stages: {cacl: {data: {batch_size: 64}}}\n"
+    )
+    recipe = load_recipe(
+        write_recipe(tmp_path, scaling={"num_workers": 2, "resources_per_worker": {"a10g": 1}}),
+        ["scaling.num_workers=16"],
+        cluster=overlay,
+        check_files=False,
+    )
+    assert recipe.scaling.num_workers == 16  # the command line wins over the overlay
+    assert recipe.scaling.cpus_per_worker == 4  # the overlay wins over the recipe
+    assert recipe.scaling.resources_per_worker == {"a10g": 1, "worker_node": 1}  # key by key
+    assert recipe.stages[0].data.batch_size == 64  # stages by name, as in overrides
+
+
+def test_the_shipped_gpu_overlay_fits_every_shipped_recipe():
+    for name in shipped_recipes():
+        recipe = load_recipe(name, cluster="gpu", check_files=False)
+        scaling = recipe.scaling
+        assert scaling.use_gpu and scaling.resources_per_worker == {"worker_node": 1}, name
+        assert scaling.driver_resources == {"driver_slot": 1}, name
+
+
+def test_a_bad_cluster_overlay_names_the_fix(tmp_path):
+    with pytest.raises(RecipeError, match="shipped overlays: gpu"):
+        load_recipe("quickstart", cluster="gpux", check_files=False)
+    overlay = tmp_path / "typo.yaml"
+    overlay.write_text("scaling: {use_gpus: true}\n")
+    with pytest.raises(RecipeError, match=r"cluster overlay .*typo.yaml: scaling.use_gpus: unknown"):
+        load_recipe("quickstart", cluster=overlay, check_files=False)

@@ -48,6 +48,20 @@ from .spaces import (
 PLAN_FILE = "search.json"
 SPACE_FILE = "space.yaml"
 DRIVER_MEMORY_BYTES = 256 * 1024**2  # what a trial's waiting driver asks the scheduler for
+TUNE_ENVIRONMENT: dict[str, str | None] = {
+    # Workers log every step but report `val_*` metrics only every `val_every` steps. Tune
+    # would reject the reports without the metric; ASHA skips them anyway. A metric no
+    # trial ever reports is reported as no best trial instead.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Hidden from Tune: Ray 2.60's Tune copies them from the driver's environment into
+    # every trial actor's runtime_env (ray/tune/execution/class_cache.py), and Ray's
+    # runtime-env agent writes runtime envs to its log on every node. Trials get
+    # credentials the way Train workers do: from their node (its environment, instance
+    # profile or service account).
+    **dict.fromkeys(
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+    ),
+}
 
 
 def run_tune(
@@ -55,6 +69,7 @@ def run_tune(
     *,
     recipe: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    cluster: str | Path | None = None,
     name: str | None = None,
     storage_path: str | None = None,
     resume: bool = False,
@@ -69,6 +84,7 @@ def run_tune(
         space: a space file or shipped space name; may be None when resuming by name.
         recipe: a recipe that replaces the one the space names.
         overrides: `key=value` overrides applied to every trial.
+        cluster: a cluster overlay (`gpu` or a YAML path), under the overrides.
         name: the experiment name (default `<space>-<timestamp>`); an existing
             experiment of that name under the storage path is restored.
         storage_path: where experiments live (default `<recipe storage.path>/tune`).
@@ -86,14 +102,14 @@ def run_tune(
     from ..train.launch import prepare_data
 
     experiment_dir, plan, restorable = _prepare_experiment(
-        space, recipe, overrides, name, storage_path, resume
+        space, recipe, overrides, cluster, name, storage_path, resume
     )
     _save_plan(plan, experiment_dir, fresh=not restorable)
     on_message(f"{'restoring' if restorable else 'experiment'} {experiment_dir}")
     prepare_data(plan.recipe, on_message)
     _connect_ray(address, plan.recipe, verbose)
 
-    with _strict_metric_check_off():
+    with _environment(**TUNE_ENVIRONMENT):
         grid = _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message).fit()
     result = summarise_results(grid, plan, experiment_dir, resumed=restorable)
     if result.interrupted:
@@ -163,7 +179,9 @@ def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
     The driver only waits on `fit()` (Train's controller is a 0-CPU actor and
     Train requests the workers' placement group itself), so it takes no CPU;
     Tune cannot place a request that is all zeros, so it asks for a little
-    memory instead (a scheduling hint, not a limit). In local mode
+    memory instead (a scheduling hint, not a limit), plus
+    `scaling.driver_resources` (e.g. `{driver_slot: 1}`, which only the head of
+    the shipped cluster configs offers, so drivers stay off spot nodes). In local mode
     (`num_workers=0`) the driver trains, so it takes a worker's share.
     """
     scaling = recipe.scaling
@@ -174,7 +192,7 @@ def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
         driver = {key.lower() if key in ("CPU", "GPU") else key: v for key, v in per_worker.items()}
         return driver, per_worker
     need = {key: value * scaling.num_workers for key, value in per_worker.items() if value}
-    return {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}, need
+    return {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, **scaling.driver_resources}, need
 
 
 def cluster_capacity() -> dict[str, float]:
@@ -217,11 +235,15 @@ def default_max_concurrent(
 # ----------------------------------------------------------------------------- setup
 
 
-def _prepare_experiment(space, recipe, overrides, name, storage_path, resume):
+def _prepare_experiment(space, recipe, overrides, cluster, name, storage_path, resume):
     """Resolve the experiment directory and its plan; all before Ray starts."""
     from ray import tune
 
-    plan = load_space(space, recipe=recipe, overrides=overrides) if space is not None else None
+    plan = (
+        load_space(space, recipe=recipe, overrides=overrides, cluster=cluster)
+        if space is not None
+        else None
+    )
     if plan is None and not (resume or name):
         raise RecipeError("give a space (--space SPACE) or an experiment to resume (--resume NAME)")
     experiment_dir = _experiment_dir(plan, name, storage_path)
@@ -364,22 +386,22 @@ def _connect_ray(address: str | None, recipe: Recipe, verbose: int) -> None:
 
 
 @contextmanager
-def _strict_metric_check_off() -> Iterator[None]:
-    """Workers log every step but report `val_*` metrics only every `val_every` steps.
-
-    Tune would reject the reports without the metric; ASHA skips them anyway.
-    A metric no trial ever reports is reported as no best trial instead.
-    """
-    key = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
-    previous = os.environ.get(key)
-    os.environ[key] = "1"
+def _environment(**values: str | None) -> Iterator[None]:
+    """Set (a string) or hide (None) this process's environment variables for the block."""
+    previous = {key: os.environ.get(key) for key in values}
     try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         yield
     finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # ----------------------------------------------------------------------------- results

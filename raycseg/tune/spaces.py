@@ -40,6 +40,7 @@ from ..config import (
     RECIPE_SUFFIX,
     Recipe,
     apply_overrides,
+    cluster_overlay,
     find_recipe,
     missing_inputs,
     read_yaml,
@@ -216,6 +217,7 @@ def load_space(
     *,
     recipe: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    cluster: str | Path | None = None,
     check_files: bool = True,
 ) -> SearchPlan:
     """Load a space file and check it against its recipe, before Ray starts.
@@ -225,6 +227,8 @@ def load_space(
         recipe: a recipe (name or path) that replaces the one the space names.
         overrides: `key=value` overrides from the command line; they win over the
             space's own `overrides:` and may not touch a searched path.
+        cluster: a cluster overlay (`gpu` or a YAML path), laid over the recipe and the
+            space's overrides, under the command line's.
         check_files: also require the recipe's shard folders to exist.
 
     Returns:
@@ -242,6 +246,8 @@ def load_space(
 
     raw = read_yaml(recipe_path)
     apply_overrides(raw, dict(parsed.overrides))
+    if cluster is not None:
+        apply_overrides(raw, cluster_overlay(cluster))
     apply_overrides(raw, list(overrides))
     base = validate_recipe(raw, source=f"{source}: recipe {recipe_path.name}")
     resolve_paths(base)

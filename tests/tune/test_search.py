@@ -6,6 +6,7 @@ The Ray-level search (ASHA, freed workers, restore) is tests/tune/test_search_ra
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,6 +61,14 @@ def test_trial_demand_driver_takes_no_cpu_and_the_trial_needs_its_workers():
         check_files=False,
     )  # fmt: skip
     assert trial_demand(gpu)[1] == {"CPU": 4.0, "GPU": 4.0, "worker_node": 4.0}
+
+
+def test_the_gpu_overlay_pins_trial_drivers_to_the_head_and_workers_to_gpu_nodes():
+    plan = load_space("cacl_debug", overrides=["scaling.num_workers=8"], cluster="gpu",
+                      check_files=False)  # fmt: skip
+    driver, need = trial_demand(plan.recipe)
+    assert driver["driver_slot"] == 1 and driver["cpu"] == 0
+    assert need == {"CPU": 40.0, "GPU": 8.0, "worker_node": 8.0}
 
 
 def test_local_mode_trial_trains_in_its_driver():
@@ -195,3 +204,27 @@ def test_math_of_best_metric_is_finite_only(plan):
         fake_result("n", {}, [(plan.max_t, float("inf"))], done=True), plan, Path("/e")
     )
     assert math.isinf(trial.final_metric) and choose_best([trial], "max") is None
+
+
+def test_tune_does_not_copy_aws_credentials_into_trial_runtime_envs(monkeypatch):
+    """Ray Tune copies AWS_* from the driver into each trial's runtime_env, which Ray logs."""
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    from raycseg.tune.search import TUNE_ENVIRONMENT, _environment
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-test")
+    monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)
+
+    class Trainable:
+        pass
+
+    exposed = _ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
+    assert exposed["AWS_SECRET_ACCESS_KEY"] == "secret-test", "what happens without the guard"
+
+    with _environment(**TUNE_ENVIRONMENT):
+        guarded = _ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"]
+        assert os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] == "1"
+    assert not any(key.startswith("AWS_") for key in guarded), guarded
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "secret-test", "restored after the search"
+    assert "TUNE_DISABLE_STRICT_METRIC_CHECKING" not in os.environ
