@@ -41,7 +41,9 @@ def bench_loss(
         help="cacl, cacl-global, cacl-pixel, cacl-cycle, crw-walk, maskcontrast, maskcontrast-feature or reco.",
     ),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed repetitions (time_s is the median, time_s_min the best)."),
+    repeats: int = typer.Option(
+        3, "--repeats", help="Timed repetitions (time_s is the median, time_s_min the best)."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
     """Forward+backward time and peak memory of a loss at the issue's reference shapes."""

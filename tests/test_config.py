@@ -160,5 +160,7 @@ def test_a_bad_cluster_overlay_names_the_fix(tmp_path):
         load_recipe("quickstart", cluster="gpux", check_files=False)
     overlay = tmp_path / "typo.yaml"
     overlay.write_text("scaling: {use_gpus: true}\n")
-    with pytest.raises(RecipeError, match=r"cluster overlay .*typo.yaml: scaling.use_gpus: unknown"):
+    with pytest.raises(
+        RecipeError, match=r"cluster overlay .*typo.yaml: scaling.use_gpus: unknown"
+    ):
         load_recipe("quickstart", cluster=overlay, check_files=False)

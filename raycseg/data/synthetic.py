@@ -37,6 +37,8 @@ import io
 import json
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -46,7 +48,8 @@ import av
 import numpy as np
 from scipy import ndimage
 
-from raycseg.errors import DataError
+from raycseg.config import Recipe, is_url, synthetic_dir
+from raycseg.errors import DataError, RecipeError
 
 from .images import encode_jpeg, encode_mask_png, voc_palette
 from .shards import build_shards
@@ -385,3 +388,64 @@ def _stage(on_progress: Callable[[str, int, int], None] | None, stage: str):
     if on_progress is None:
         return None
     return lambda done, total: on_progress(stage, done, total)
+
+
+# ----------------------------------------------------------------------------- a recipe's data
+
+SPEC_FILE = "spec.json"
+
+
+def prepare_data(recipe: Recipe, on_message: Callable[[str], None] = lambda _: None) -> None:
+    """Build the recipe's generated shards where they are absent or were built to another spec.
+
+    The data is deterministic in its spec, so every node of a cluster can build
+    its own copy. Concurrent builders on one node are safe: each builds in a
+    private folder next to the target and renames it into place; the first
+    finished build wins and the others are dropped.
+
+    Raises:
+        RecipeError: `data.root` is a URL (generated data is built on local disks).
+    """
+    target = synthetic_dir(recipe)
+    if target is None:
+        return
+    if is_url(target):
+        raise RecipeError(
+            f"generated data is built on this machine, not at {target}; set data.root to a "
+            "local folder, or build shards and copy them to the bucket"
+        )
+    spec = recipe.data.synthetic.model_dump(exclude={"name"})
+    target = Path(target)
+    if _built_with(target, spec):
+        return
+    on_message(f"building generated data in {target} (once; cached)")
+    started = time.perf_counter()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-building-", dir=target.parent))
+    try:
+        build_synthetic(staging, overwrite=True, **spec)
+        (staging / SPEC_FILE).write_text(json.dumps(spec))
+        _move_into_place(staging, target, spec)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    on_message(f"generated data ready in {time.perf_counter() - started:.0f} s")
+
+
+def _built_with(folder: Path, spec: dict) -> bool:
+    spec_file = folder / SPEC_FILE
+    return spec_file.exists() and json.loads(spec_file.read_text()) == spec
+
+
+def _move_into_place(staging: Path, target: Path, spec: dict) -> None:
+    """Rename a finished build to `target`, unless another builder's build got there first."""
+    if _built_with(target, spec):
+        return
+    if target.exists():  # built to another spec: set it aside, then remove it
+        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-stale-", dir=target.parent))
+        os.replace(target, stale / target.name)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if not _built_with(target, spec):  # not a builder that won the race: a real error
+            raise

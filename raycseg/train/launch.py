@@ -27,7 +27,6 @@ import os
 import queue as queue_module
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import remote
-from ..config import Recipe, ScalingSection, is_url, recipe_to_yaml, synthetic_dir
+from ..config import Recipe, ScalingSection, is_url, recipe_to_yaml
+from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
 from .checkpoint import STATE_FILE
 
@@ -91,29 +91,6 @@ def choose_run_dir(
         suffix += 1
         run_dir = remote.join(storage, f"{base}-{stamp}-{suffix}")
     return run_dir, False
-
-
-def prepare_data(recipe: Recipe, on_message: Callable[[str], None] = lambda _: None) -> None:
-    """Build the recipe's generated shards if it uses generated data and they are absent."""
-    target = synthetic_dir(recipe)
-    if target is None:
-        return
-    if is_url(target):
-        raise RecipeError(
-            f"generated data is built on this machine, not at {target}; set data.root to a "
-            "local folder, or build shards and copy them to the bucket"
-        )
-    spec = recipe.data.synthetic.model_dump(exclude={"name"})
-    spec_file = Path(target) / "spec.json"
-    if spec_file.exists() and json.loads(spec_file.read_text()) == spec:
-        return
-    from ..data.synthetic import build_synthetic
-
-    on_message(f"building generated data in {target} (once; cached)")
-    started = time.perf_counter()
-    build_synthetic(Path(target), overwrite=True, **spec)
-    remote.write_text(spec_file, json.dumps(spec))
-    on_message(f"generated data ready in {time.perf_counter() - started:.0f} s")
 
 
 def run_pretrain(

@@ -32,6 +32,7 @@ from ray.exceptions import RayError
 
 from .. import remote
 from ..config import OptimSection, Recipe, is_url
+from ..data.synthetic import prepare_data
 from ..methods import build_method, build_stage_loader
 from ..models import load_backbone_weights
 from .checkpoint import STATE_FILE, MetricsLog, load_ray_checkpoint, new_checkpoint_dir, save_state
@@ -55,6 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(recipe.seed)  # same initial weights on every rank and in the random baseline
     _quiet_per_report_logs()
     _record_worker(run_dir, stage.name, rank, world_size)
+    _generated_data_on_this_node(recipe, context.get_local_rank())
 
     # 2. Model --------------------------------------------------------------------------
     method = build_method(stage, recipe.model)
@@ -238,6 +240,21 @@ def _report(
     if staging is not None and checkpoint is not None:
         for stale in sorted(staging.iterdir())[: -recipe.storage.num_to_keep]:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _generated_data_on_this_node(recipe: Recipe, local_rank: int) -> None:
+    """Generated data (`data.synthetic`) lives on each node's disk, not only the driver's.
+
+    It is deterministic in its spec, so local rank 0 of each node builds it there
+    when absent (a spec check where the driver built it already); the other
+    ranks wait for it at a barrier.
+    """
+    if recipe.data.synthetic is None:
+        return
+    if local_rank == 0:
+        prepare_data(recipe)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _quiet_per_report_logs() -> None:

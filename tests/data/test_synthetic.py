@@ -136,3 +136,50 @@ def test_inconsistent_or_undecodable_sizes_are_refused(tmp_path):
 def test_stills_are_real_jpeg_frames(tiny_synthetic):
     still = next(iter(samples_of(tiny_synthetic / "segmentation", "val").values()))
     assert still["jpg"][:3] == b"\xff\xd8\xff" and decode_image(still["jpg"]).shape == (32, 32, 3)
+
+
+def recipe_with_generated_data(root, **synthetic):
+    from raycseg.config import load_recipe
+
+    spec = {"name": "gen", "seed": 0, "num_clips": 4, "val_clips": 2, "image_size": 32,
+            "frames": 3, **synthetic}  # fmt: skip
+    overrides = [f"data.root={root}", f"data.synthetic={json.dumps(spec)}"]
+    return load_recipe("cacl/debug", overrides, check_files=False)
+
+
+def test_a_recipe_data_is_built_once_in_place_and_rebuilt_when_its_spec_changes(tmp_path):
+    from raycseg.data.synthetic import prepare_data
+
+    messages: list[str] = []
+    prepare_data(recipe_with_generated_data(tmp_path), messages.append)
+    manifest = tmp_path / "gen" / "video" / "manifest.json"
+    built = manifest.stat().st_mtime_ns
+    assert read_manifest(tmp_path / "gen" / "video")["kind"] == "video"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"], "no staging folder left"
+
+    prepare_data(recipe_with_generated_data(tmp_path), messages.append)
+    assert manifest.stat().st_mtime_ns == built and len(messages) == 2, "the same spec: kept"
+
+    prepare_data(recipe_with_generated_data(tmp_path, seed=1), messages.append)
+    assert json.loads((tmp_path / "gen" / "spec.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"], "the stale build is gone"
+
+
+def test_a_build_that_lost_the_race_to_another_node_process_is_dropped(tmp_path, monkeypatch):
+    """Two builders on one node: the one renaming second keeps the first one's data."""
+    from raycseg.data import synthetic
+
+    recipe = recipe_with_generated_data(tmp_path)
+    real_build = synthetic.build_synthetic
+
+    def build_while_another_finishes(out, **spec):
+        real_build(out, **spec)
+        monkeypatch.setattr(synthetic, "build_synthetic", real_build)
+        synthetic.prepare_data(recipe)  # the other builder, finishing first
+
+    monkeypatch.setattr(synthetic, "build_synthetic", build_while_another_finishes)
+    synthetic.prepare_data(recipe)
+    assert synthetic._built_with(
+        tmp_path / "gen", recipe.data.synthetic.model_dump(exclude={"name"})
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]

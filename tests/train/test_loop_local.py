@@ -71,3 +71,17 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     recipe = debug_recipe(tmp_path, "optim.lr=1e30", "optim.grad_clip=null", "storage.name=nan")
     with pytest.raises(CsegError, match="non-finite at step"):
         run_pretrain(recipe)
+
+
+def test_each_node_builds_the_generated_data_on_its_own_disk_once(tmp_path):
+    """On a cluster the driver's disk is not the workers': local rank 0 builds it there."""
+    from raycseg.train.worker import _generated_data_on_this_node
+
+    recipe = debug_recipe(tmp_path)  # no run: nothing built on this "node" yet
+    generated = tmp_path / "data" / recipe.data.synthetic.name
+    assert not generated.exists()
+    _generated_data_on_this_node(recipe, local_rank=1)
+    assert not generated.exists(), "only local rank 0 builds"
+    _generated_data_on_this_node(recipe, local_rank=0)
+    assert (generated / "video" / "manifest.json").exists()
+    assert (generated / "segmentation" / "manifest.json").exists()
