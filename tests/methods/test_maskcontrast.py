@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,8 @@ from raycseg.methods.maskcontrast import (
 )
 from raycseg.models import build_backbone, load_backbone_weights, normalize_images
 from raycseg.train.checkpoint import load_state, save_state
+
+from .forked_ranks import run_forked_ranks
 
 IMAGE = 32
 BATCH = 4
@@ -266,12 +266,6 @@ def test_maskcontrast_kmeans_is_skipped_for_a_checkpoint_of_another_stage():
 # ----------------------------------------------------------------------------- two workers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 TWO_WORKER_BATCH = 3
 TWO_WORKER_IMAGE = 16
 
@@ -325,25 +319,7 @@ def two_worker_rank(rank: int, world: int, port: int, out_dir: Path) -> None:
 
 
 def test_two_gloo_workers_share_the_queue_and_unshuffle_keys(tmp_path):
-    if "fork" not in multiprocessing.get_all_start_methods():
-        pytest.skip("needs the fork start method (the ranks reuse this process's imports)")
-    context = multiprocessing.get_context("fork")  # spawn would re-import torch: ~15 s a rank
-    port = free_port()
-    ranks = [
-        context.Process(target=two_worker_rank, args=(rank, 2, port, tmp_path)) for rank in (0, 1)
-    ]
-    for process in ranks:
-        process.start()
-    try:
-        for process in ranks:
-            process.join(timeout=120)
-            assert process.exitcode == 0, "a rank failed; its traceback is in the captured stderr"
-    finally:
-        for process in ranks:  # a failed rank leaves its peer waiting in a collective
-            if process.is_alive():
-                process.kill()
-                process.join()
-    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    saved = run_forked_ranks(two_worker_rank, tmp_path)
     rows = TWO_WORKER_BATCH
     for result in saved:
         queue = result["queue_after_enqueue"]
