@@ -12,8 +12,14 @@ import typer
 from rich.table import Table
 
 from raycseg.reports import ExperimentSummary, RunSummary, write_report
-from raycseg.reports.render import format_number, format_step
-from raycseg.reports.report import eval_rows, format_param, next_command, ranked_trials, stage_rows
+from raycseg.reports.render import format_number
+from raycseg.reports.report import (
+    eval_rows,
+    next_command,
+    ranked_trials,
+    stage_rows,
+    trial_cells,
+)
 
 from .console import err, out
 
@@ -52,16 +58,7 @@ def _print_experiment(summary: ExperimentSummary) -> None:
         table.add_column(column, justify="left" if column in ("trial", "status") else "right")
     for trial in ranked_trials(summary):
         marker = " *" if trial is summary.best else ""
-        table.add_row(
-            trial.trial_id + marker,
-            trial.status,
-            *(format_param(trial.params.get(name, "-")) for name in summary.params),
-            format_number(trial.final_metric),
-            format_number(trial.best_metric),
-            format_step(trial.last_step),
-            str(trial.reports),
-            format_number(trial.time_total_s, 3),
-        )
+        table.add_row(trial.trial_id + marker, *trial_cells(trial, summary.params))
     out.print(table)
     if summary.best is not None:
         out.print(

@@ -193,24 +193,25 @@ def experiment_blocks(summary: ExperimentSummary, plots: list[Path]) -> list[Blo
     return blocks
 
 
+def trial_cells(trial: TrialSummary, params: list[str]) -> list[str]:
+    """A trial's row after its name: status, searched values, metrics, step, reports, time."""
+    return [
+        trial.status,
+        *(format_param(trial.params.get(name, "-")) for name in params),
+        format_number(trial.final_metric),
+        format_number(trial.best_metric),
+        format_step(trial.last_step),
+        str(trial.reports),
+        format_number(trial.time_total_s, 3),
+    ]
+
+
 def _trials_table(summary: ExperimentSummary) -> Table:
     header = ["#", "trial", "status", *summary.params]
     header += [f"final {summary.metric}", f"best {summary.metric}", "step", "reports", "time (s)"]
     rows = []
     for rank, trial in enumerate(ranked_trials(summary), start=1):
-        rows.append(
-            [
-                str(rank),
-                f"`{trial.trial_id}`",
-                trial.status,
-                *(format_param(trial.params.get(name, "-")) for name in summary.params),
-                format_number(trial.final_metric),
-                format_number(trial.best_metric),
-                format_step(trial.last_step),
-                str(trial.reports),
-                format_number(trial.time_total_s, 3),
-            ]
-        )
+        rows.append([str(rank), f"`{trial.trial_id}`", *trial_cells(trial, summary.params)])
     numeric_params = [
         name
         for name in summary.params
