@@ -294,11 +294,15 @@ def build_scaling_config(scaling: ScalingSection):
     )
 
 
+PREEMPTION_WATCHER_VARIABLE = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train 2.60
+
+
 def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
     """Join `address` (or RAY_ADDRESS), else start local Ray with this machine's CPUs.
 
-    Local services (the dashboard) bind to 127.0.0.1. `quiet` keeps the workers'
-    logs out of the driver's output and shows only Ray's errors.
+    Local services (the dashboard) bind to 127.0.0.1, and Ray Train's preemption
+    watcher is off there. `quiet` keeps the workers' logs out of the driver's
+    output and shows only Ray's errors.
     """
     import ray
 
@@ -309,6 +313,9 @@ def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
     if address:
         ray.init(address=address, logging_config=logging_config, log_to_driver=not quiet)
         return
+    # One machine has no spot preemptions to watch; Ray Train's watcher actor would only
+    # print a core-worker error line at each stage start. Set by the user, it stays.
+    os.environ.setdefault(PREEMPTION_WATCHER_VARIABLE, "0")
     needed = scaling.num_workers * scaling.cpus_per_worker
     ray.init(
         address="local",

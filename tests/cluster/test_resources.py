@@ -6,10 +6,12 @@ these requests; here, the requests themselves.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from raycseg.config import ScalingSection
-from raycseg.train.launch import build_scaling_config, start_ray
+from raycseg.train.launch import PREEMPTION_WATCHER_VARIABLE, build_scaling_config, start_ray
 
 
 def test_workers_request_cpus_gpus_and_custom_resources_from_the_recipe():
@@ -42,9 +44,15 @@ def test_local_ray_binds_its_dashboard_to_localhost_and_an_address_is_joined(mon
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **options: calls.append(options))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv(PREEMPTION_WATCHER_VARIABLE, "")  # so that the end of the test restores it
+    monkeypatch.delenv(PREEMPTION_WATCHER_VARIABLE)
+
+    start_ray("10.0.0.5:6379", ScalingSection(num_workers=2))
+    assert PREEMPTION_WATCHER_VARIABLE not in os.environ, "a cluster keeps its watcher"
 
     start_ray(None, ScalingSection(num_workers=2))
     assert calls[-1]["address"] == "local" and calls[-1]["dashboard_host"] == "127.0.0.1"
+    assert os.environ[PREEMPTION_WATCHER_VARIABLE] == "0", "no spot preemption on one machine"
 
     start_ray("10.0.0.5:6379", ScalingSection(num_workers=2))
     assert calls[-1]["address"] == "10.0.0.5:6379"
