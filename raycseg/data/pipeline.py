@@ -250,6 +250,7 @@ def build_segmentation_loader(
     crop_size: int,
     scale_range: tuple[float, float] = (0.5, 1.5),
     train: bool,
+    photometric: bool = True,
     crop_only: bool = False,
     seed: int = 0,
     rank: int = 0,
@@ -271,6 +272,8 @@ def build_segmentation_loader(
         scale_range: Random scale range for training.
         train: Endless, augmented and shuffled (True), or one pass with a
             deterministic resize to crop_size x crop_size (False).
+        photometric: Colour-jitter training images in the loader (False when the
+            method does it on its device, as ReCo does).
         crop_only: Training augmentation is a random crop alone: no rescale,
             colour jitter or flip (ReCo's unlabelled stream, which the teacher
             sees raw and the method augments after pseudo-labelling).
@@ -286,14 +289,16 @@ def build_segmentation_loader(
     """
     if train and samples_per_rank is None:
         samples_per_rank = max(1, _count_in_shards(urls) // world_size)
+    no_jitter = ColorJitter(p=0.0)
     if not train:
         transform = None
     elif crop_only:
         transform = SegmentationTrainTransform(
-            crop_size, (1.0, 1.0), color_jitter=ColorJitter(p=0.0), flip_p=0.0
+            crop_size, (1.0, 1.0), color_jitter=no_jitter, flip_p=0.0
         )
     else:
-        transform = SegmentationTrainTransform(crop_size, scale_range)
+        jitter = None if photometric else no_jitter
+        transform = SegmentationTrainTransform(crop_size, scale_range, color_jitter=jitter)
     spec = StreamSpec(tuple(urls), batch_size, train, seed, rank, world_size, samples_per_rank,
                       start_batch, shuffle_buffer if train else 0)  # fmt: skip
     return _loader(spec, SegmentationDecoder(transform, crop_size), num_workers)

@@ -3,7 +3,9 @@
 Spec: ../shared/docs/methods/reco.md (§1 model, §3 semi-supervised, §4 supervised).
 Per step, with B_l labelled and B_u unlabelled images per worker:
 
-    image, label          uint8 [B_l, 3, H, W], long [B_l, H, W] (255 = void)
+    image, label          uint8 [B_l, 3, H, W], long [B_l, H, W] (255 = void); rescaled,
+                          cropped and flipped by the loader, then colour-jittered and
+                          blurred here on the device (reco_mixing.photometric)
     unlabelled_image      uint8 [B_u, 3, H, W]                     (semi mode only)
     student               DeepLabv3+ (or v2) -> logits [B, C, h, w], rep [B, D, h, w]
     teacher               EMA copy of the student (no gradient, train-mode BN):
@@ -59,7 +61,7 @@ from ..models import (
 )
 from ..models.deeplab import DEEPLABV2_RATES, RECO_ASPP_RATES, scale_aspp_rates
 from .common import training_split, training_urls
-from .reco_mixing import augment_unlabelled
+from .reco_mixing import augment_unlabelled, photometric
 
 # Feature-map sizes the spec's ASPP rates were chosen for: a 321 crop at stride 16 (v3+)
 # and at stride 8 (v2). Smaller maps (small crops, the tiny backbone) get scaled rates.
@@ -114,7 +116,8 @@ class ReCo(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """One step's loss: {"loss": 0-dim, "terms": {"sup", ["unsup",] "reco"}}."""
         labels = batch["label"].long()
-        logits_l, rep_l = self.student(normalize_images(batch["image"]))
+        images_l = photometric(batch["image"].float() / 255.0, self.stage.data.color_jitter)
+        logits_l, rep_l = self.student(normalize_images(images_l))
         sup = F.cross_entropy(
             _upsample(logits_l, labels.shape[-2:]), labels, ignore_index=IGNORE_INDEX
         )
@@ -309,7 +312,12 @@ def build_reco_loader(
         "start_batch": start_batch,
     }
     labelled = build_segmentation_loader(
-        urls, scale_range=stage.data.scale_range, seed=seed, samples_per_rank=per_rank, **common
+        urls,
+        scale_range=stage.data.scale_range,
+        photometric=False,  # on the device, in forward()
+        seed=seed,
+        samples_per_rank=per_rank,
+        **common,
     )
     if stage.mode == "supervised":
         return labelled

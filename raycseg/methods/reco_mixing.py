@@ -176,17 +176,27 @@ def mix_batch(images, labels, confidence, mode: str, *, generator=None):
     )
 
 
-def photometric_and_flip(images, labels, confidence, color_jitter, *, generator=None):
-    """Colour jitter (p 0.8), Gaussian blur (p 0.5) on images; a joint flip (p 0.5)."""
+def photometric(images, color_jitter, *, generator=None) -> torch.Tensor:
+    """Colour jitter (p 0.8) then Gaussian blur (p 0.5) of float images [B, 3, H, W] in [0, 1].
+
+    Both streams get it on the device: the labelled batch as it arrives (spec §5),
+    the unlabelled one after mixing (spec §3c).
+    """
     batch = images.shape[0]
     jittered = color_jitter_batch(images, color_jitter, generator=generator)
     images = torch.where(
         (_rand(batch, images, generator) < JITTER_P).view(-1, 1, 1, 1), jittered, images
     )
     blurred = gaussian_blur_batch(images, _uniform(*BLUR_SIGMA, batch, images, generator))
-    images = torch.where(
+    return torch.where(
         (_rand(batch, images, generator) < BLUR_P).view(-1, 1, 1, 1), blurred, images
     )
+
+
+def photometric_and_flip(images, labels, confidence, color_jitter, *, generator=None):
+    """`photometric` on images, then a joint flip (p 0.5) of images, labels and confidence."""
+    batch = images.shape[0]
+    images = photometric(images, color_jitter, generator=generator)
     flip = _rand(batch, images, generator) < FLIP_P
     return (
         torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images),

@@ -122,8 +122,9 @@ def test_real_clips_stream_through_two_workers(real_video_shards):
     assert len(seen) >= 5
 
 
-def test_crop_only_training_yields_untouched_windows_of_the_originals(tiny_synthetic):
-    """ReCo's unlabelled stream: a random crop, no rescale, colour jitter or flip."""
+@pytest.mark.parametrize("stream", ["crop_only", "no_photometric"])
+def test_unjittered_training_yields_untouched_windows_of_the_originals(tiny_synthetic, stream):
+    """ReCo's streams: the unlabelled one only cropped; the labelled one jittered on device."""
     from raycseg.data.images import decode_image, decode_mask
 
     urls = list_shard_urls(tiny_synthetic / "segmentation", "train")
@@ -132,18 +133,29 @@ def test_crop_only_training_yields_untouched_windows_of_the_originals(tiny_synth
                        torch.from_numpy(decode_mask(s["png"])).long())
         for u in urls for s in iter_shard_samples(u)
     }  # fmt: skip
-    loader = build_segmentation_loader(urls, batch_size=4, crop_size=20, train=True, crop_only=True)
-    crop = 20
+    crop, flipped = 20, 0
+    options = {"crop_only": True} if stream == "crop_only" else {"photometric": False}
+    loader = build_segmentation_loader(
+        urls, batch_size=4, crop_size=crop, scale_range=(1, 1), train=True, **options
+    )
     for batch in first(loader, 3):
         for image, label, key in zip(batch["image"], batch["label"], batch["key"], strict=True):
             full_image, full_label = originals[key]
-            height, width = full_label.shape
-            windows = [
-                (top, left)
-                for top in range(height - crop + 1)
-                for left in range(width - crop + 1)
-                if torch.equal(full_image[:, top : top + crop, left : left + crop], image)
-            ]
-            assert windows, f"{key}: not an untouched crop of the original"
-            top, left = windows[0]
+            window = _window_of(full_image, image, crop)
+            if window is None and stream == "no_photometric":
+                image, label, flipped = image.flip(-1), label.flip(-1), flipped + 1
+                window = _window_of(full_image, image, crop)
+            assert window is not None, f"{key}: not an untouched crop of the original"
+            top, left = window
             assert torch.equal(full_label[top : top + crop, left : left + crop], label)
+    assert flipped > 0 if stream == "no_photometric" else flipped == 0
+
+
+def _window_of(full: torch.Tensor, part: torch.Tensor, crop: int) -> tuple[int, int] | None:
+    """Where `part` stands in `full` as a crop x crop window, pixel for pixel (or None)."""
+    height, width = full.shape[-2:]
+    for top in range(height - crop + 1):
+        for left in range(width - crop + 1):
+            if torch.equal(full[:, top : top + crop, left : left + crop], part):
+                return top, left
+    return None

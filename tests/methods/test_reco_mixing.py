@@ -14,6 +14,7 @@ from raycseg.methods.reco_mixing import (
     color_jitter_batch,
     gaussian_blur_batch,
     mix_batch,
+    photometric,
     photometric_and_flip,
     random_rescale_crop,
 )
@@ -140,3 +141,11 @@ def test_full_chain_shapes_and_ignore_pixels():
     assert out[0].shape == images.shape and out[1].dtype == torch.long
     assert (out[2][out[1] == IGNORE_INDEX] == 0).all()
     assert ((out[1] == IGNORE_INDEX) | (out[1] < 5)).all()
+
+
+def test_photometric_jitters_and_blurs_some_images_and_keeps_the_rest():
+    images = torch.rand(64, 3, 12, 12)
+    out = photometric(images, (0.25, 0.25, 0.25, 0.25), generator=torch.Generator().manual_seed(0))
+    changed = ~torch.isclose(out, images, atol=1e-6).flatten(1).all(dim=1)
+    # unchanged only when neither jitter (p 0.8) nor blur (p 0.5) drew: 10 % expected
+    assert 0 < int((~changed).sum()) < 20 and out.min() >= 0 and out.max() <= 1
