@@ -9,7 +9,14 @@ import typer
 import yaml
 from rich.table import Table
 
-from raycseg.config import find_recipe, load_recipe, read_yaml, recipe_to_yaml, shipped_recipes
+from raycseg.config import (
+    find_recipe,
+    load_recipe,
+    read_yaml,
+    recipe_to_yaml,
+    shipped_cluster_overlays,
+    shipped_recipes,
+)
 from raycseg.errors import CsegError, RecipeError
 
 from .console import err, out
@@ -19,13 +26,18 @@ app = typer.Typer(help="List, show, validate and copy recipes.", no_args_is_help
 
 @app.command("ls")
 def list_recipes() -> None:
-    """List the shipped recipes."""
-    table = Table("recipe", "stages", "description")
+    """List the shipped recipes and cluster overlays."""
+    table = Table()
+    table.add_column("recipe", no_wrap=True)  # names are what users type: never cut
+    table.add_column("stages")
+    table.add_column("description")
     for name in shipped_recipes():
         raw = read_yaml(find_recipe(name))
         stages = " → ".join(s.get("name") or s.get("method", "?") for s in raw.get("stages", []))
         table.add_row(name, stages, raw.get("description", ""))
     out.print(table)
+    overlays = ", ".join(shipped_cluster_overlays())
+    out.print(f"cluster overlays (--cluster NAME): {overlays}", markup=False)
 
 
 @app.command("show")

@@ -403,11 +403,15 @@ def find_cluster_overlay(name_or_path: str | Path) -> Path:
     )
     if shipped.is_file():
         return Path(str(shipped))
-    names = [Path(rel).stem for rel in shipped_files(OVERLAY_FOLDER)]
     raise RecipeError(
         f"no cluster overlay file or shipped overlay named {str(name_or_path)!r}; "
-        f"shipped overlays: {', '.join(names)}"
+        f"shipped overlays: {', '.join(shipped_cluster_overlays())}"
     )
+
+
+def shipped_cluster_overlays() -> list[str]:
+    """Names of the cluster overlays shipped with the package, e.g. `gpu`."""
+    return [Path(rel).stem for rel in shipped_files(OVERLAY_FOLDER)]
 
 
 def cluster_overlay(name_or_path: str | Path) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def test_every_shipped_recipe_validates():
     names = shipped_recipes()
     assert "quickstart" in names and "cacl/debug" in names
     for name in names:
-        load_recipe(name, check_files=False)
+        assert load_recipe(name, check_files=False).description, f"{name}: `recipes ls` shows it"
 
 
 def test_a_cluster_overlay_lies_between_the_recipe_and_the_overrides(tmp_path):
