@@ -111,12 +111,40 @@ def run_tune(
 
     with _environment(**TUNE_ENVIRONMENT):
         grid = _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message).fit()
+    _remove_leaked_placement_groups(on_message)
     result = summarise_results(grid, plan, experiment_dir, resumed=restorable)
     if result.interrupted:
         on_message(f"interrupted; resume with `cseg tune --resume {experiment_dir}`")
     elif result.best is None:
         on_message(f"no trial reported {plan.metric}; no best recipe written")
     return result
+
+
+def _remove_leaked_placement_groups(on_message: Callable[[str], None]) -> None:
+    """Free the placement groups this driver's finished trials left behind.
+
+    Ray 2.60 race: a trial that Tune kills (ASHA, an interrupt) after its Train
+    controller created the workers' placement group but before it registered the
+    group with Train's cleaner leaves the group to live as long as this driver,
+    holding the workers' CPUs/GPUs. Once `fit()` has returned no trial of this job
+    runs, so every group this job still holds is such a leftover.
+    """
+    import ray
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    try:
+        groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True)
+    except Exception as error:  # noqa: BLE001 (the State API needs the dashboard)
+        on_message(f"could not check for leaked placement groups: {error}")
+        return
+    for group in groups:
+        if group.creator_job_id == job:
+            ray.util.remove_placement_group(
+                PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.placement_group_id)))
+            )
+            on_message(f"freed placement group {group.placement_group_id} of a stopped trial")
 
 
 def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message):
