@@ -39,19 +39,21 @@ from raycseg.tune.spaces import find_space
 
 pytestmark = pytest.mark.ray
 
+STEPS = 24  # per trial: room for Tune to act on the interrupt while trials still run
 WATCHDOG_S = 900  # a leaked placement group would make the restored search wait forever
 
 
 class InterruptPastFirstCheckpoint:
     """Sends SIGINT (as Ctrl-C does) once a trial has logged a step past its first checkpoint.
 
-    It watches the trials' run directories, not Tune's results, which can reach the
-    driver only after the trial has run on to its end; the trial is then mid-run.
-    `marker` gets the interrupted trial's id.
+    It watches the trials' run directories, not Tune's results, which reach the driver
+    later. Tune still takes a few seconds to act on the interrupt, so the test then
+    picks a trial that was cut mid-run, whichever it is.
     """
 
-    def __init__(self, runs: Path, marker: Path, past_step: int = 5):
-        self.runs, self.marker, self.past_step = runs, marker, past_step
+    def __init__(self, runs: Path, past_step: int = 5):
+        self.runs, self.past_step = runs, past_step
+        self.sent = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -69,7 +71,7 @@ class InterruptPastFirstCheckpoint:
                 metrics = run / "metrics.jsonl"
                 logged = len(metrics.read_text().splitlines()) if metrics.exists() else 0
                 if logged >= self.past_step and any((run / "cacl").glob("checkpoint_*")):
-                    self.marker.write_text(run.name)
+                    self.sent = True
                     os.kill(os.getpid(), signal.SIGINT)
                     return
 
@@ -94,6 +96,7 @@ def ray_two_cpus():
 def loss_space(tmp_path: Path) -> Path:
     raw = yaml.safe_load(find_space("cacl_debug").read_text())
     raw.update(metric="loss", mode="min")
+    raw["overrides"]["stages.cacl.steps"] = STEPS
     path = tmp_path / "cacl_debug_loss.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -125,18 +128,22 @@ def test_search_stops_a_trial_frees_its_workers_and_restores_after_an_interrupt(
     ray = ray_two_cpus
     space = loss_space(tmp_path)
     overrides = [f"data.root={tmp_path / 'data'}", f"storage.path={tmp_path / 'runs'}"]
-    marker = tmp_path / "interrupted-trial"
 
-    with InterruptPastFirstCheckpoint(tmp_path / "runs" / "tune" / "search" / "runs", marker):
+    with InterruptPastFirstCheckpoint(tmp_path / "runs" / "tune" / "search" / "runs") as watch:
         first = run_tune(space, overrides=overrides, name="search")
     experiment = first.experiment_dir
     assert experiment == tmp_path / "runs" / "tune" / "search"
-    assert first.interrupted and marker.exists()
+    assert first.interrupted and watch.sent
     assert any(trial.status == "unfinished" for trial in first.trials)
     assert first.best is None and not (experiment / "best.yaml").exists()
-    interrupted_id = marker.read_text()
-    steps_before = [r["step"] for r in read_steps(experiment / "runs" / interrupted_id)]
-    assert steps_before and max(steps_before) < 16
+    logged = {
+        trial.trial_id: len(read_steps(experiment / "runs" / trial.trial_id))
+        for trial in first.trials
+        if trial.status == "unfinished"
+    }
+    cut = [trial_id for trial_id, count in logged.items() if 0 < count < STEPS]
+    assert cut, f"no trial was cut mid-run: steps logged by the unfinished trials {logged}"
+    interrupted_id = max(cut, key=logged.get)
 
     watchdog = threading.Timer(WATCHDOG_S, os.kill, (os.getpid(), signal.SIGINT))
     watchdog.start()
@@ -152,7 +159,7 @@ def test_search_stops_a_trial_frees_its_workers_and_restores_after_an_interrupt(
     statuses = {trial.trial_id: trial.status for trial in second.trials}
     assert set(statuses.values()) <= {"completed", "stopped"}, statuses
     stopped = [t for t in second.trials if t.status == "stopped"]
-    assert stopped and all(t.last_step < 16 for t in stopped)  # ASHA stopped at the rung
+    assert stopped and all(t.last_step < STEPS for t in stopped)  # ASHA stopped at a rung
 
     # the interrupted trial went on in its own run directory, each step logged once
     resumed_run = experiment / "runs" / interrupted_id
