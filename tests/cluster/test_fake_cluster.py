@@ -34,11 +34,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from background_poll import BackgroundPoll
 
 from raycseg import remote
 from raycseg.config import load_recipe
+from raycseg.data.synthetic import prepare_data
 from raycseg.train.checkpoint import load_state
-from raycseg.train.launch import prepare_data, run_pretrain
+from raycseg.train.launch import run_pretrain
 from raycseg.tune.spaces import find_space
 
 from .fake_cluster import (
@@ -118,25 +120,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-class PeakNodes:
+class PeakNodes(BackgroundPoll):
     """Counts the alive worker nodes every second in a thread; `peak` is the most seen."""
 
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self.peak = 0
 
-    def __enter__(self) -> PeakNodes:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, len(alive_worker_nodes()))
-            self._stop.wait(1.0)
+    def poll(self) -> bool:
+        self.peak = max(self.peak, len(alive_worker_nodes()))
+        return False
 
 
 def release_time(cluster, started: float, timeout_s: float = RELEASE_TIMEOUT_S) -> float:

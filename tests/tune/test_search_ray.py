@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from background_poll import BackgroundPoll
 
 from raycseg.config import load_recipe
 from raycseg.tune.search import _remove_leaked_placement_groups, run_tune
@@ -43,7 +44,7 @@ STEPS = 24  # per trial: room for Tune to act on the interrupt while trials stil
 WATCHDOG_S = 900  # a leaked placement group would make the restored search wait forever
 
 
-class InterruptPastFirstCheckpoint:
+class InterruptPastFirstCheckpoint(BackgroundPoll):
     """Sends SIGINT (as Ctrl-C does) once a trial has logged a step past its first checkpoint.
 
     It watches the trials' run directories, not Tune's results, which reach the driver
@@ -51,29 +52,21 @@ class InterruptPastFirstCheckpoint:
     picks a trial that was cut mid-run, whichever it is.
     """
 
+    interval_s = 0.2
+
     def __init__(self, runs: Path, past_step: int = 5):
         self.runs, self.past_step = runs, past_step
         self.sent = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> InterruptPastFirstCheckpoint:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.2):
-            for run in self.runs.glob("*"):
-                metrics = run / "metrics.jsonl"
-                logged = len(metrics.read_text().splitlines()) if metrics.exists() else 0
-                if logged >= self.past_step and any((run / "cacl").glob("checkpoint_*")):
-                    self.sent = True
-                    os.kill(os.getpid(), signal.SIGINT)
-                    return
+    def poll(self) -> bool:
+        for run in self.runs.glob("*"):
+            metrics = run / "metrics.jsonl"
+            logged = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+            if logged >= self.past_step and any((run / "cacl").glob("checkpoint_*")):
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+                return True
+        return False
 
 
 @pytest.fixture(scope="module")
