@@ -16,8 +16,8 @@ registered checkpoint.
 `storage.path` may be a URL (s3://bucket/runs, gs://...): Ray Train writes the
 checkpoints there itself, the driver writes config.yaml, stages.json and
 eval.json through `raycseg.remote`, and rank 0 uploads metrics.jsonl at every
-checkpoint (see `MetricsLog`). Such runs need Ray Train workers (`scaling.num_workers >= 1`): local mode
-keeps its checkpoints on the driver's disk.
+checkpoint (see `MetricsLog`). Such runs need Ray Train workers
+(`scaling.num_workers >= 1`): local mode keeps its checkpoints on the driver's disk.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def run_tune(
         RecipeError: a bad space, recipe or override (before Ray starts).
         CsegError: `resume` with nothing to resume.
     """
-    from ..train.launch import prepare_data
+    from ..data.synthetic import prepare_data
 
     experiment_dir, plan, restorable = _prepare_experiment(
         space, recipe, overrides, cluster, name, storage_path, resume
@@ -189,13 +189,12 @@ def make_trial_driver(base_raw: dict[str, Any], experiment_dir: Path) -> Callabl
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from ..train.launch import prepare_data, run_stages
+        from ..train.launch import run_stages
 
         recipe = trial_recipe(base_raw, config)
         run_dir = experiment_dir / RUNS_DIR / tune.get_context().get_trial_id()
         run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", recipe_to_yaml(recipe))
-        prepare_data(recipe)
         run_stages(recipe, run_dir, trainer_callbacks=[TuneReportCallback()])
 
     return cseg_trial

@@ -11,10 +11,11 @@ import torch
 
 from raycseg.config import ModelSection, RecoStage, load_recipe
 from raycseg.data.splits import build_label_split
+from raycseg.data.synthetic import prepare_data
 from raycseg.methods.reco import ReCo, build_segmenter, confidence_weighted_ce
 from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights
 from raycseg.train.checkpoint import load_state
-from raycseg.train.launch import prepare_data, run_pretrain
+from raycseg.train.launch import run_pretrain
 
 MODEL = ModelSection(backbone="tiny", output_stride=4, width=8)
 
