@@ -15,8 +15,9 @@ os.environ.update(
     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
     # Not the 60 s default: on a loaded 2-core box with a fresh venv (cold imports) a
     # worker group can take longer to start, and an elastic run would then fall back to
-    # fewer workers than the test arranged.
-    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="300",
+    # fewer workers than the test arranged. Not much more either: after a node is lost,
+    # an elastic restart waits this long for the full worker count before taking fewer.
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="120",
     RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
     RAY_TRAIN_METRICS_ENABLED="0",
     RAY_TRAIN_ENABLE_PRINT_PATCH="0",

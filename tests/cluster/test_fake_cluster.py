@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -221,21 +220,24 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
             "scaling.num_workers=2", "scaling.min_workers=1", ON_WORKER_NODES,
         ],
     )  # fmt: skip
-    removed: list[str] = []
+    removed, training = [], []
 
     def remove_a_node_once(record: dict) -> None:
+        if not training:  # training holds both nodes now: no replacement for the one removed
+            request_worker_nodes(0)
+            training.append(record["step"])
         if record["step"] >= 7 and not removed:  # after the checkpoint of step 5
             removed.append(_kill_a_worker_node(cluster))
 
     started = time.monotonic()
-    # Both nodes up before training starts, so the elastic run starts with 2 workers
-    # (it would start with the first node alone, and grow only 60 s later).
-    holds = hold_worker_nodes(2)
-    handover = threading.Thread(target=release_when_training_starts, args=(cluster, holds))
-    handover.start()
-    with PeakNodes() as nodes:
-        result = run_pretrain(recipe, address=cluster.address, on_metrics=remove_a_node_once)
-    handover.join()
+    # Both nodes up and free before training starts, so the elastic run starts with 2
+    # workers (it would start with the first node alone, and grow only 60 s later).
+    request_worker_nodes(2)
+    try:
+        with PeakNodes() as nodes:
+            result = run_pretrain(recipe, address=cluster.address, on_metrics=remove_a_node_once)
+    finally:
+        request_worker_nodes(0)
     finished = time.monotonic()
     assert removed, "the run finished before a node could be removed"
     assert nodes.peak == 2, "the autoscaler added one node per worker (the head has none)"
@@ -263,36 +265,17 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
     )
 
 
-def hold_worker_nodes(count: int) -> list:
-    """Actors that make the autoscaler add `count` worker nodes; returns once they run."""
-    import ray
+def request_worker_nodes(count: int) -> None:
+    """Ask the autoscaler for `count` idle worker nodes (0 drops the request); wait for them.
 
-    @ray.remote(num_cpus=1, resources={WORKER_RESOURCE: 1})
-    class NodeHold:
-        def ready(self) -> bool:
-            return True
+    A standing request, not actors: the nodes stay free, so a run starting after
+    this finds them all at once.
+    """
+    from ray.autoscaler.sdk import request_resources
 
-    holds = [NodeHold.remote() for _ in range(count)]
-    ray.get([hold.ready.remote() for hold in holds], timeout=RUN_TIMEOUT_S)
-    return holds
-
-
-def release_when_training_starts(cluster, holds: list) -> None:
-    """End the holding actors once a Train controller runs (it then keeps the nodes)."""
-    import ray
-    from ray.util.state import list_actors
-
-    running = [("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]
-    try:
-        wait_for(
-            lambda: list_actors(address=f"http://{cluster.dashboard_url}", filters=running),
-            RUN_TIMEOUT_S,
-            "a Train controller",
-            poll_s=0.5,
-        )
-    finally:
-        for hold in holds:
-            ray.kill(hold)
+    request_resources(bundles=[{"CPU": 1, WORKER_RESOURCE: 1}] * count)
+    if count:
+        wait_for(lambda: len(alive_worker_nodes()) >= count, RUN_TIMEOUT_S, f"{count} nodes")
 
 
 def read_jsonl_at(location: str) -> list[dict]:
