@@ -223,21 +223,22 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
     removed, training = [], []
 
     def remove_a_node_once(record: dict) -> None:
-        if not training:  # training holds both nodes now: no replacement for the one removed
-            request_worker_nodes(0)
+        if not training:  # the run's own request holds both nodes now
+            release_worker_nodes()
             training.append(record["step"])
         if record["step"] >= 7 and not removed:  # after the checkpoint of step 5
             removed.append(_kill_a_worker_node(cluster))
 
     started = time.monotonic()
-    # Both nodes up and free before training starts, so the elastic run starts with 2
-    # workers (it would start with the first node alone, and grow only 60 s later).
-    request_worker_nodes(2)
+    # Both nodes up, and known to Ray's autoscaling coordinator, before training starts,
+    # so the elastic run starts with 2 workers (it starts with whatever the coordinator
+    # has seen: CI once caught the first node alone, world sizes [1, 1]).
+    hold_worker_nodes(2)
     try:
         with PeakNodes() as nodes:
             result = run_pretrain(recipe, address=cluster.address, on_metrics=remove_a_node_once)
     finally:
-        request_worker_nodes(0)
+        release_worker_nodes()
     finished = time.monotonic()
     assert removed, "the run finished before a node could be removed"
     assert nodes.peak == 2, "the autoscaler added one node per worker (the head has none)"
@@ -265,17 +266,50 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
     )
 
 
-def request_worker_nodes(count: int) -> None:
-    """Ask the autoscaler for `count` idle worker nodes (0 drops the request); wait for them.
+# Ray Train's elastic runs size themselves from Ray's AutoscalingCoordinator (a detached
+# actor, Ray 2.60 internals): it reserves nodes to requesters, highest priority first,
+# from a view of the cluster it refreshes every 20 s. The test holds nodes through it too.
+NODE_HOLDER = "cseg-test-node-holder"
 
-    A standing request, not actors: the nodes stay free, so a run starting after
-    this finds them all at once.
+
+def _autoscaling_coordinator():
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    return get_or_create_autoscaling_coordinator()
+
+
+def hold_worker_nodes(count: int) -> None:
+    """Have `count` worker nodes up, idle and in the coordinator's view of the cluster.
+
+    A low-priority request: a Train run (high priority) that asks for them gets them
+    all at once. The autoscaler keeps them until `release_worker_nodes`.
     """
-    from ray.autoscaler.sdk import request_resources
+    import ray
+    from ray.data._internal.cluster_autoscaler.base_autoscaling_coordinator import (
+        ResourceRequestPriority,
+    )
 
-    request_resources(bundles=[{"CPU": 1, WORKER_RESOURCE: 1}] * count)
-    if count:
-        wait_for(lambda: len(alive_worker_nodes()) >= count, RUN_TIMEOUT_S, f"{count} nodes")
+    coordinator = _autoscaling_coordinator()
+    bundles = [{"CPU": 1, WORKER_RESOURCE: 1}] * count
+    ray.get(
+        coordinator.request_resources.remote(
+            NODE_HOLDER, bundles, expire_after_s=RUN_TIMEOUT_S, priority=ResourceRequestPriority.LOW
+        )
+    )
+
+    def reserved_nodes() -> int:  # recompute: refresh the coordinator's view now
+        reserved = coordinator.get_reserved_resources.remote(NODE_HOLDER, recompute=True)
+        return len(ray.get(reserved))
+
+    wait_for(lambda: reserved_nodes() >= count, RUN_TIMEOUT_S, f"{count} nodes held")
+
+
+def release_worker_nodes() -> None:
+    import ray
+
+    ray.get(_autoscaling_coordinator().cancel_request.remote(NODE_HOLDER))
 
 
 def read_jsonl_at(location: str) -> list[dict]:
