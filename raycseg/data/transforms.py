@@ -10,7 +10,7 @@ normalisation happens later, on the device.
   colour jitter with probability (optionally full-range hue rotation),
   random grayscale.
 * `SegmentationTrainTransform`: random scale (bilinear image, nearest
-  label), padding to the crop (image 0, label 255), random crop, flip,
+  label), padding to the crop (image reflected, label 255), random crop, flip,
   colour jitter on the image only. `resize_for_eval` is the deterministic
   evaluation resize.
 * `MaskContrastViews`: two views of an image and its saliency mask whose
@@ -206,8 +206,9 @@ class SegmentationTrainTransform:
         image = TF.resize(image, new_size, antialias=True)
         label = TF.resize(label[None], new_size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
         pad_h, pad_w = max(0, self.crop[0] - new_size[0]), max(0, self.crop[1] - new_size[1])
-        if pad_h or pad_w:
-            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=0)
+        if pad_h or pad_w:  # numpy's reflect also covers pads wider than the image
+            padding = ((0, 0), (0, pad_h), (0, pad_w))
+            image = torch.from_numpy(np.pad(image.numpy(), padding, mode="reflect"))
             label = torch.nn.functional.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
         top = int(rng.integers(0, label.shape[0] - self.crop[0] + 1))
         left = int(rng.integers(0, label.shape[1] - self.crop[1] + 1))

@@ -60,16 +60,21 @@ def test_jitter_probability_zero_is_identity():
     assert torch.equal(ColorJitter(p=0.0)(image, np.random.default_rng(0)), image)
 
 
-def test_segmentation_crop_pads_labels_with_ignore_and_images_with_zero():
+def test_segmentation_crop_pads_labels_with_ignore_and_reflects_images():
     transform = SegmentationTrainTransform(64, scale_range=(0.5, 0.5), flip_p=0.0,
                                            color_jitter=ColorJitter(p=0.0))  # fmt: skip
-    image = torch.full((3, 40, 60), 200, dtype=torch.uint8)
+    rows = torch.arange(40, dtype=torch.uint8) * 5  # a vertical ramp: reflection is visible
+    image = rows[None, :, None].expand(3, 40, 60).contiguous()
     label = torch.full((40, 60), 3, dtype=torch.uint8)
     out_image, out_label = transform(image, label, np.random.default_rng(0))
     assert out_image.shape == (3, 64, 64) and out_label.shape == (64, 64)
     assert (out_label[:20, :30] == 3).all()
     assert (out_label[20:] == 255).all() and (out_label[:, 30:] == 255).all()
-    assert (out_image[:, 20:] == 0).all() and (out_image[:, :20, :30] == 200).all()
+    column = out_image[0, :, 0].long()  # the 20-row ramp, then reflected again and again
+    period = torch.cat([torch.arange(20), torch.arange(18, 0, -1)])
+    expected = period.repeat(2)[:64]
+    assert torch.allclose(column, (expected * 10).long(), atol=6)
+    assert (out_image[:, :, 30:] == out_image[:, :, :1]).all()  # right pad: same rows, no zeros
 
 
 def test_segmentation_transform_moves_image_and_label_together():
