@@ -171,6 +171,9 @@ class MaskContrastStage(StageBase):
     embedding_dim: int = Field(32, ge=4)
     saliency_weight: float = Field(1.0, ge=0.0)
     loss_resolution: Literal["full", "feature"] = "full"
+    freeze_early_layers: bool = Field(
+        False, description="conv1, bn1, layer1, layer2 fixed, BN in eval (ImageNet-supervised init)"
+    )
 
 
 class RecoStage(StageBase):

@@ -19,6 +19,11 @@ downsamples the masks instead (`downsample_mask`: a cell is salient when at
 least half of it is), with 64× fewer anchors at stride 8. docs/maskcontrast.md
 compares the two.
 
+`freeze_early_layers` fixes the backbone's conv1, bn1, layer1 and layer2 in both
+encoders (no gradient, BatchNorm kept in eval mode whatever `train()` is asked):
+the official setting for an ImageNet-supervised init (spec §3); off for
+self-supervised inits such as CACL's.
+
 The key encoder. It is a deep copy of the query encoder held in this module (so
 checkpoints carry it), synchronised from the query encoder on the first
 training forward (the buffer ``key_synced`` says whether that happened). The
@@ -79,6 +84,7 @@ from .common import training_urls
 
 # The official ASPP rates 12/24/36 are set for 28×28 feature maps (224 crops at stride 8).
 REFERENCE_FEATURE_SIZE = 28
+EARLY_LAYERS = ("conv1", "bn1", "layer1", "layer2")
 
 
 class MaskContrast(nn.Module):
@@ -106,6 +112,9 @@ class MaskContrast(nn.Module):
         feature_size = max(1, stage.data.image_size // backbone.output_stride)
         rates = scale_aspp_rates(MASKCONTRAST_ASPP_RATES, feature_size, REFERENCE_FEATURE_SIZE)
         self.query_encoder = MaskContrastHead(backbone, stage.embedding_dim, aspp_rates=rates)
+        self.frozen_layers = EARLY_LAYERS if stage.freeze_early_layers else ()
+        for name in self.frozen_layers:
+            getattr(backbone, name).requires_grad_(False)
         self.key_encoder = build_ema_copy(self.query_encoder)
         self.temperature = stage.temperature
         self.momentum = stage.momentum
@@ -122,6 +131,14 @@ class MaskContrast(nn.Module):
     def backbone(self) -> nn.Module:
         """The query encoder's backbone (what `init_from` fills and checkpoints export)."""
         return self.query_encoder.backbone
+
+    def train(self, mode: bool = True) -> MaskContrast:
+        """As `nn.Module.train`, but frozen layers stay in eval mode (fixed BN statistics)."""
+        super().train(mode)
+        for encoder in (self.query_encoder, self.key_encoder):
+            for name in self.frozen_layers:
+                getattr(encoder.backbone, name).eval()
+        return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One training step's loss.

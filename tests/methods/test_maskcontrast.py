@@ -90,6 +90,27 @@ def test_forward_backward_gives_terms_and_gradients_only_to_the_query_encoder():
     assert all(not p.requires_grad and p.grad is None for p in method.key_encoder.parameters())
 
 
+def test_frozen_early_layers_get_no_gradient_and_keep_their_batchnorm_statistics():
+    method = new_method("stages.maskcontrast.freeze_early_layers=true").train()
+    frozen = [getattr(method.backbone, name) for name in ("conv1", "bn1", "layer1", "layer2")]
+    batchnorms = [
+        m for layer in frozen for m in layer.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+    assert batchnorms and not any(m.training for m in batchnorms)  # train() keeps them in eval
+    assert method.query_encoder.decoder.training  # the rest trains
+    statistics = {id(m): m.running_mean.clone() for m in batchnorms}
+    method(make_batch(0))["loss"].backward()
+    assert all(
+        p.grad is None and not p.requires_grad for layer in frozen for p in layer.parameters()
+    )
+    assert method.query_encoder.embedding.weight.grad.abs().sum() > 0
+    assert all(torch.equal(m.running_mean, statistics[id(m)]) for m in batchnorms)
+    key_backbone = method.key_encoder.backbone
+    assert not any(m.training for m in key_backbone.layer1.modules())
+    unfrozen = new_method().train()
+    assert unfrozen.backbone.layer1.training and unfrozen.backbone.conv1.weight.requires_grad
+
+
 def test_backbone_is_the_query_backbone_and_is_not_stored_twice():
     method = new_method()
     assert method.backbone is method.query_encoder.backbone
