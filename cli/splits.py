@@ -77,6 +77,6 @@ def split(
     if report.unlabelled is None:
         err.print(
             "partial labels: every image is in labelled/; use it for both data.train "
-            "and data.unlabelled",
+            "and data.unlabelled of a reco stage with mode: partial",
             markup=False,
         )

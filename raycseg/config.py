@@ -180,7 +180,10 @@ class RecoStage(StageBase):
     """Regional contrast, supervised or semi-supervised (docs/methods/reco.md)."""
 
     method: Literal["reco"]
-    mode: Literal["supervised", "semi"] = "semi"
+    mode: Literal["supervised", "semi", "partial"] = Field(
+        "semi",
+        description="partial: semi on sparsely labelled images (`cseg shards split --partial`)",
+    )
     num_classes: int = Field(ge=2)
     decoder: Literal["deeplabv3p", "deeplabv2"] = "deeplabv3p"
     rep_dim: int = Field(256, ge=8)

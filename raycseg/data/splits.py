@@ -25,7 +25,7 @@ Outputs (`build_label_split`), written under a temporary name and renamed::
     OUT/labelled/      a shard set (split `train`): the labelled images
     OUT/unlabelled/    a shard set (split `train`): the other images (num_labels mode only;
                        in the partial modes every image is in `labelled`, so point the
-                       unlabelled stream at OUT/labelled too)
+                       unlabelled stream at OUT/labelled too, with ReCo's mode: partial)
     OUT/split.json     mode, seed, source, the keys chosen and per-class image counts
 """
 

@@ -6,7 +6,8 @@ Per step, with B_l labelled and B_u unlabelled images per worker:
     image, label          uint8 [B_l, 3, H, W], long [B_l, H, W] (255 = void); rescaled,
                           cropped and flipped by the loader, then colour-jittered and
                           blurred here on the device (reco_mixing.photometric)
-    unlabelled_image      uint8 [B_u, 3, H, W]                     (semi mode only)
+    unlabelled_image      uint8 [B_u, 3, H, W]                     (semi, partial)
+    unlabelled_label      long [B_u, H, W], its sparse labels      (read in partial mode)
     student               DeepLabv3+ (or v2) -> logits [B, C, h, w], rep [B, D, h, w]
     teacher               EMA copy of the student (no gradient, train-mode BN):
                           pseudo-labels and confidences of the raw unlabelled batch,
@@ -24,6 +25,14 @@ Per step, with B_l labelled and B_u unlabelled images per worker:
     loss                  sup + unsup + lambda_reco · reco
 
 Supervised mode has no teacher: sup + lambda_reco · reco on the labelled batch.
+
+Partial mode (spec §4, `train_semisup_partial.py`) is semi mode on sparsely labelled
+images (`cseg shards split --partial`; both streams read them), with two changes:
+on the unlabelled batch, the sparse labels (``unlabelled_label``) replace the
+teacher's pseudo-labels where present, with confidence 1; on the labelled batch,
+ReCo's label map is the student's own argmax with the labels overriding it, and
+counts where the student's confidence is at least strong_threshold (the official
+code hard-codes 0.97, the default) or a label exists.
 
 The teacher is a registered submodule (so checkpoints carry it) built as a copy of
 the student in `__init__`, and synchronised from the student on the first training
@@ -99,7 +108,8 @@ class ReCo(nn.Module):
     def __init__(self, stage: RecoStage, model: ModelSection):
         super().__init__()
         self.stage = stage
-        self.semi = stage.mode == "semi"
+        self.semi = stage.mode in ("semi", "partial")
+        self.partial = stage.mode == "partial"
         self.student = build_segmenter(stage, model)
         if self.semi:
             self.teacher = build_ema_copy(self.student)
@@ -130,7 +140,10 @@ class ReCo(nn.Module):
             }
 
         self._sync_teacher_once()
-        u_images, u_labels, u_confidence = self._mixed_pseudo_labels(batch["unlabelled_image"])
+        sparse_u = batch["unlabelled_label"].long() if self.partial else None
+        u_images, u_labels, u_confidence = self._mixed_pseudo_labels(
+            batch["unlabelled_image"], sparse_u
+        )
         logits_u, rep_u = self.student(normalize_images(u_images))
         unsup = confidence_weighted_ce(
             _upsample(logits_u, u_labels.shape[-2:]),
@@ -140,10 +153,16 @@ class ReCo(nn.Module):
         )
         small_u = _downsample_labels(u_labels, rep_u.shape[-2:])
         confident = _downsample_labels(u_confidence, rep_u.shape[-2:]) >= self.stage.weak_threshold
+        if self.partial:
+            small_l, valid_l = student_labels_under_sparse(
+                logits_l, small_l, self.stage.strong_threshold
+            )
+        else:
+            valid_l = small_l != IGNORE_INDEX
         reco = self._reco(
             torch.cat([rep_l, rep_u]),
             torch.cat([small_l, small_u]),
-            torch.cat([small_l != IGNORE_INDEX, confident & (small_u != IGNORE_INDEX)]),
+            torch.cat([valid_l, confident & (small_u != IGNORE_INDEX)]),
             torch.cat([logits_l, logits_u]),
         )
         loss = sup + unsup + self.stage.lambda_reco * reco
@@ -164,11 +183,15 @@ class ReCo(nn.Module):
         )
 
     @torch.no_grad()
-    def _mixed_pseudo_labels(self, images: torch.Tensor):
-        """Teacher pseudo-labels of raw unlabelled images, then the joint augmentation."""
+    def _mixed_pseudo_labels(self, images: torch.Tensor, sparse: torch.Tensor | None = None):
+        """Teacher pseudo-labels of raw unlabelled images (sparse labels win), then the joint augmentation."""
         logits, _ = self.teacher(normalize_images(images))
         prob = torch.softmax(_upsample(logits, images.shape[-2:]).float(), dim=1)
         confidence, pseudo = prob.max(dim=1)
+        if sparse is not None:
+            labelled = sparse != IGNORE_INDEX
+            pseudo = torch.where(labelled, sparse, pseudo)
+            confidence = confidence.masked_fill(labelled, 1.0)
         return augment_unlabelled(
             images.float() / 255.0,
             pseudo,
@@ -252,6 +275,24 @@ def confidence_weighted_ce(
     return (weighted * positive).sum() / positive.sum().clamp_min(1)
 
 
+@torch.no_grad()
+def student_labels_under_sparse(
+    logits: torch.Tensor, sparse: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial mode's ReCo labels of the labelled batch.
+
+    Args:
+        logits: float [B, C, h, w], the student's; sparse: long [B, h, w] (255 = no label).
+
+    Returns:
+        labels long [B, h, w]: the sparse label where there is one, else the student's
+        argmax; valid bool [B, h, w]: a label, or the student's confidence >= threshold.
+    """
+    confidence, argmax = torch.softmax(logits.float(), dim=1).max(dim=1)
+    labelled = sparse != IGNORE_INDEX
+    return torch.where(labelled, sparse, argmax), labelled | (confidence >= threshold)
+
+
 def _upsample(logits: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
@@ -285,6 +326,7 @@ class SemiSupervisedStream:
                 "image": labelled["image"],
                 "label": labelled["label"],
                 "unlabelled_image": unlabelled["image"],
+                "unlabelled_label": unlabelled["label"],  # used in partial mode
                 "skipped_corrupt": int(labelled.get("skipped_corrupt", 0))
                 + int(unlabelled.get("skipped_corrupt", 0)),
             }
@@ -296,10 +338,11 @@ def build_reco_loader(
     """The stage's training stream.
 
     Supervised: {"image", "label"} batches of `data.train` (strong augmentation:
-    random rescale in `scale_range`, crop, flip). Semi: the same, zipped with
-    `data.unlabelled` batches (crop only; the method augments them after the
+    random rescale in `scale_range`, crop, flip). Semi and partial: the same, zipped
+    with `data.unlabelled` batches (crop only; the method augments them after the
     teacher has labelled them) as {"image", "label", "unlabelled_image",
-    "skipped_corrupt"}. Both streams are split by rank, then by loader worker.
+    "unlabelled_label", "skipped_corrupt"}. Both streams are split by rank, then by
+    loader worker.
     """
     urls, per_rank = training_urls(stage.data, world_size)
     common = {
@@ -324,7 +367,8 @@ def build_reco_loader(
     if stage.data.unlabelled is None:
         raise DataError(
             f"stages.{stage.name}.data.unlabelled is not set; point it at segmentation shards "
-            f"(e.g. the unlabelled/ set of `cseg shards split`) or set mode: supervised"
+            f"(e.g. the unlabelled/ set of `cseg shards split`, or in partial mode the same "
+            f"labelled/ set as data.train) or set mode: supervised"
         )
     split = training_split(stage.data.unlabelled)
     unlabelled = build_segmentation_loader(

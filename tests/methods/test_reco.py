@@ -12,7 +12,13 @@ import torch
 from raycseg.config import ModelSection, RecoStage, load_recipe
 from raycseg.data.splits import build_label_split
 from raycseg.data.synthetic import prepare_data
-from raycseg.methods.reco import ReCo, build_segmenter, confidence_weighted_ce
+from raycseg.methods import reco as reco_module
+from raycseg.methods.reco import (
+    ReCo,
+    build_segmenter,
+    confidence_weighted_ce,
+    student_labels_under_sparse,
+)
 from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights
 from raycseg.train.checkpoint import load_state
 from raycseg.train.launch import run_pretrain
@@ -46,6 +52,9 @@ def tiny_batch(semi: bool, seed: int = 0) -> dict[str, torch.Tensor]:
         batch["unlabelled_image"] = torch.randint(
             0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=generator
         )
+        sparse = torch.full((2, 32, 32), 255)
+        sparse[:, 5, 7], sparse[:, 20, 9] = 1, 2  # two labelled pixels per image
+        batch["unlabelled_label"] = sparse
     return batch
 
 
@@ -83,6 +92,38 @@ def test_semi_step_has_three_terms_and_no_teacher_gradient():
     assert all(
         p.requires_grad for p in method.parameters() if p not in set(method.teacher.parameters())
     )
+
+
+def test_partial_mode_puts_the_sparse_labels_into_the_pseudo_labels(monkeypatch):
+    seen = {}
+
+    def unmixed(images, labels, confidence, **options):  # the teacher's output, as it is
+        seen.update(labels=labels, confidence=confidence)
+        return images, labels, confidence
+
+    monkeypatch.setattr(reco_module, "augment_unlabelled", unmixed)
+    torch.manual_seed(0)
+    method = ReCo(make_stage(mode="partial", weak_threshold=0.2), MODEL).train()
+    batch = tiny_batch(semi=True)
+    output = method(batch)
+    assert set(output["terms"]) == {"sup", "unsup", "reco"}
+    output["loss"].backward()
+    labelled = batch["unlabelled_label"] != 255
+    assert torch.equal(seen["labels"][labelled], batch["unlabelled_label"][labelled])
+    assert (seen["confidence"][labelled] == 1).all() and (seen["confidence"][~labelled] < 1).all()
+    teacher = method.predict(batch["unlabelled_image"], teacher=True)
+    assert torch.equal(seen["labels"][~labelled], teacher[~labelled])  # elsewhere: the teacher's
+
+
+def test_student_labels_under_sparse_keep_labels_and_confident_predictions():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2, 0, 0] = 10.0  # confident class 2
+    logits[0, 1, 0, 1] = 10.0  # confident class 1, but labelled 0
+    logits[0, 1, 1, 0] = 0.5  # unsure class 1
+    sparse = torch.tensor([[[255, 0], [255, 255]]])
+    labels, valid = student_labels_under_sparse(logits, sparse, threshold=0.97)
+    assert labels.tolist() == [[[2, 0], [1, 0]]]
+    assert valid.tolist() == [[[True, True], [False, False]]]
 
 
 def test_teacher_copies_weights_loaded_after_construction_then_follows_the_ema(tmp_path):
