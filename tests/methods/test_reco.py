@@ -199,11 +199,14 @@ def test_confidence_weighted_ce_closed_forms():
 # ----------------------------------------------------------------------------- end to end
 
 DEBUG_RECIPE = "reco/voc_60labels_debug"
-# One labelled pixel per class on every image (p0), 600 steps. Measured on 2 cores, seeds 0/1/2
-# (model, loader and split): best val mIoU semi 0.205/0.255/0.242 vs supervised 0.176/0.231/0.215,
-# final 0.205/0.255/0.242 vs 0.173/0.224/0.215. Much of the early gain is the EMA teacher's
-# smoothing of the noisy point supervision; the pseudo-label term joins once the teacher is
-# confident (loss_unsup ~ 0.1-0.3 by step 600).
+# One labelled pixel per class on every image (p0), 600 steps. Best val mIoU measured on 2 cores
+# for seeds 0/1/2 (model, loader and split), with 1 thread as in the tests / with 2 threads:
+#   supervised  0.187 0.190 0.220  /  0.199 0.190 0.197
+#   semi        0.207 0.193 0.235  /  0.191 0.213 0.228
+#   partial     0.196 0.247 0.227  /  0.246 0.233 0.222
+# Both beat supervised in 11 of these 12 runs (semi lost once, by 0.008): much of the gain is
+# the EMA teacher's smoothing of the noisy point supervision. Partial mode (sparse labels
+# inside the pseudo-labels) is the official variant for these splits; neither wins every seed.
 SCARCE_STEPS = 600
 
 
@@ -243,10 +246,16 @@ def train(root: Path, labelled: Path, mode: str) -> list[dict]:
     return records
 
 
-def test_semi_supervised_beats_supervised_on_the_same_labels_and_steps(one_pixel_per_class):
+def test_semi_and_partial_beat_supervised_on_the_same_labels_and_steps(one_pixel_per_class):
     semi = train(*one_pixel_per_class, "semi")
+    partial = train(*one_pixel_per_class, "partial")
     supervised = train(*one_pixel_per_class, "supervised")
-    for records, terms in ((semi, {"sup", "unsup", "reco"}), (supervised, {"sup", "reco"})):
+    three_terms = {"sup", "unsup", "reco"}
+    for records, terms in (
+        (semi, three_terms),
+        (partial, three_terms),
+        (supervised, {"sup", "reco"}),
+    ):
         assert records[-1]["step"] == SCARCE_STEPS
         assert {key for key in records[-1] if key.startswith("loss_")} == {
             f"loss_{t}" for t in terms
@@ -254,5 +263,6 @@ def test_semi_supervised_beats_supervised_on_the_same_labels_and_steps(one_pixel
         scores = [r["val_miou"] for r in records if "val_miou" in r]
         best = [r["best_val_miou"] for r in records if "val_miou" in r]
         assert len(scores) == 4 and best == pytest.approx([max(scores[: i + 1]) for i in range(4)])
-    assert semi[-1]["best_val_miou"] > supervised[-1]["best_val_miou"]
-    assert semi[-1]["val_miou"] > supervised[-1]["val_miou"]
+    for records in (semi, partial):
+        assert records[-1]["best_val_miou"] > supervised[-1]["best_val_miou"]
+        assert records[-1]["val_miou"] > supervised[-1]["val_miou"]
