@@ -37,6 +37,11 @@ def split(
         min=1,
         help="Classes an image needs to be chosen (default: 3 VOC, 12 Cityscapes, else 1).",
     ),
+    sampler: str = typer.Option(
+        "class-balanced",
+        "--sampler",
+        help="With --num-labels: class-balanced (VOC, Cityscapes) or rarest-class (SUN RGB-D).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler and of the seed pixels."),
     source_split: str = typer.Option(
         None, "--split", help="Source split to draw from (default: train, else all)."
@@ -54,6 +59,7 @@ def split(
             num_labels=num_labels,
             partial=partial,
             min_classes=min_classes,
+            sampler=sampler,
             seed=seed,
             split=source_split,
             overwrite=overwrite,

@@ -10,7 +10,9 @@ Two benchmark modes, as in ReCo's official code:
   when the list runs out. It stops at N images; every other image is unlabelled.
   One deliberate refinement: classes that no remaining candidate contains are
   left out of the least-seen set. The official sampler loops forever there;
-  everywhere else both choose the same images.
+  everywhere else both choose the same images. SUN RGB-D's sampler
+  (`sampler="rarest-class"`, `select_by_rarest_class`) is class-driven instead:
+  it takes the next image of the class seen in the fewest chosen images so far.
 - **Partial Labels, Full Dataset** (`partial="p0" | "p1" | "p5" | "p25"`): every
   image keeps a sparse subset of its labels. Per class c present: one seed pixel
   drawn uniformly from c's pixels. `p0` keeps exactly that pixel. Otherwise the
@@ -59,6 +61,7 @@ from .storage import (
 
 PARTIAL_FRACTIONS = {"p0": 0.0, "p1": 0.01, "p5": 0.05, "p25": 0.25}
 DEFAULT_MIN_CLASSES = {"voc": 3, "cityscapes": 12}
+SAMPLERS = ("class-balanced", "rarest-class")
 SPLIT_FILE = "split.json"
 OUTPUT_SPLIT = "train"
 DILATION_KERNEL = 5
@@ -129,6 +132,51 @@ def select_labelled_images(
         reachable = remaining > 0
         if reachable.any():
             least_seen = reachable & (counts == counts[reachable].min())
+    return chosen
+
+
+def select_by_rarest_class(presence: np.ndarray, num_labels: int, *, seed: int) -> list[int]:
+    """SUN RGB-D's class-driven sampler of the Partial Dataset, Full Labels mode.
+
+    Every class has a queue of the images that contain it, in one seeded shuffled
+    order. Each pick takes the next image from the queue of the class seen in the
+    fewest chosen images so far (the lowest class id among ties), skipping images
+    already chosen; a class whose queue runs dry drops out of the count.
+
+    Args:
+        presence: bool [N, C]; presence[i, c] says image i contains class c (void excluded).
+        num_labels: how many images to choose.
+        seed: shuffles the image order.
+
+    Returns:
+        The chosen image indices, in the order they were chosen.
+
+    Raises:
+        DataError: fewer than `num_labels` images contain any class.
+    """
+    presence = np.asarray(presence, dtype=bool)
+    candidates = int(presence.any(axis=1).sum())
+    if num_labels < 1 or candidates < num_labels:
+        raise DataError(
+            f"only {candidates} of {len(presence)} images contain a labelled class, so "
+            f"{num_labels} labelled images cannot be chosen; lower --num-labels"
+        )
+    order = np.random.default_rng(seed).permutation(len(presence))
+    queues = [order[presence[order, c]].tolist() for c in range(presence.shape[1])]
+    open_classes = np.ones(presence.shape[1], dtype=bool)
+    counts = np.zeros(presence.shape[1], dtype=np.int64)
+    chosen: list[int] = []
+    taken: set[int] = set()
+    while len(chosen) < num_labels:
+        rarest = int(np.flatnonzero(open_classes & (counts == counts[open_classes].min()))[0])
+        if not queues[rarest]:
+            open_classes[rarest] = False
+            continue
+        index = queues[rarest].pop()
+        if index not in taken:
+            chosen.append(index)
+            taken.add(index)
+            counts += presence[index]
     return chosen
 
 
@@ -203,6 +251,7 @@ def build_label_split(
     num_labels: int | None = None,
     partial: str | None = None,
     min_classes: int | None = None,
+    sampler: str = "class-balanced",
     seed: int = 0,
     split: str | None = None,
     overwrite: bool = False,
@@ -216,8 +265,10 @@ def build_label_split(
         out: the output folder (see the module docstring for its layout).
         num_labels: Partial Dataset mode: how many fully labelled images.
         partial: Partial Labels mode: `p0`, `p1`, `p5` or `p25`.
-        min_classes: classes an image needs to be chosen (num_labels mode); default
-            3 for VOC, 12 for Cityscapes, 1 otherwise.
+        min_classes: classes an image needs to be chosen (num_labels mode, class-balanced
+            sampler); default 3 for VOC, 12 for Cityscapes, 1 otherwise.
+        sampler: num_labels mode: `class-balanced` (VOC, Cityscapes: `select_labelled_images`)
+            or `rarest-class` (SUN RGB-D: `select_by_rarest_class`).
         seed: the sampler's seed (and the seed pixels').
         split: the source split to draw from; default `train`, else `all`.
         overwrite: replace an existing output folder.
@@ -232,14 +283,14 @@ def build_label_split(
     """
     started = time.perf_counter()
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
-    source = _checked_source(src, out, num_labels, partial, split, overwrite)
+    source = _checked_source(src, out, num_labels, partial, sampler, split, overwrite)
     temp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     try:
         if num_labels is not None:
             if min_classes is None:
                 min_classes = DEFAULT_MIN_CLASSES.get(source.manifest.get("layout") or "", 1)
-            record, per_class, route = _plan_images(source, num_labels, min_classes, seed)
+            record, per_class, route = _plan_images(source, num_labels, min_classes, sampler, seed)
         else:
             record, per_class, route = _plan_pixels(source, partial, seed)
         counts = _write_sets(temp, source, route, seed, max_count, on_progress)
@@ -267,10 +318,12 @@ def build_label_split(
     )
 
 
-def _checked_source(src, out, num_labels, partial, split, overwrite) -> _Source:
+def _checked_source(src, out, num_labels, partial, sampler, split, overwrite) -> _Source:
     """Refuse a bad request before anything is written."""
     if (num_labels is None) == (partial is None):
         raise DataError("give exactly one of --num-labels N or --partial p0|p1|p5|p25")
+    if sampler not in SAMPLERS:
+        raise DataError(f"unknown --sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
     if partial is not None and partial not in PARTIAL_FRACTIONS:
         raise DataError(f"unknown --partial {partial!r}; use one of {', '.join(PARTIAL_FRACTIONS)}")
     manifest = read_manifest(src)
@@ -293,12 +346,16 @@ def _checked_source(src, out, num_labels, partial, split, overwrite) -> _Source:
     return _Source(src, split, manifest, ignore_index, names)
 
 
-def _plan_images(source: _Source, num_labels: int, min_classes: int, seed: int):
+def _plan_images(source: _Source, num_labels: int, min_classes: int, sampler: str, seed: int):
     """Partial Dataset mode: choose images; every sample goes, unchanged, to its set."""
     keys, presence = _scan_classes(source)
-    chosen = select_labelled_images(presence, num_labels, min_classes=min_classes, seed=seed)
+    if sampler == "rarest-class":
+        chosen = select_by_rarest_class(presence, num_labels, seed=seed)
+        record = {"num_labels": num_labels, "sampler": sampler}
+    else:
+        chosen = select_labelled_images(presence, num_labels, min_classes=min_classes, seed=seed)
+        record = {"num_labels": num_labels, "sampler": sampler, "min_classes": min_classes}
     labelled = {keys[i] for i in chosen}
-    record = {"num_labels": num_labels, "min_classes": min_classes}
     record |= {"labelled": [keys[i] for i in chosen]}
     record |= {"unlabelled": [k for k in keys if k not in labelled]}
 

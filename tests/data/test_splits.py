@@ -1,4 +1,4 @@
-"""Label-scarce splits (reco.md §6): the class-balanced sampler and the grown squares."""
+"""Label-scarce splits (reco.md §6): the two image samplers and the grown squares."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from raycseg.data.splits import (
     build_label_split,
     image_rng,
     present_classes,
+    select_by_rarest_class,
     select_labelled_images,
     sparsify_mask,
 )
@@ -43,6 +44,26 @@ def reference_sampler(presence: np.ndarray, num_labels: int, min_classes: int, s
             least_seen = counts == counts.min()
         else:
             deferred.append(index)
+    return chosen
+
+
+def reference_rarest_class(presence: np.ndarray, num_labels: int, seed: int) -> list[int]:
+    """§6's SUN sampler as written: the next shuffled image of the least-frequent class."""
+    order = np.random.default_rng(seed).permutation(len(presence)).tolist()
+    images_of = [[i for i in order if presence[i, c]] for c in range(presence.shape[1])]
+    counts = [0] * presence.shape[1]
+    dry: set[int] = set()
+    chosen: list[int] = []
+    while len(chosen) < num_labels:
+        live = [c for c in range(presence.shape[1]) if c not in dry]
+        rarest = next(c for c in live if counts[c] == min(counts[k] for k in live))
+        if not images_of[rarest]:
+            dry.add(rarest)
+            continue
+        index = images_of[rarest].pop()
+        if index not in chosen:
+            chosen.append(index)
+            counts = [n + int(presence[index, c]) for c, n in enumerate(counts)]
     return chosen
 
 
@@ -130,6 +151,26 @@ def test_sampler_is_seeded_and_rejects_impossible_budgets():
     assert first != select_labelled_images(presence, 8, min_classes=2, seed=8)
     with pytest.raises(DataError, match="--min-classes"):
         select_labelled_images(presence, 8, min_classes=6, seed=0)
+
+
+def test_rarest_class_sampler_matches_the_spec_loop():
+    rng = np.random.default_rng(4)
+    presence = rng.random((150, 7)) < np.linspace(0.02, 0.6, 7)
+    presence[:5, 6] = False
+    for seed in range(4):
+        ours = select_by_rarest_class(presence, 25, seed=seed)
+        assert ours == reference_rarest_class(presence, 25, seed)
+        assert len(set(ours)) == 25
+
+
+def test_rarest_class_sampler_keeps_taking_the_rare_class_until_it_runs_dry():
+    presence = np.zeros((60, 3), dtype=bool)
+    presence[:, 1] = True
+    presence[:4, 0] = True  # class 0 in four images only; class 2 never appears
+    chosen = select_by_rarest_class(presence, 10, seed=0)
+    assert set(chosen[:4]) == {0, 1, 2, 3} and len(set(chosen)) == 10
+    with pytest.raises(DataError, match="--num-labels"):
+        select_by_rarest_class(presence, 61, seed=0)
 
 
 # ----------------------------------------------------------------------------- the squares
@@ -222,6 +263,11 @@ def test_num_labels_split_writes_disjoint_shard_sets(shards, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary folder left
     again = build_label_split(shards, tmp_path / "t", num_labels=6, min_classes=2, seed=1)
     assert set(stored(again.labelled)) == set(labelled)
+    rarest = build_label_split(shards, tmp_path / "r", num_labels=6, sampler="rarest-class")
+    record = json.loads((tmp_path / "r" / SPLIT_FILE).read_text())
+    assert record["sampler"] == "rarest-class" and rarest.num_labelled == 6
+    with pytest.raises(DataError, match="--sampler"):
+        build_label_split(shards, tmp_path / "q", num_labels=6, sampler="random")
 
 
 def test_partial_split_keeps_images_and_sparsifies_masks(shards, tmp_path):
