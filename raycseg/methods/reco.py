@@ -32,7 +32,8 @@ on the unlabelled batch, the sparse labels (``unlabelled_label``) replace the
 teacher's pseudo-labels where present, with confidence 1; on the labelled batch,
 ReCo's label map is the student's own argmax with the labels overriding it, and
 counts where the student's confidence is at least strong_threshold (the official
-code hard-codes 0.97, the default) or a label exists.
+code hard-codes 0.97, the default) or a label exists. That map is built on the
+representation grid (officially at crop size, then nearest-downsampled to it).
 
 The teacher is a registered submodule (so checkpoints carry it) built as a copy of
 the student in `__init__`, and synchronised from the student on the first training
@@ -184,7 +185,7 @@ class ReCo(nn.Module):
 
     @torch.no_grad()
     def _mixed_pseudo_labels(self, images: torch.Tensor, sparse: torch.Tensor | None = None):
-        """Teacher pseudo-labels of raw unlabelled images (sparse labels win), then the joint augmentation."""
+        """Teacher pseudo-labels of raw images (sparse labels win), then the joint augmentation."""
         logits, _ = self.teacher(normalize_images(images))
         prob = torch.softmax(_upsample(logits, images.shape[-2:]).float(), dim=1)
         confidence, pseudo = prob.max(dim=1)
