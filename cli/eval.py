@@ -21,7 +21,8 @@ def evaluate(
         None,
         "--protocol",
         "-p",
-        help="Repeatable: linear-probe, kmeans, maskcontrast-kmeans (default: linear-probe and kmeans).",
+        help="Repeatable: linear-probe, kmeans, maskcontrast-kmeans, segmentation (a reco "
+        "checkpoint's own predictions) (default: linear-probe and kmeans).",
     ),
     baseline: str = typer.Option(
         None, "--baseline", help="`random`: also score the random-init backbone."

@@ -233,8 +233,8 @@ class EvalSection(Section):
 
     data: str
     num_classes: int = Field(ge=2)
-    protocols: list[Literal["linear-probe", "kmeans", "maskcontrast-kmeans"]] = Field(
-        default_factory=lambda: ["linear-probe", "kmeans"]
+    protocols: list[Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation"]] = (
+        Field(default_factory=lambda: ["linear-probe", "kmeans"])
     )
     baseline: Literal["random"] | None = None
     image_size: int = Field(64, ge=16)

@@ -1,7 +1,7 @@
 """Run the requested evaluation protocols on one backbone, in eval.json's shape (CONTRACTS.md §3).
 
-CLI names are hyphenated (``linear-probe``, ``kmeans``, ``maskcontrast-kmeans``);
-the result keys are underscored (``linear_probe`` ...). A protocol that cannot
+CLI names are hyphenated (``linear-probe``, ``kmeans``, ``maskcontrast-kmeans``,
+``segmentation``); the result keys are underscored (``linear_probe`` ...). A protocol that cannot
 run on the given data is left out of the scores and its reason is listed under
 ``"skipped"`` (so merging into an existing eval.json never overwrites a score
 with a skip).
@@ -19,11 +19,13 @@ from raycseg.eval.cluster import EmbedFn, run_kmeans_protocol, run_maskcontrast_
 from raycseg.eval.features import Batch, FeatureFn, frozen, require_reiterable
 from raycseg.eval.metrics import ProtocolSkipped
 from raycseg.eval.probe import run_linear_probe
+from raycseg.eval.segmentation import SegmentFn, run_segmentation_protocol
 
 PROTOCOLS = {
     "linear-probe": "linear_probe",
     "kmeans": "kmeans",
     "maskcontrast-kmeans": "maskcontrast_kmeans",
+    "segmentation": "segmentation",
 }
 DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
 
@@ -55,6 +57,7 @@ def evaluate_backbone(
     seed: int = 0,
     feature_fn: FeatureFn | None = None,
     embed_fn: EmbedFn | None = None,
+    segment_fn: SegmentFn | None = None,
 ) -> dict:
     """Score a frozen backbone with each protocol.
 
@@ -75,6 +78,8 @@ def evaluate_backbone(
         embed_fn: (embeddings, saliency logits) for ``maskcontrast-kmeans``; it
             runs with `backbone` frozen, so pass the module that owns it (e.g. a
             `MaskContrastHead` as both `backbone` and `embed_fn`).
+        segment_fn: class logits of normalised images for ``segmentation`` (a trained
+            segmenter); like `embed_fn`, it runs with `backbone` frozen.
 
     Returns:
         ``{"linear_probe": {...}, "kmeans": {...}, ...}`` plus ``"skipped":
@@ -101,6 +106,9 @@ def evaluate_backbone(
         ),
         "maskcontrast_kmeans": lambda: _maskcontrast_kmeans(
             backbone, embed_fn, val_batches, num_classes, device
+        ),
+        "segmentation": lambda: _segmentation(
+            backbone, segment_fn, val_batches, num_classes, device
         ),
     }
     scores: dict = {}
@@ -129,3 +137,12 @@ def _maskcontrast_kmeans(backbone, embed_fn, val_batches, num_classes, device) -
         )
     with frozen(backbone, device):
         return run_maskcontrast_kmeans(embed_fn, val_batches, num_classes, device=device)
+
+
+def _segmentation(backbone, segment_fn, val_batches, num_classes, device) -> dict:
+    if segment_fn is None:
+        raise ProtocolSkipped(
+            "segmentation needs a trained classifier; evaluate a checkpoint of a reco stage"
+        )
+    with frozen(backbone, device):
+        return run_segmentation_protocol(segment_fn, val_batches, num_classes, device=device)

@@ -1,10 +1,12 @@
-"""Pieces every method's loader needs: which shards to train on, and how many samples."""
+"""Pieces the methods share: which shards to train on, how many samples, which stage a
+checkpoint's heads belong to."""
 
 from __future__ import annotations
 
-from ..config import StageData
+from ..config import Recipe, StageBase, StageData
 from ..data.shards import count_samples, list_shard_urls, read_manifest
 from ..errors import DataError
+from ..eval.metrics import ProtocolSkipped
 
 
 def training_split(root: str) -> str:
@@ -27,3 +29,27 @@ def training_urls(data: StageData, world_size: int) -> tuple[list[str], int]:
             f"{data.train} has {total} samples, fewer than the {world_size} workers; add data"
         )
     return urls, per_rank
+
+
+def checkpoint_stage(recipe: Recipe, stage_name: str | None, method: str, needs: str) -> StageBase:
+    """The checkpoint's stage (by name), else the recipe's last stage of `method`.
+
+    Args:
+        recipe, stage_name: the checkpoint's recipe and the stage it saved ("stage" key).
+        method: the stage method whose heads a protocol reads.
+        needs: what the protocol needs, for the message, e.g. "maskcontrast-kmeans needs
+            the embedding and saliency heads".
+
+    Raises:
+        ProtocolSkipped: the named stage is of another method, or there is none.
+    """
+    stages = {stage.name: stage for stage in recipe.stages}
+    chosen = stages.get(stage_name) if stage_name else None
+    if chosen is None:
+        chosen = next((s for s in reversed(recipe.stages) if s.method == method), None)
+    if chosen is None or chosen.method != method:
+        raise ProtocolSkipped(
+            f"{needs} of a {method} stage, and this checkpoint is of stage "
+            f"{stage_name or recipe.stages[-1].name!r}; evaluate a {method} stage's checkpoint"
+        )
+    return chosen

@@ -80,7 +80,7 @@ from ..models import (
     update_ema,
 )
 from ..models.deeplab import MASKCONTRAST_ASPP_RATES
-from .common import training_urls
+from .common import checkpoint_stage, training_urls
 
 # The official ASPP rates 12/24/36 are set for 28×28 feature maps (224 crops at stride 8).
 REFERENCE_FEATURE_SIZE = 28
@@ -285,25 +285,6 @@ def build_maskcontrast_loader(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def maskcontrast_stage_of(recipe: Recipe, stage_name: str | None = None) -> MaskContrastStage:
-    """The checkpoint's stage (by name), else the recipe's last maskcontrast stage.
-
-    Raises:
-        ProtocolSkipped: the named stage is not a maskcontrast stage, or there is none.
-    """
-    stages = {stage.name: stage for stage in recipe.stages}
-    chosen = stages.get(stage_name) if stage_name else None
-    if chosen is None:
-        chosen = next((s for s in reversed(recipe.stages) if s.method == "maskcontrast"), None)
-    if not isinstance(chosen, MaskContrastStage):
-        raise ProtocolSkipped(
-            "maskcontrast-kmeans needs the embedding and saliency heads of a maskcontrast "
-            f"stage, and this checkpoint is of stage {stage_name or recipe.stages[-1].name!r}; "
-            "evaluate a maskcontrast stage's checkpoint"
-        )
-    return chosen
-
-
 def load_query_encoder(state: dict[str, Any]) -> MaskContrastHead:
     """The trained query encoder of a loaded maskcontrast checkpoint, in eval mode on the CPU.
 
@@ -316,7 +297,12 @@ def load_query_encoder(state: dict[str, Any]) -> MaskContrastHead:
         CsegError: its weights do not fit the architecture its recipe describes.
     """
     recipe = Recipe.model_validate(state["recipe"])
-    stage = maskcontrast_stage_of(recipe, state.get("stage"))
+    stage = checkpoint_stage(
+        recipe,
+        state.get("stage"),
+        "maskcontrast",
+        "maskcontrast-kmeans needs the embedding and saliency heads",
+    )
     # the weights come from the checkpoint: do not read model.init_from (it may be gone)
     method = MaskContrast(stage, recipe.model.model_copy(update={"init_from": None}))
     try:

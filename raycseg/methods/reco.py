@@ -57,8 +57,10 @@ from torch import nn
 from ..config import DataSection, ModelSection, Recipe, RecoStage
 from ..data.pipeline import build_segmentation_loader
 from ..data.shards import count_samples, list_shard_urls, read_manifest
-from ..errors import DataError
-from ..eval.metrics import IGNORE_INDEX, confusion_matrix, miou_from_confusion
+from ..errors import CsegError, DataError
+from ..eval.features import frozen
+from ..eval.metrics import IGNORE_INDEX
+from ..eval.segmentation import run_segmentation_protocol
 from ..losses.reco import reco_loss
 from ..models import (
     DeepLabV2,
@@ -70,7 +72,7 @@ from ..models import (
     update_ema,
 )
 from ..models.deeplab import DEEPLABV2_RATES, RECO_ASPP_RATES, scale_aspp_rates
-from .common import training_split, training_urls
+from .common import checkpoint_stage, training_split, training_urls
 from .reco_mixing import augment_unlabelled, photometric
 
 # Feature-map sizes the spec's ASPP rates were chosen for: a 321 crop at stride 16 (v3+)
@@ -237,22 +239,46 @@ class ReCo(nn.Module):
         """
         from ..eval.batches import segmentation_batches  # noqa: PLC0415 (eval is heavy)
 
-        network = self.teacher if self.semi else self.student
-        was_training = network.training
-        network.eval()
-        confusion = torch.zeros(stage.num_classes, stage.num_classes, dtype=torch.long)
         batches = segmentation_batches(
             stage.data.val, _evaluation_split(stage.data.val), image_size=stage.data.image_size
         )
-        for batch in batches:
-            prediction = self.predict(batch["image"].to(device), teacher=self.semi)
-            confusion += confusion_matrix(
-                prediction.cpu(), batch["label"].long(), stage.num_classes
-            )
-        network.train(was_training)
-        miou, _ = miou_from_confusion(confusion)
-        self.best_val_miou.fill_(max(float(self.best_val_miou), miou))
-        return {"val_miou": miou, "best_val_miou": float(self.best_val_miou)}
+        with frozen(self.segmenter, device) as network:
+            logits = lambda images: network(images)[0]  # noqa: E731 (the network also returns rep)
+            scores = run_segmentation_protocol(logits, batches, stage.num_classes, device=device)
+        self.best_val_miou.fill_(max(float(self.best_val_miou), scores["miou"]))
+        return {"val_miou": scores["miou"], "best_val_miou": float(self.best_val_miou)}
+
+    @property
+    def segmenter(self) -> nn.Module:
+        """The network that is evaluated and kept: the teacher (semi, partial) or the student."""
+        return self.teacher if self.semi else self.student
+
+
+def load_segmenter(state: dict) -> nn.Module:
+    """The evaluated network of a loaded reco checkpoint, in eval mode on the CPU.
+
+    Args:
+        state: a loaded checkpoint (`raycseg.train.checkpoint.load_state`) with keys
+            "model", "recipe" and optionally "stage".
+
+    Raises:
+        ProtocolSkipped: the checkpoint is not of a reco stage.
+        CsegError: its weights do not fit the architecture its recipe describes.
+    """
+    recipe = Recipe.model_validate(state["recipe"])
+    needs = "segmentation needs the trained classifier"
+    stage = checkpoint_stage(recipe, state.get("stage"), "reco", needs)
+    # the weights come from the checkpoint: do not read model.init_from (it may be gone)
+    method = ReCo(stage, recipe.model.model_copy(update={"init_from": None}))
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CsegError(
+            f"the checkpoint's model does not fit stage {stage.name!r} of its recipe ({first}); "
+            "evaluate the checkpoint with the recipe that trained it"
+        ) from error
+    return method.segmenter.eval()
 
 
 def confidence_weighted_ce(

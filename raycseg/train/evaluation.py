@@ -26,6 +26,7 @@ from ..models import Backbone, build_backbone, load_backbone_weights
 EVAL_FILE = "eval.json"
 DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
+SEGMENTATION = "segmentation"
 
 
 def build_initial_backbone(recipe: Recipe) -> Backbone:
@@ -57,7 +58,8 @@ def evaluate_checkpoint(
         recipe: the recipe that trained it (its model and eval sections are used).
         run_dir: where eval.json is merged; None writes nothing.
         data: segmentation shards; default `recipe.eval.data`.
-        protocols: CLI names (`linear-probe`, `kmeans`, `maskcontrast-kmeans`); default the recipe's.
+        protocols: CLI names (`linear-probe`, `kmeans`, `maskcontrast-kmeans`, `segmentation`);
+            default the recipe's.
         baseline: `random` to also score the initial weights; default the recipe's.
     """
     section = recipe.eval
@@ -85,15 +87,16 @@ def evaluate_checkpoint(
         "probe_steps": section.probe_steps if section else 300,
         "probe_lr": section.probe_lr if section else 0.01,
     }
-    head_protocols = [p for p in protocols if protocol_key(p) == MASKCONTRAST_KMEANS]
-    options["protocols"] = [p for p in protocols if p not in head_protocols]
+    # protocols that read the checkpoint's heads, not only its backbone
+    head_protocols = list(dict.fromkeys(k for k in map(protocol_key, protocols) if k in HEADS))
+    options["protocols"] = [p for p in protocols if protocol_key(p) not in HEADS]
     on_message(f"evaluating {checkpoint} with {', '.join(protocols)}")
     backbone = build_initial_backbone(recipe)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}
     load_backbone_weights(backbone, checkpoint)
     scores = evaluate_backbone(backbone, **options) if options["protocols"] else {}
-    if head_protocols:
-        _merge_scores(scores, _maskcontrast_kmeans(checkpoint, options))
+    for key in head_protocols:
+        _merge_scores(scores, HEADS[key](checkpoint, options))
     if baseline == "random" and options["protocols"]:
         backbone.load_state_dict(initial)
         on_message("evaluating the random-init baseline")
@@ -116,6 +119,24 @@ def _maskcontrast_kmeans(checkpoint: str | Path, options: dict[str, Any]) -> dic
         return {"skipped": {MASKCONTRAST_KMEANS: str(reason)}}
     head_options = {**options, "protocols": [MASKCONTRAST_KMEANS], "train_batches": None}
     return evaluate_backbone(encoder, embed_fn=encoder, **head_options)
+
+
+def _segmentation(checkpoint: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    """A reco checkpoint's own predictions (teacher or student, as it validated)."""
+    from ..methods.reco import load_segmenter
+    from .checkpoint import load_state
+
+    try:
+        segmenter = load_segmenter(load_state(checkpoint))
+    except ProtocolSkipped as reason:
+        return {"skipped": {SEGMENTATION: str(reason)}}
+    head_options = {**options, "protocols": [SEGMENTATION], "train_batches": None}
+    return evaluate_backbone(
+        segmenter, segment_fn=lambda images: segmenter(images)[0], **head_options
+    )
+
+
+HEADS = {MASKCONTRAST_KMEANS: _maskcontrast_kmeans, SEGMENTATION: _segmentation}
 
 
 def _merge_scores(scores: dict[str, Any], more: dict[str, Any]) -> None:

@@ -261,11 +261,14 @@ def _quiet_per_report_logs() -> None:
     """Drop Ray Train's INFO line per `ray.train.report` (the driver's progress shows them).
 
     Ray 2.60 logs it on a logger named after its file, outside `ray.train`, so the
-    trainer's `LoggingConfig(log_level)` does not reach it.
+    trainer's `LoggingConfig(log_level)` does not reach it; in local mode
+    (`num_workers: 0`) another module logs the same line.
     """
     from ray.train.v2._internal.execution import context as train_context
+    from ray.train.v2._internal.execution import train_fn_utils
 
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(train_fn_utils.__name__).setLevel(logging.WARNING)
 
 
 def _log(metrics: dict[str, Any], metrics_log: MetricsLog, config: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""evaluate_backbone: protocol names, result shape (CONTRACTS.md §3) and skips."""
+"""evaluate_backbone: protocol names, result shape (CONTRACTS.md §3), skips, segmentation."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import json
 
 import pytest
 import torch
-from eval_scenes import PoolingBackbone, as_batches, color_blocks
+from eval_scenes import PALETTE, PoolingBackbone, as_batches, color_blocks
 
-from raycseg.errors import CsegError
+from raycseg.errors import CsegError, DataError
 from raycseg.eval import evaluate_backbone, protocol_key
-from raycseg.models import MaskContrastHead, build_backbone
+from raycseg.eval.segmentation import run_segmentation_protocol
+from raycseg.models import MaskContrastHead, build_backbone, normalize_images
 
 
 def test_cli_names_map_to_eval_json_keys():
     assert protocol_key("linear-probe") == "linear_probe"
     assert protocol_key("maskcontrast-kmeans") == "maskcontrast_kmeans"
     assert protocol_key("kmeans") == "kmeans"
+    assert protocol_key("segmentation") == "segmentation"
     with pytest.raises(CsegError, match="use one of linear-probe, kmeans, maskcontrast-kmeans"):
         protocol_key("knn")
 
@@ -77,3 +79,60 @@ def test_a_maskcontrast_model_runs_all_three_protocols_frozen():
     assert model.training  # restored after each protocol
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+class PaletteSegmenter(torch.nn.Module):
+    """Logits: minus the distance of each pixel's colour to each class colour."""
+
+    def __init__(self, swap: tuple[int, int] | None = None):
+        super().__init__()
+        colours = normalize_images(PALETTE[:, :, None, None])[:, :, 0, 0]  # [C, 3]
+        if swap:
+            colours[list(swap)] = colours[list(reversed(swap))]
+        self.register_buffer("colours", colours)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return -((images[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(2)
+
+
+def reference_miou(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """IoU per class from pixel counts, ignore (255) left out, mean over classes that occur."""
+    ious = []
+    for c in range(num_classes):
+        kept = labels != 255
+        tp = int(((predictions == c) & (labels == c) & kept).sum())
+        union = int((((predictions == c) | (labels == c)) & kept).sum())
+        if union:
+            ious.append(tp / union)
+    return sum(ious) / len(ious)
+
+
+def test_segmentation_protocol_scores_the_segmenters_own_predictions():
+    images, labels = color_blocks(8, seed=2)
+    val = as_batches(images, labels, batch_size=3)
+    perfect = run_segmentation_protocol(PaletteSegmenter(), val, 4, device="cpu")
+    assert perfect["miou"] == pytest.approx(1.0) and len(perfect["per_class_iou"]) == 4
+    swapped = run_segmentation_protocol(PaletteSegmenter(swap=(0, 1)), val, 4, device="cpu")
+    predictions = torch.where(labels == 0, 1, torch.where(labels == 1, 0, labels))
+    assert swapped["miou"] == pytest.approx(reference_miou(predictions, labels, 4))
+    assert swapped["per_class_iou"][0] == 0.0 and swapped["per_class_iou"][3] == 1.0
+    with pytest.raises(DataError, match="predicts 4 classes and the data has 5"):
+        run_segmentation_protocol(PaletteSegmenter(), val, 5, device="cpu")
+
+
+def test_segmentation_needs_a_segmenter_and_runs_it_frozen():
+    val = as_batches(*color_blocks(4, seed=3), batch_size=2)
+    scores = evaluate_backbone(
+        PoolingBackbone(2), train_batches=None, val_batches=val, num_classes=4, device="cpu",
+        protocols=("segmentation",),
+    )  # fmt: skip
+    assert "evaluate a checkpoint of a reco stage" in scores["skipped"]["segmentation"]
+    segmenter = PaletteSegmenter().train()
+    modes = []
+    scores = evaluate_backbone(
+        segmenter, train_batches=None, val_batches=val, num_classes=4, device="cpu",
+        protocols=("segmentation",),
+        segment_fn=lambda images: modes.append(segmenter.training) or segmenter(images),
+    )  # fmt: skip
+    assert scores["segmentation"]["miou"] == pytest.approx(1.0)
+    assert modes == [False, False] and segmenter.training

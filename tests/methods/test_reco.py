@@ -12,15 +12,18 @@ import torch
 from raycseg.config import ModelSection, RecoStage, load_recipe
 from raycseg.data.splits import build_label_split
 from raycseg.data.synthetic import prepare_data
+from raycseg.eval.metrics import ProtocolSkipped
 from raycseg.methods import reco as reco_module
 from raycseg.methods.reco import (
     ReCo,
     build_segmenter,
     confidence_weighted_ce,
+    load_segmenter,
     student_labels_under_sparse,
 )
 from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights
 from raycseg.train.checkpoint import load_state
+from raycseg.train.evaluation import evaluate_target
 from raycseg.train.launch import run_pretrain
 
 MODEL = ModelSection(backbone="tiny", output_stride=4, width=8)
@@ -166,6 +169,25 @@ def test_resumed_teacher_is_not_overwritten_by_the_student():
         assert torch.equal(value, state[f"teacher.{name}"]), name
 
 
+def test_load_segmenter_gives_the_network_that_validates():
+    recipe = load_recipe(DEBUG_RECIPE, check_files=False)
+    for mode, evaluated in (("semi", "teacher"), ("partial", "teacher"), ("supervised", "student")):
+        stage = recipe.stages[0].model_copy(update={"mode": mode})
+        method = ReCo(stage, recipe.model)
+        if hasattr(method, "teacher"):
+            with torch.no_grad():
+                for p in method.teacher.parameters():
+                    p.add_(1.0)  # teacher and student differ
+        raw = recipe.model_copy(update={"stages": [stage]}).model_dump(mode="json")
+        segmenter = load_segmenter({"model": method.state_dict(), "recipe": raw, "stage": "reco"})
+        assert not segmenter.training
+        expected = parameters(getattr(method, evaluated))
+        assert all(torch.equal(v, expected[n]) for n, v in parameters(segmenter).items()), mode
+    cacl = load_recipe("cacl/debug", check_files=False).model_dump(mode="json")
+    with pytest.raises(ProtocolSkipped, match="stage 'cacl'; evaluate a reco stage"):
+        load_segmenter({"model": {}, "recipe": cacl, "stage": "cacl"})
+
+
 def test_decoders_and_scaled_aspp_rates():
     v3 = build_segmenter(make_stage(), MODEL)
     assert isinstance(v3, DeepLabV3Plus)
@@ -266,3 +288,13 @@ def test_semi_and_partial_beat_supervised_on_the_same_labels_and_steps(one_pixel
     for records in (semi, partial):
         assert records[-1]["best_val_miou"] > supervised[-1]["best_val_miou"]
         assert records[-1]["val_miou"] > supervised[-1]["val_miou"]
+    # `cseg eval --protocol segmentation` on the kept checkpoint scores what validation did
+    root = one_pixel_per_class[0]
+    best = root / "runs" / "partial" / "reco" / "best"
+    scores, written = evaluate_target(
+        best,
+        data=str(root / "data" / "synthetic-reco" / "segmentation"),
+        protocols=["segmentation"],
+    )
+    assert scores["segmentation"]["miou"] == pytest.approx(load_state(best)["val_miou"], abs=1e-12)
+    assert json.loads(written.read_text())["segmentation"] == scores["segmentation"]
