@@ -1,11 +1,15 @@
-"""Pieces the methods share: which shards to train on, how many samples, which stage a
-checkpoint's heads belong to."""
+"""Pieces the methods share: which shards to train on, how many samples, and a method
+rebuilt from a checkpoint for the protocols that read its heads."""
 
 from __future__ import annotations
 
-from ..config import Recipe, StageBase, StageData
+from collections.abc import Callable
+
+from torch import nn
+
+from ..config import ModelSection, Recipe, StageBase, StageData
 from ..data.shards import count_samples, list_shard_urls, read_manifest
-from ..errors import DataError
+from ..errors import CsegError, DataError
 from ..eval.metrics import ProtocolSkipped
 
 
@@ -31,25 +35,45 @@ def training_urls(data: StageData, world_size: int) -> tuple[list[str], int]:
     return urls, per_rank
 
 
-def checkpoint_stage(recipe: Recipe, stage_name: str | None, method: str, needs: str) -> StageBase:
-    """The checkpoint's stage (by name), else the recipe's last stage of `method`.
+def method_from_checkpoint(
+    state: dict, build: Callable[[StageBase, ModelSection], nn.Module], method: str, needs: str
+) -> nn.Module:
+    """The trained `method` module of a loaded checkpoint, on the CPU.
+
+    The stage is the checkpoint's own (its "stage" key), else the recipe's last stage
+    of `method`. The weights come from the checkpoint: `model.init_from` is not read
+    (it may be gone).
 
     Args:
-        recipe, stage_name: the checkpoint's recipe and the stage it saved ("stage" key).
+        state: a loaded checkpoint (`raycseg.train.checkpoint.load_state`) with keys
+            "model" (the method's state dict), "recipe" and optionally "stage".
+        build: the method's class (called as build(stage, model)).
         method: the stage method whose heads a protocol reads.
         needs: what the protocol needs, for the message, e.g. "maskcontrast-kmeans needs
             the embedding and saliency heads".
 
     Raises:
-        ProtocolSkipped: the named stage is of another method, or there is none.
+        ProtocolSkipped: the checkpoint's stage is of another method, or there is none.
+        CsegError: its weights do not fit the architecture its recipe describes.
     """
+    recipe = Recipe.model_validate(state["recipe"])
     stages = {stage.name: stage for stage in recipe.stages}
-    chosen = stages.get(stage_name) if stage_name else None
-    if chosen is None:
-        chosen = next((s for s in reversed(recipe.stages) if s.method == method), None)
-    if chosen is None or chosen.method != method:
+    stage_name = state.get("stage")
+    stage = stages.get(stage_name) if stage_name else None
+    if stage is None:
+        stage = next((s for s in reversed(recipe.stages) if s.method == method), None)
+    if stage is None or stage.method != method:
         raise ProtocolSkipped(
             f"{needs} of a {method} stage, and this checkpoint is of stage "
             f"{stage_name or recipe.stages[-1].name!r}; evaluate a {method} stage's checkpoint"
         )
-    return chosen
+    module = build(stage, recipe.model.model_copy(update={"init_from": None}))
+    try:
+        module.load_state_dict(state["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CsegError(
+            f"the checkpoint's model does not fit stage {stage.name!r} of its recipe ({first}); "
+            "evaluate the checkpoint with the recipe that trained it"
+        ) from error
+    return module

@@ -66,7 +66,6 @@ from torch import nn
 from ..config import DataSection, MaskContrastStage, ModelSection, Recipe, StageBase
 from ..data.pipeline import build_saliency_view_loader
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
-from ..errors import CsegError
 from ..eval.cluster import run_kmeans_protocol, run_maskcontrast_kmeans
 from ..eval.features import frozen
 from ..eval.metrics import ProtocolSkipped
@@ -80,7 +79,7 @@ from ..models import (
     update_ema,
 )
 from ..models.deeplab import MASKCONTRAST_ASPP_RATES
-from .common import checkpoint_stage, training_urls
+from .common import method_from_checkpoint, training_urls
 
 # The official ASPP rates 12/24/36 are set for 28×28 feature maps (224 crops at stride 8).
 REFERENCE_FEATURE_SIZE = 28
@@ -296,23 +295,8 @@ def load_query_encoder(state: dict[str, Any]) -> MaskContrastHead:
         ProtocolSkipped: the checkpoint is not of a maskcontrast stage.
         CsegError: its weights do not fit the architecture its recipe describes.
     """
-    recipe = Recipe.model_validate(state["recipe"])
-    stage = checkpoint_stage(
-        recipe,
-        state.get("stage"),
-        "maskcontrast",
-        "maskcontrast-kmeans needs the embedding and saliency heads",
-    )
-    # the weights come from the checkpoint: do not read model.init_from (it may be gone)
-    method = MaskContrast(stage, recipe.model.model_copy(update={"init_from": None}))
-    try:
-        method.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CsegError(
-            f"the checkpoint's model does not fit stage {stage.name!r} of its recipe ({first}); "
-            "evaluate the checkpoint with the recipe that trained it"
-        ) from error
+    needs = "maskcontrast-kmeans needs the embedding and saliency heads"
+    method = method_from_checkpoint(state, MaskContrast, "maskcontrast", needs)
     return method.query_encoder.eval()
 
 

@@ -57,7 +57,7 @@ from torch import nn
 from ..config import DataSection, ModelSection, Recipe, RecoStage
 from ..data.pipeline import build_segmentation_loader
 from ..data.shards import count_samples, list_shard_urls, read_manifest
-from ..errors import CsegError, DataError
+from ..errors import DataError
 from ..eval.features import frozen
 from ..eval.metrics import IGNORE_INDEX
 from ..eval.segmentation import run_segmentation_protocol
@@ -72,7 +72,7 @@ from ..models import (
     update_ema,
 )
 from ..models.deeplab import DEEPLABV2_RATES, RECO_ASPP_RATES, scale_aspp_rates
-from .common import checkpoint_stage, training_split, training_urls
+from .common import method_from_checkpoint, training_split, training_urls
 from .reco_mixing import augment_unlabelled, photometric
 
 # Feature-map sizes the spec's ASPP rates were chosen for: a 321 crop at stride 16 (v3+)
@@ -265,19 +265,8 @@ def load_segmenter(state: dict) -> nn.Module:
         ProtocolSkipped: the checkpoint is not of a reco stage.
         CsegError: its weights do not fit the architecture its recipe describes.
     """
-    recipe = Recipe.model_validate(state["recipe"])
     needs = "segmentation needs the trained classifier"
-    stage = checkpoint_stage(recipe, state.get("stage"), "reco", needs)
-    # the weights come from the checkpoint: do not read model.init_from (it may be gone)
-    method = ReCo(stage, recipe.model.model_copy(update={"init_from": None}))
-    try:
-        method.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CsegError(
-            f"the checkpoint's model does not fit stage {stage.name!r} of its recipe ({first}); "
-            "evaluate the checkpoint with the recipe that trained it"
-        ) from error
+    method = method_from_checkpoint(state, ReCo, "reco", needs)
     return method.segmenter.eval()
 
 

@@ -27,6 +27,7 @@ EVAL_FILE = "eval.json"
 DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
+HEAD_PROTOCOLS = (MASKCONTRAST_KMEANS, SEGMENTATION)
 
 
 def build_initial_backbone(recipe: Recipe) -> Backbone:
@@ -88,15 +89,16 @@ def evaluate_checkpoint(
         "probe_lr": section.probe_lr if section else 0.01,
     }
     # protocols that read the checkpoint's heads, not only its backbone
-    head_protocols = list(dict.fromkeys(k for k in map(protocol_key, protocols) if k in HEADS))
-    options["protocols"] = [p for p in protocols if protocol_key(p) not in HEADS]
+    keys = dict.fromkeys(map(protocol_key, protocols))
+    head_protocols = [key for key in keys if key in HEAD_PROTOCOLS]
+    options["protocols"] = [p for p in protocols if protocol_key(p) not in HEAD_PROTOCOLS]
     on_message(f"evaluating {checkpoint} with {', '.join(protocols)}")
     backbone = build_initial_backbone(recipe)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}
     load_backbone_weights(backbone, checkpoint)
     scores = evaluate_backbone(backbone, **options) if options["protocols"] else {}
     for key in head_protocols:
-        _merge_scores(scores, HEADS[key](checkpoint, options))
+        _merge_scores(scores, _head_scores(key, checkpoint, options))
     if baseline == "random" and options["protocols"]:
         backbone.load_state_dict(initial)
         on_message("evaluating the random-init baseline")
@@ -108,35 +110,24 @@ def evaluate_checkpoint(
     return scores
 
 
-def _maskcontrast_kmeans(checkpoint: str | Path, options: dict[str, Any]) -> dict[str, Any]:
-    """The official MaskContrast protocol: it needs the trained embedding and saliency heads."""
+def _head_scores(key: str, checkpoint: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    """A protocol that reads the checkpoint's trained heads: MaskContrast's embedding and
+    saliency heads, or a ReCo model's classifier (teacher or student, as it validated)."""
     from ..methods.maskcontrast import load_query_encoder
-    from .checkpoint import load_state
-
-    try:
-        encoder = load_query_encoder(load_state(checkpoint))
-    except ProtocolSkipped as reason:
-        return {"skipped": {MASKCONTRAST_KMEANS: str(reason)}}
-    head_options = {**options, "protocols": [MASKCONTRAST_KMEANS], "train_batches": None}
-    return evaluate_backbone(encoder, embed_fn=encoder, **head_options)
-
-
-def _segmentation(checkpoint: str | Path, options: dict[str, Any]) -> dict[str, Any]:
-    """A reco checkpoint's own predictions (teacher or student, as it validated)."""
     from ..methods.reco import load_segmenter
     from .checkpoint import load_state
 
     try:
-        segmenter = load_segmenter(load_state(checkpoint))
+        if key == MASKCONTRAST_KMEANS:
+            module = load_query_encoder(load_state(checkpoint))
+            heads = {"embed_fn": module}
+        else:
+            module = load_segmenter(load_state(checkpoint))
+            heads = {"segment_fn": lambda images: module(images)[0]}
     except ProtocolSkipped as reason:
-        return {"skipped": {SEGMENTATION: str(reason)}}
-    head_options = {**options, "protocols": [SEGMENTATION], "train_batches": None}
-    return evaluate_backbone(
-        segmenter, segment_fn=lambda images: segmenter(images)[0], **head_options
-    )
-
-
-HEADS = {MASKCONTRAST_KMEANS: _maskcontrast_kmeans, SEGMENTATION: _segmentation}
+        return {"skipped": {key: str(reason)}}
+    head_options = {**options, "protocols": [key], "train_batches": None}
+    return evaluate_backbone(module, **heads, **head_options)
 
 
 def _merge_scores(scores: dict[str, Any], more: dict[str, Any]) -> None:
