@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import yaml
 from background_poll import BackgroundPoll
+from live_jsonl import read_live_jsonl
 
 from raycseg import remote
 from raycseg.config import load_recipe
@@ -107,16 +108,6 @@ def debug_run(data_root: Path, runs: Path, name: str, steps: int) -> list[str]:
         f"stages.cacl.steps={steps}", "stages.cacl.val_every=0", "storage.checkpoint_every=5",
         "eval=null", ON_WORKER_NODES,
     ]  # fmt: skip
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return records
 
 
 class PeakNodes(BackgroundPoll):
@@ -195,7 +186,7 @@ def test_tune_trials_scale_the_cluster_up_then_the_idle_nodes_go(cluster, data_r
     assert len(trials) == 2 and {t["status"] for t in trials} == {"completed"}, trials
     assert nodes.peak >= 1, "the autoscaler added nodes for the trials' workers"
     for trial in trials:
-        steps = [r["step"] for r in read_jsonl(Path(trial["run_dir"]) / "metrics.jsonl")]
+        steps = [r["step"] for r in read_live_jsonl(Path(trial["run_dir"]) / "metrics.jsonl")]
         assert steps == [1, 2, 3, 4]
     released = release_time(cluster, finished)
     print(
@@ -385,7 +376,7 @@ def test_pretrain_scales_up_and_a_killed_driver_resumes_with_every_step_once(
             first.kill()  # SIGKILL: no cleanup in the driver
             first.wait(timeout=60)
         killed_at = time.monotonic()
-        old_workers = [w["pid"] for w in read_jsonl(run_dir / "workers.jsonl")]
+        old_workers = [w["pid"] for w in read_live_jsonl(run_dir / "workers.jsonl")]
         wait_for(lambda: not any(map(_alive, old_workers)), 120, "the old workers to end")
         second = subprocess.run(
             [*command, "--resume", "--quiet"], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
@@ -401,7 +392,7 @@ def test_pretrain_scales_up_and_a_killed_driver_resumes_with_every_step_once(
     # their measured samples_per_s, are the ones the first driver wrote.
     kept = [line for line in lines if line in before]
     assert len(kept) >= 5 and kept == lines[: len(kept)] and len(kept) % 5 == 0
-    workers = read_jsonl(run_dir / "workers.jsonl")
+    workers = read_live_jsonl(run_dir / "workers.jsonl")
     assert len(workers) == 4 and {w["world_size"] for w in workers} == {2}
     released = release_time(cluster, killed_at, ORPHANED_REQUEST_S + RELEASE_TIMEOUT_S)
     print(

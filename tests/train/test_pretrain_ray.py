@@ -15,22 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from live_jsonl import read_live_jsonl
 
 pytestmark = pytest.mark.ray
 
 STEPS = 60
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            pass  # a line being written
-    return records
 
 
 def test_pretrain_survives_a_killed_worker_and_logs_every_step_once(tmp_path):
@@ -47,9 +36,9 @@ def test_pretrain_survives_a_killed_worker_and_logs_every_step_once(tmp_path):
     killed = None
     deadline = time.monotonic() + 400
     while process.poll() is None and time.monotonic() < deadline:
-        steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+        steps = [r["step"] for r in read_live_jsonl(run_dir / "metrics.jsonl")]
         if killed is None and steps and max(steps) >= 12:
-            rank1 = [w for w in read_jsonl(run_dir / "workers.jsonl") if w["rank"] == 1]
+            rank1 = [w for w in read_live_jsonl(run_dir / "workers.jsonl") if w["rank"] == 1]
             killed = rank1[-1]["pid"]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
@@ -58,9 +47,9 @@ def test_pretrain_survives_a_killed_worker_and_logs_every_step_once(tmp_path):
     assert killed is not None, "the run finished before a worker could be killed"
 
     assert stdout.strip() == str(run_dir.resolve())  # --quiet: only the run directory
-    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    steps = [r["step"] for r in read_live_jsonl(run_dir / "metrics.jsonl")]
     assert steps == list(range(1, STEPS + 1)), "every step exactly once, in order"
-    workers = read_jsonl(run_dir / "workers.jsonl")
+    workers = read_live_jsonl(run_dir / "workers.jsonl")
     assert sum(w["rank"] == 1 for w in workers) == 2, "rank 1 was restarted once"
     assert all(w["world_size"] == 2 for w in workers)
     stages = json.loads((run_dir / "stages.json").read_text())
