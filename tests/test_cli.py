@@ -31,6 +31,16 @@ def test_bad_override_is_one_line_on_stderr_with_exit_code_2():
     assert "Traceback" not in result.stderr
 
 
+def test_eval_of_something_that_is_not_a_checkpoint_is_one_line_with_exit_code_2(tmp_path):
+    not_a_checkpoint = tmp_path / "notes.yaml"
+    not_a_checkpoint.write_text("x: 1\n")
+    for target, message in ((tmp_path, "no state.pt at"), (not_a_checkpoint, "cannot read")):
+        result = cseg("eval", str(target))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+        assert not (tmp_path / "eval.json").exists()
+
+
 def test_debug_switch_shows_the_traceback():
     result = cseg("recipes", "show", "no-such-recipe", env={"CSEG_DEBUG": "1"})
     assert result.returncode == 2 and "Traceback" in result.stderr

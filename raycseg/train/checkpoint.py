@@ -27,6 +27,7 @@ import torch
 
 from .. import remote
 from ..config import is_url
+from ..errors import CsegError
 
 STATE_FILE = "state.pt"
 CHECKPOINT_FORMAT = "raycseg"
@@ -44,10 +45,25 @@ def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint's state (a directory holding state.pt, or the file itself; or a URL)."""
+    """Read a checkpoint's state (a directory holding state.pt, or the file itself; or a URL).
+
+    Raises:
+        CsegError: there is no state.pt there, or it is not a tensor-only torch file.
+    """
     with remote.local_copy(path) as local:
         file = local / STATE_FILE if local.is_dir() else local
-        return torch.load(file, map_location=map_location, weights_only=True)
+        if not file.is_file():
+            raise CsegError(
+                f"no {STATE_FILE} at {path}; pass a run directory or a checkpoint (state.pt "
+                "or its folder)"
+            )
+        try:
+            return torch.load(file, map_location=map_location, weights_only=True)
+        except Exception as error:  # torch raises several types for a bad file
+            raise CsegError(
+                f"cannot read {path} as a raycseg checkpoint ({type(error).__name__}); "
+                "pass a state.pt that raycseg wrote"
+            ) from error
 
 
 def load_ray_checkpoint(checkpoint, map_location: str | torch.device = "cpu") -> dict[str, Any]:
