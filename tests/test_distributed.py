@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
 import torch.multiprocessing
+from gloo_ranks import run_gloo_ranks
 
 from raycseg.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 
@@ -34,30 +31,21 @@ def rank_weights(rank: int) -> torch.Tensor:
     return torch.arange(sum(ROWS) * 2, dtype=torch.float64).reshape(sum(ROWS), 2) * (rank + 1)
 
 
-def gather_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+def gather_worker(rank: int, world: int) -> dict:
     x = rank_rows(rank).requires_grad_()
     gathered = all_gather_with_grad(x)
     (rank_weights(rank) * gathered).sum().backward()
-    saved = {
+    return {
         "rank": torch.tensor([get_rank(), get_world_size()]),
         "gathered": gathered.detach(),
         "no_grad": all_gather_no_grad(x),
         "no_grad_requires_grad": torch.tensor(all_gather_no_grad(x).requires_grad),
         "grad": x.grad,
     }
-    torch.save(saved, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def test_gather_forward_and_backward_on_two_gloo_ranks(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_gloo_ranks(gather_worker, tmp_path)
     everything = torch.cat([rank_rows(r) for r in range(2)])
     total_weights = sum(rank_weights(r) for r in range(2))  # backward sums over ranks ...
     for rank, saved in enumerate(ranks):

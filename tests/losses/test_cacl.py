@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from gloo_ranks import run_gloo_ranks
 
 from raycseg.distributed import all_gather_no_grad, all_gather_with_grad
 from raycseg.losses import cacl
@@ -311,10 +310,7 @@ def pixel_loss_with_drawn_negatives(tensors, owners, pool):
     )
 
 
-def gathered_cacl_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+def gathered_cacl_worker(rank: int, world: int) -> dict:
     rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
     local = {
         name: tensor[rows].clone().requires_grad_() for name, tensor in full_batch(world).items()
@@ -327,12 +323,11 @@ def gathered_cacl_worker(rank: int, world: int, port: int, out_dir: str) -> None
     (global_loss + pixel_loss).backward()
     saved = {"global": global_loss.detach(), "pixel": pixel_loss.detach(), "pool": pool}
     saved.update({f"grad_{name}": local[name].grad for name in ("g", "g_pos", "p", "p_pos")})
-    torch.save(saved, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return saved
 
 
-def test_two_rank_gather_matches_single_process(run_two_gloo_ranks):
-    ranks = run_two_gloo_ranks(gathered_cacl_worker)
+def test_two_rank_gather_matches_single_process(tmp_path):
+    ranks = run_gloo_ranks(gathered_cacl_worker, tmp_path)
     world = len(ranks)
     single = {name: tensor.clone().requires_grad_() for name, tensor in full_batch(world).items()}
     global_loss = global_contrast_loss(single["g"], single["g_pos"])

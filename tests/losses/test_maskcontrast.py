@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from gloo_ranks import run_gloo_ranks
 
 from raycseg.distributed import all_gather_no_grad
 from raycseg.losses import maskcontrast
@@ -232,10 +231,7 @@ def enqueue(bank: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return torch.cat([prototypes, bank])[: bank.shape[0]]
 
 
-def queue_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+def queue_worker(rank: int, world: int) -> dict:
     q, q_mask, k, k_mask, bank = shared_inputs(world)
     rows = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     local_q = q[rows].clone().requires_grad_()
@@ -245,18 +241,16 @@ def queue_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     next_loss, _ = maskcontrast_loss(
         local_q.detach(), q_mask[rows], k[rows], k_mask[rows], enqueue(bank, gathered)
     )
-    saved = {
+    return {
         "loss": loss.detach(),
         "grad": local_q.grad,
         "gathered": gathered,
         "next_loss": next_loss,
     }
-    torch.save(saved, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
 
 
-def test_two_ranks_keep_in_batch_prototypes_local_and_the_queue_global(run_two_gloo_ranks):
-    ranks = run_two_gloo_ranks(queue_worker)
+def test_two_ranks_keep_in_batch_prototypes_local_and_the_queue_global(tmp_path):
+    ranks = run_gloo_ranks(queue_worker, tmp_path)
     q, q_mask, k, k_mask, bank = shared_inputs(len(ranks))
     _, every_prototype = maskcontrast_loss(q, q_mask, k, k_mask, bank)
     next_bank = enqueue(bank, every_prototype)

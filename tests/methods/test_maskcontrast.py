@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from gloo_ranks import run_gloo_ranks
 
 from raycseg.config import load_recipe
 from raycseg.eval.metrics import ProtocolSkipped
@@ -22,8 +22,6 @@ from raycseg.methods.maskcontrast import (
 )
 from raycseg.models import build_backbone, load_backbone_weights, normalize_images
 from raycseg.train.checkpoint import load_state, save_state
-
-from .forked_ranks import run_forked_ranks
 
 IMAGE = 32
 BATCH = 4
@@ -291,19 +289,15 @@ TWO_WORKER_BATCH = 3
 TWO_WORKER_IMAGE = 16
 
 
-def two_worker_rank(rank: int, world: int, port: int, out_dir: Path) -> None:
+def two_worker_rank(rank: int, world: int) -> dict:
     """One rank: enqueue known rows, encode keys with and without shuffle-BN, one training step.
 
-    Saves to out_dir/rank<r>.pt what the parent compares: the queue after each rank
+    Returns what the parent compares: the queue after each rank
     enqueued rows filled with rank + 1; key embeddings of this rank's images through
     shuffle-BN and through a plain forward, with BN in eval mode (per-image outputs:
     equal when the un-shuffle is right) and in train mode (batch statistics: different
     when the key batch really was shuffled); the queue and pointer after a training step.
     """
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
     batch_size, size = TWO_WORKER_BATCH, TWO_WORKER_IMAGE
     method = new_method(
         f"stages.maskcontrast.data.batch_size={batch_size}",
@@ -335,12 +329,11 @@ def two_worker_rank(rank: int, world: int, port: int, out_dir: Path) -> None:
     method.train()(batch)["loss"].backward()
     saved["queue_after_step"] = method.queue.clone()
     saved["pointer_after_step"] = method.queue_pointer.clone()
-    torch.save(saved, out_dir / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    return saved
 
 
 def test_two_gloo_workers_share_the_queue_and_unshuffle_keys(tmp_path):
-    saved = run_forked_ranks(two_worker_rank, tmp_path)
+    saved = run_gloo_ranks(two_worker_rank, tmp_path)
     rows = TWO_WORKER_BATCH
     for result in saved:
         queue = result["queue_after_enqueue"]
