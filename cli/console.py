@@ -7,8 +7,8 @@ must not print anything else there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 from rich.console import Console
 from rich.progress import (
@@ -40,3 +40,27 @@ def progress_bar(description: str, total: int | None, *, quiet: bool = False) ->
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+
+
+class StageProgress:
+    """Progress callbacks `(done, total)`, one bar per stage, each opened on its first call.
+
+    A command whose checks fail before any work prints only its error line.
+    """
+
+    def __init__(self, stack: ExitStack, quiet: bool):
+        self.stack, self.quiet = stack, quiet
+        self.bars: dict[str, tuple] = {}
+
+    def stage(self, name: str) -> Callable[[int, int], None]:
+        def update(done: int, total: int) -> None:
+            if name not in self.bars:
+                self.bars[name] = (
+                    self.stack.enter_context(progress_bar(name, total, quiet=self.quiet)),
+                    [0],
+                )
+            advance, seen = self.bars[name]
+            advance(done - seen[0])
+            seen[0] = done
+
+        return update

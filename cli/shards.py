@@ -19,7 +19,7 @@ from rich.table import Table
 
 from raycseg.errors import DataError, FoundProblems
 
-from .console import err, out, progress_bar
+from .console import StageProgress, err, out
 
 app = typer.Typer(
     help="Build, generate, inspect and verify webdataset shards.", no_args_is_help=True
@@ -27,27 +27,6 @@ app = typer.Typer(
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
                "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}  # fmt: skip
-
-
-class _LazyProgress:
-    """A progress callback `(done, total)` that opens its bar on the first call."""
-
-    def __init__(self, stack: ExitStack, quiet: bool):
-        self.stack, self.quiet = stack, quiet
-        self.bars: dict[str, tuple] = {}
-
-    def stage(self, name: str):
-        def update(done: int, total: int) -> None:
-            if name not in self.bars:
-                self.bars[name] = (
-                    self.stack.enter_context(progress_bar(name, total, quiet=self.quiet)),
-                    [0],
-                )
-            advance, seen = self.bars[name]
-            advance(done - seen[0])
-            seen[0] = done
-
-        return update
 
 
 def parse_size(text: str) -> int:
@@ -105,7 +84,7 @@ def build(
         report = build_shards(
             kind, src, dest, layout=layout, masks_dir=masks, compute_saliency=compute,
             max_count=max_count, max_bytes=parse_size(max_size), overwrite=overwrite,
-            num_procs=procs, on_progress=_LazyProgress(stack, quiet).stage(f"building {kind} shards"),
+            num_procs=procs, on_progress=StageProgress(stack, quiet).stage(f"building {kind} shards"),
         )  # fmt: skip
     if quiet:
         out.print(str(report.out), markup=False)
@@ -160,7 +139,7 @@ def synthetic(
     from raycseg.data.synthetic import build_synthetic
 
     with ExitStack() as stack:
-        progress = _LazyProgress(stack, quiet)
+        progress = StageProgress(stack, quiet)
         root = build_synthetic(
             dest, seed=seed, num_clips=num_clips, val_clips=val_clips, image_size=image_size,
             frames=frames, fps=fps, min_objects=min_objects, max_objects=max_objects,
@@ -239,7 +218,7 @@ def verify(
 
     with ExitStack() as stack:
         report = verify_shards(
-            root, _LazyProgress(stack, quiet).stage("verifying"), num_procs=procs
+            root, StageProgress(stack, quiet).stage("verifying"), num_procs=procs
         )
     out.print(
         f"{report.samples} samples in {report.shards} shards checked in {report.root}", markup=False

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from .console import err, out, progress_bar
+from .console import StageProgress, err, out
 
 
 def split(
@@ -52,7 +53,7 @@ def split(
     """Split SRC into labelled and unlabelled shard sets plus a split manifest."""
     from raycseg.data.splits import build_label_split
 
-    with progress_bar("splitting", None, quiet=quiet) as advance:
+    with ExitStack() as stack:
         report = build_label_split(
             src,
             dest,
@@ -63,7 +64,7 @@ def split(
             seed=seed,
             split=source_split,
             overwrite=overwrite,
-            on_progress=lambda done, total: advance(),
+            on_progress=StageProgress(stack, quiet).stage("splitting"),
         )
     if quiet:
         out.print(str(report.out), markup=False)

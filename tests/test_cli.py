@@ -41,6 +41,13 @@ def test_eval_of_something_that_is_not_a_checkpoint_is_one_line_with_exit_code_2
         assert not (tmp_path / "eval.json").exists()
 
 
+def test_split_of_a_folder_without_shards_is_one_line_with_exit_code_2(tmp_path):
+    result = cseg("shards", "split", str(tmp_path), str(tmp_path / "out"), "-n", "3")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "no manifest.json" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
 def test_debug_switch_shows_the_traceback():
     result = cseg("recipes", "show", "no-such-recipe", env={"CSEG_DEBUG": "1"})
     assert result.returncode == 2 and "Traceback" in result.stderr
