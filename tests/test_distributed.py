@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.multiprocessing
 from gloo_ranks import run_gloo_ranks
 
 from raycseg.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
