@@ -37,6 +37,14 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
+def parse_height_width(text: str) -> tuple[int, int]:
+    """Parse HEIGHTxWIDTH such as 512x1024."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or 0 in (int(match.group(1)), int(match.group(2))):
+        raise DataError(f"cannot read size {text!r}; write height x width like 512x1024")
+    return int(match.group(1)), int(match.group(2))
+
+
 def _human(num_bytes: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if num_bytes < 1024 or unit == "GiB":
@@ -63,6 +71,23 @@ def build(
     compute: bool = typer.Option(
         False, "--compute", help="Saliency: derive masks with the classical detector."
     ),
+    split_list: Path = typer.Option(
+        None,
+        "--split-list",
+        metavar="FILE",
+        help="Saliency: image stems to keep, one per line (in a VOC tree, by default its "
+        "ImageSets/Segmentation/train_aug.txt, else train.txt).",
+    ),
+    exclude: Path = typer.Option(
+        None, "--exclude", metavar="FILE", help="Saliency: image stems to leave out (wins)."
+    ),
+    resize_to: str = typer.Option(
+        None,
+        "--resize-to",
+        metavar="HxW",
+        help="Segmentation: store every image and mask at height x width, e.g. 512x1024 "
+        "(ReCo's one-time Cityscapes resize).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards already in OUT."),
     max_count: int = typer.Option(1000, "--max-count", min=1, help="Most samples per shard."),
     max_size: str = typer.Option("1GB", "--max-size", help="Largest shard size (e.g. 500MB, 1GB)."),
@@ -83,8 +108,10 @@ def build(
     with ExitStack() as stack:
         report = build_shards(
             kind, src, dest, layout=layout, masks_dir=masks, compute_saliency=compute,
-            max_count=max_count, max_bytes=parse_size(max_size), overwrite=overwrite,
-            num_procs=procs, on_progress=StageProgress(stack, quiet).stage(f"building {kind} shards"),
+            split_list=split_list, exclude_list=exclude,
+            resize_to=parse_height_width(resize_to) if resize_to else None, max_count=max_count,
+            max_bytes=parse_size(max_size), overwrite=overwrite, num_procs=procs,
+            on_progress=StageProgress(stack, quiet).stage(f"building {kind} shards"),
         )  # fmt: skip
     if quiet:
         out.print(str(report.out), markup=False)
@@ -102,6 +129,8 @@ def build(
                 f"{len(report.dropped)} inputs left out by design (see 'dropped' in the manifest)",
                 markup=False,
             )
+        if report.selection:
+            _print_selection(report.selection)
     if report.skipped:
         _print_problems("skipped inputs", [(s["path"], s["reason"]) for s in report.skipped])
         raise FoundProblems(
@@ -203,6 +232,9 @@ def inspect(
         f"source: {summary['source']}; skipped at build: {summary['skipped']}; dropped: {summary['dropped']}",
         markup=False,
     )
+    if summary.get("selection"):
+        chosen = {k: v for k, v in summary["selection"].items() if not k.endswith("_examples")}
+        out.print("selection: " + ", ".join(f"{k}={v}" for k, v in chosen.items()), markup=False)
 
 
 @app.command("verify")
@@ -238,6 +270,23 @@ def verify(
             f"{len(problems)} problems in {report.root}; rebuild the shards with `cseg shards build --overwrite`"
         )
     out.print("ok: every checksum matches and every sample decodes", markup=False)
+
+
+def _print_selection(selection: dict) -> None:
+    """Say which split list was used by default, and how many listed stems had no pair."""
+    if selection["split_list_default"]:
+        err.print(
+            f"split list (VOC default): {selection['split_list']}: {selection['kept']} kept, "
+            f"{selection['not_in_list']} not in it; choose with --split-list or --exclude",
+            markup=False,
+        )
+    if selection["listed_without_pair"]:
+        examples = ", ".join(selection["listed_without_pair_examples"])
+        err.print(
+            f"{selection['listed_without_pair']} listed stems have no image/mask pair "
+            f"(e.g. {examples}; see 'selection' in the manifest)",
+            markup=False,
+        )
 
 
 def _print_problems(title: str, rows: list[tuple[str, str]]) -> None:

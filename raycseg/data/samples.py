@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .images import (
     decode_image,
@@ -66,6 +67,7 @@ class PrepareOptions:
     mask_rules: MaskRules | None = None
     compute_saliency: bool = False
     masks_root: Path | None = None
+    resize_to: tuple[int, int] | None = None  # segmentation: (height, width) of every sample
 
 
 @dataclass
@@ -178,10 +180,26 @@ def _prepare_segmentation(item: SourceItem, options: PrepareOptions) -> Prepared
         )
     options.mask_rules.check(mask)
     meta = _base_meta(item, options) | image_meta
+    if options.resize_to is not None:
+        rgb, mask = resize_image_and_mask(rgb, mask, options.resize_to)
+        jpg, reencode = encode_jpeg(rgb), True
+        meta |= {"resized_from": [image_meta["height"], image_meta["width"]],
+                 "height": int(rgb.shape[0]), "width": int(rgb.shape[1])}  # fmt: skip
     meta |= {"mask_source": _display(item.mask_path, options.source_root),
              "class_ids": [int(v) for v in np.unique(mask)]}  # fmt: skip
     png = encode_mask_png(mask) if reencode else mask_bytes
     return _finish(item, {"jpg": jpg, "png": png}, meta)
+
+
+def resize_image_and_mask(
+    rgb: np.ndarray, mask: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an RGB image [H, W, 3] (bicubic) and its class mask [H, W] (nearest) to
+    (height, width) once, at build time, as ReCo's Cityscapes preprocessing does."""
+    height, width = size
+    image = Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC)
+    resized = Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(image), np.asarray(resized)
 
 
 def _prepare_saliency(item: SourceItem, options: PrepareOptions) -> PreparedSample:

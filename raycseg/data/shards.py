@@ -16,9 +16,11 @@ fixed owner and mtime, so the same inputs give byte-identical shards.
 
 The manifest records, per split, every shard's name, sample count, byte
 size and sha256; the class list; the source; the schema version; summary
-statistics; `skipped` (broken inputs, with reasons: build exits 1) and
+statistics; `skipped` (broken inputs, with reasons: build exits 1),
 `dropped` (inputs left out by design, such as images without a salient
-object). Reading and writing files goes through `raycseg.data.storage`;
+object or outside the split list) and, for saliency, `selection` (which
+split and exclude lists chose the images: see `raycseg.data.split_lists`;
+null for other kinds). Reading and writing files goes through `raycseg.data.storage`;
 checking a built set is `raycseg.data.verify` (re-exported here).
 """
 
@@ -38,7 +40,8 @@ from raycseg.errors import DataError
 
 from .labels import IGNORE_INDEX
 from .samples import MaskRules, PreparedSample, PrepareOptions, prepare_sample
-from .sources import LeftOut, SourceItem, list_sources
+from .sources import LeftOut, SourceItem, SourceListing, list_sources
+from .split_lists import load_split_lists, select_by_stem
 from .storage import (
     MANIFEST,
     SCHEMA_VERSION,
@@ -83,6 +86,7 @@ class BuildReport:
     skipped: list[dict] = field(default_factory=list)
     dropped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    selection: dict | None = None
 
 
 def _existing_outputs(out: Path) -> list[Path]:
@@ -124,6 +128,9 @@ def build_shards(
     classes: list[str] | None = None,
     mask_classes: list[str] | None = None,
     compute_saliency: bool = False,
+    split_list: Path | str | None = None,
+    exclude_list: Path | str | None = None,
+    resize_to: tuple[int, int] | None = None,
     max_count: int = DEFAULT_MAX_COUNT,
     max_bytes: int = DEFAULT_MAX_BYTES,
     overwrite: bool = False,
@@ -145,6 +152,12 @@ def build_shards(
             VOC-format tree of another dataset); masks are checked against them.
         mask_classes: Class names of video mask strips (their ids are checked).
         compute_saliency: Derive saliency masks with the classical detector.
+        split_list: Saliency: the image stems to keep, one per line. When
+            neither list is given and `src` is a VOC tree's JPEGImages, its
+            train_aug.txt (else trainaug.txt, else train.txt) is used.
+        exclude_list: Saliency: image stems to leave out (wins over `split_list`).
+        resize_to: Segmentation: store every image (bicubic) and mask (nearest) at this
+            (height, width), a one-time resize such as ReCo's Cityscapes 512 x 1024.
         max_count: Most samples per shard.
         max_bytes: Largest shard size in bytes (approximately, tar padding included).
         overwrite: Replace shards and manifest already in `out`.
@@ -154,29 +167,37 @@ def build_shards(
         on_progress: Called as `on_progress(done, total)` after each input.
 
     Returns:
-        The report; `report.skipped` lists broken inputs (the CLI exits 1).
+        The report; `report.skipped` lists broken inputs (the CLI exits 1),
+        `report.selection` what the split lists kept (saliency).
 
     Raises:
-        DataError: a missing or empty source, no valid input, or existing
-            shards in `out` without `overwrite`.
+        DataError: a missing or empty source, no valid input, existing
+            shards in `out` without `overwrite`, or a split list that is
+            missing, empty or names no image.
     """
     started = time.perf_counter()
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
-    masks_dir = Path(masks_dir).expanduser().resolve() if masks_dir is not None else None
+    masks_dir = _resolved(masks_dir)
     existing = _existing_outputs(out)
     if existing and not overwrite:
         raise DataError(
             f"{out} already holds shards ({existing[0].name}, ...); pass --overwrite to replace them"
         )
-    listing = list_sources(
-        kind, src, layout=layout, masks_dir=masks_dir, compute_saliency=compute_saliency
-    )
+    listing = _list_selected_sources(
+        kind, src, layout=layout, masks_dir=masks_dir, compute_saliency=compute_saliency,
+        split_list=split_list, exclude_list=exclude_list,
+    )  # fmt: skip
     if kind == "segmentation" and classes:
         listing.classes = list(classes)
     listing.mask_classes = list(mask_classes) if kind == "video" and mask_classes else None
     layout_used = layout if kind == "segmentation" else None
     rules = _mask_rules(kind, layout_used, listing)
-    options = PrepareOptions(kind, src, layout_used, rules, compute_saliency, masks_dir)
+    if resize_to is not None and kind != "segmentation":
+        raise DataError("--resize-to applies to --kind segmentation only; drop it")
+    options = PrepareOptions(
+        kind, src, layout_used, rules, compute_saliency, masks_dir,
+        tuple(resize_to) if resize_to else None,
+    )  # fmt: skip
     _remove_outputs(out, existing)
     results = _prepare_all(
         _ordered_items(listing.items, shuffle_seed), options, num_procs or os.cpu_count() or 1,
@@ -206,7 +227,13 @@ def build_shards(
         "stats": {split: summarise_metas(kind, metas[split]) for split in sorted(metas)},
         "skipped": skipped,
         "dropped": dropped,
-        "build": {"max_count": max_count, "max_bytes": max_bytes, "shuffle_seed": shuffle_seed},
+        "selection": listing.selection,
+        "build": {
+            "max_count": max_count,
+            "max_bytes": max_bytes,
+            "shuffle_seed": shuffle_seed,
+            "resize_to": list(resize_to) if resize_to else None,
+        },  # fmt: skip
     }
     write_manifest(out, manifest)
     splits = manifest["splits"]
@@ -216,7 +243,29 @@ def build_shards(
         shards={split: len(entry["shards"]) for split, entry in splits.items()},
         bytes=sum(entry["bytes"] for entry in splits.values()),
         skipped=skipped, dropped=dropped, seconds=time.perf_counter() - started,
+        selection=listing.selection,
     )  # fmt: skip
+
+
+def _list_selected_sources(
+    kind: str,
+    src: Path,
+    *,
+    split_list: Path | str | None,
+    exclude_list: Path | str | None,
+    **options,
+) -> SourceListing:
+    """`list_sources`, then (saliency) the split and exclude lists."""
+    if kind != "saliency":
+        if split_list is not None or exclude_list is not None:
+            raise DataError("--split-list and --exclude apply to --kind saliency only; drop them")
+        return list_sources(kind, src, **options)
+    lists = load_split_lists(src, _resolved(split_list), _resolved(exclude_list))
+    return select_by_stem(list_sources(kind, src, **options), lists, src)
+
+
+def _resolved(path: Path | str | None) -> Path | None:
+    return Path(path).expanduser().resolve() if path is not None else None
 
 
 def _mask_rules(kind: str, layout: str | None, listing) -> MaskRules | None:
@@ -313,7 +362,8 @@ def inspect_shards(root: Path | str) -> dict:
 
     Returns:
         {"root", "kind", "layout", "source", "schema_version", "classes",
-        "splits": {split: {"samples", "shards", "bytes"}}, "stats", "skipped", "dropped"}.
+        "splits": {split: {"samples", "shards", "bytes"}}, "stats", "skipped", "dropped",
+        "selection"}.
     """
     manifest = read_manifest(root)
     return {
@@ -331,4 +381,5 @@ def inspect_shards(root: Path | str) -> dict:
         "stats": manifest.get("stats", {}),
         "skipped": len(manifest.get("skipped", [])),
         "dropped": len(manifest.get("dropped", [])),
+        "selection": manifest.get("selection"),
     }

@@ -12,7 +12,8 @@ Accepted sources (CONTRACTS.md §5):
   train/val) or `ade20k` (images/ + annotations/, optionally with
   training/validation subfolders);
 * saliency: an image folder plus a mask folder paired by file stem, or an
-  image folder alone when masks are computed.
+  image folder alone when masks are computed; `raycseg.data.split_lists`
+  then keeps the stems of a split list (by default a VOC tree's train list).
 
 For folder sources, top-level `train/`, `val/` (or `validation/`) and `test/`
 subfolders become splits; otherwise the split is `all`. Inputs that cannot be
@@ -72,6 +73,7 @@ class SourceListing:
     classes: list[str]
     left_out: list[LeftOut] = field(default_factory=list)
     mask_classes: list[str] | None = None
+    selection: dict | None = None  # saliency only: what the split lists kept (split_lists.py)
 
 
 def make_key(relative: Path | str) -> str:

@@ -399,3 +399,163 @@ def test_inspect_summarises_the_manifest(tmp_path):
     assert summary["classes"] == ["cats", "dogs"]
     assert summary["stats"]["all"]["class_counts"] == {"cats": 2, "dogs": 1}
     assert summary["stats"]["all"]["width"] == {"min": 8, "mean": 10.0, "max": 12}
+
+
+# ----------------------------------------------------------------------------- saliency split lists
+
+TRAIN_IDS, VAL_IDS = ["2007_000032", "2007_000039", "2007_000063"], ["2007_000033", "2007_000042"]
+
+
+def stored_keys(root: Path) -> set[str]:
+    return set(stored_samples(root))
+
+
+def test_saliency_in_a_voc_tree_keeps_only_the_train_list_by_default(voc_saliency_tree, tmp_path):
+    images, masks = voc_saliency_tree(tmp_path, TRAIN_IDS, VAL_IDS)
+    lists = images.parent / "ImageSets" / "Segmentation"
+    report = build_shards("saliency", images, tmp_path / "sal", masks_dir=masks, num_procs=1)
+    assert stored_keys(tmp_path / "sal") == set(TRAIN_IDS) and not report.skipped
+    assert sorted(d["path"] for d in report.dropped) == [f"{i}.jpg" for i in sorted(VAL_IDS)]
+    assert {d["reason"] for d in report.dropped} == {"not in train.txt"}
+    manifest = read_manifest(tmp_path / "sal")
+    assert manifest["selection"] == report.selection == {
+        "split_list": str(lists / "train.txt"), "split_list_default": True,
+        "exclude_list": None, "kept": 3, "excluded": 0, "not_in_list": 2,
+        "listed_without_pair": 0, "listed_without_pair_examples": [],
+    }  # fmt: skip
+    assert inspect_shards(tmp_path / "sal")["selection"] == manifest["selection"]
+    (lists / "train_aug.txt").write_text(f"{TRAIN_IDS[0]}\n{TRAIN_IDS[2]}\n")
+    report = build_shards("saliency", images, tmp_path / "sal", masks_dir=masks, overwrite=True,
+                          num_procs=1)  # fmt: skip
+    assert stored_keys(tmp_path / "sal") == {TRAIN_IDS[0], TRAIN_IDS[2]}
+    assert report.selection["split_list"].endswith("train_aug.txt")
+
+
+def test_saliency_split_list_and_exclude_list_with_exclude_winning(voc_saliency_tree, tmp_path):
+    images, masks = voc_saliency_tree(tmp_path, TRAIN_IDS, VAL_IDS)
+    (masks / f"{TRAIN_IDS[1]}.png").unlink()  # listed, image but no mask: not a failure
+    keep = tmp_path / "keep.txt"
+    keep.write_text(f"  {TRAIN_IDS[0]}  \n\n{TRAIN_IDS[1]}\n{VAL_IDS[0]}\nghost\n{TRAIN_IDS[2]}\n")
+    drop = tmp_path / "drop.txt"
+    drop.write_text(f"{VAL_IDS[0]}\n{TRAIN_IDS[2]}\n")
+    report = build_shards("saliency", images, tmp_path / "sal", masks_dir=masks, split_list=keep,
+                          exclude_list=drop, num_procs=1)  # fmt: skip
+    assert stored_keys(tmp_path / "sal") == {TRAIN_IDS[0]} and not report.skipped
+    assert report.selection == {
+        "split_list": str(keep), "split_list_default": False, "exclude_list": str(drop),
+        "kept": 1, "excluded": 2, "not_in_list": 1, "listed_without_pair": 2,
+        "listed_without_pair_examples": sorted([TRAIN_IDS[1], "ghost"]),
+    }  # fmt: skip
+    reasons = {d["path"]: d["reason"] for d in report.dropped}
+    assert reasons[f"{VAL_IDS[0]}.jpg"] == "excluded by drop.txt"
+    assert reasons[f"{VAL_IDS[1]}.jpg"] == "not in keep.txt"
+
+    val_list = images.parent / "ImageSets" / "Segmentation" / "val.txt"
+    report = build_shards("saliency", images, tmp_path / "all_but_val", masks_dir=masks,
+                          exclude_list=val_list, num_procs=1)  # fmt: skip
+    assert stored_keys(tmp_path / "all_but_val") == {TRAIN_IDS[0], TRAIN_IDS[2]}
+    assert report.selection["split_list"] is None and report.selection["excluded"] == 2
+    assert [Path(s["path"]).stem for s in report.skipped] == [TRAIN_IDS[1]]  # no list: broken
+
+
+def test_computed_saliency_in_a_voc_tree_filters_images_by_the_train_list(tmp_path):
+    images = tmp_path / "voc" / "JPEGImages"
+    lists = tmp_path / "voc" / "ImageSets" / "Segmentation"
+    images.mkdir(parents=True)
+    lists.mkdir(parents=True)
+    scene = np.full((64, 64, 3), 100, dtype=np.uint8)
+    scene[20:44, 20:44] = (230, 40, 40)
+    for stem in ("train_a", "val_a"):
+        (images / f"{stem}.jpg").write_bytes(encode_jpeg(scene))
+    (lists / "train.txt").write_text("train_a\n")
+    (lists / "val.txt").write_text("val_a\n")
+    report = build_shards("saliency", images, tmp_path / "sal", compute_saliency=True, num_procs=1)
+    assert stored_keys(tmp_path / "sal") == {"train_a"}
+    assert report.selection["split_list_default"] and report.selection["not_in_list"] == 1
+
+
+def test_saliency_outside_a_voc_tree_keeps_every_pair_and_says_no_list(tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for stem in ("a", "b"):
+        (images / f"{stem}.jpg").write_bytes(encode_jpeg(np.zeros((8, 8, 3), np.uint8)))
+        (masks / f"{stem}.png").write_bytes(encode_mask_png(np.eye(8, dtype=np.uint8)))
+    build_shards("saliency", images, tmp_path / "sal", masks_dir=masks, num_procs=1)
+    assert stored_keys(tmp_path / "sal") == {"a", "b"}
+    selection = read_manifest(tmp_path / "sal")["selection"]
+    assert selection["split_list"] is None and selection["exclude_list"] is None
+    assert not selection["split_list_default"] and selection["kept"] == 2
+
+
+@pytest.mark.parametrize(
+    ("list_text", "message"),
+    [(None, "does not exist"), ("\n  \n", "is empty"), ("nobody\n", "names an image")],
+    ids=["missing", "empty", "matching-no-image"],
+)
+def test_bad_split_lists_are_data_errors_and_write_nothing(
+    voc_saliency_tree, tmp_path, list_text, message
+):
+    images, masks = voc_saliency_tree(tmp_path, TRAIN_IDS, VAL_IDS)
+    keep = tmp_path / "keep.txt"
+    if list_text is not None:
+        keep.write_text(list_text)
+    with pytest.raises(DataError, match=message):
+        build_shards("saliency", images, tmp_path / "out", masks_dir=masks, split_list=keep)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_voc_tree_without_a_train_list_and_lists_for_other_kinds_are_errors(
+    voc_saliency_tree, tmp_path
+):
+    images, masks = voc_saliency_tree(tmp_path, TRAIN_IDS, VAL_IDS)
+    (images.parent / "ImageSets" / "Segmentation" / "train.txt").unlink()
+    with pytest.raises(DataError, match="--split-list FILE"):
+        build_shards("saliency", images, tmp_path / "out", masks_dir=masks)
+    with pytest.raises(DataError, match="saliency only"):
+        build_shards("image", images, tmp_path / "out", split_list=tmp_path / "keep.txt")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.real_data
+def test_real_voc_images_keep_the_train_list_and_no_val_id(real_data, tmp_path):
+    voc = real_data / "voc"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for label in (voc / "SegmentationClass").glob("*.png"):  # object pixels as saliency
+        classes = decode_mask(label.read_bytes())
+        salient = ((classes > 0) & (classes < 255)).astype(np.uint8) * 255
+        (masks / label.name).write_bytes(encode_mask_png(salient))
+    report = build_shards("saliency", voc / "JPEGImages", tmp_path / "sal", masks_dir=masks,
+                          num_procs=1)  # fmt: skip
+    lists = voc / "ImageSets" / "Segmentation"
+    train_ids, val_ids = ((lists / f"{s}.txt").read_text().split() for s in ("train", "val"))
+    assert stored_keys(tmp_path / "sal") == set(train_ids) and not report.skipped
+    assert report.selection["split_list"] == str(lists / "train.txt")
+    assert report.selection["not_in_list"] == len(val_ids) == 3
+
+
+def test_segmentation_can_be_resized_once_at_build_time(tmp_path):
+    """ReCo's Cityscapes preprocessing: every image bicubic, every mask nearest, to one size."""
+    tree = tmp_path / "voc"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tree / folder).mkdir(parents=True)
+    mask = np.zeros((40, 80), np.uint8)
+    mask[:, 40:] = 7
+    mask[:4, :] = 255
+    (tree / "JPEGImages" / "a.jpg").write_bytes(encode_jpeg(np.full((40, 80, 3), 99, np.uint8)))
+    (tree / "SegmentationClass" / "a.png").write_bytes(encode_mask_png(mask))
+    (tree / "ImageSets/Segmentation/train.txt").write_text("a\n")
+    build_shards("segmentation", tree, tmp_path / "out", resize_to=(20, 30), num_procs=1)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["build"]["resize_to"] == [20, 30]
+    (sample,) = [
+        s for url in list_shard_urls(tmp_path / "out", "train") for s in iter_shard_samples(url)
+    ]
+    assert decode_image(sample["jpg"]).shape == (20, 30, 3)
+    stored = decode_mask(sample["png"])
+    expected = np.asarray(Image.fromarray(mask).resize((30, 20), Image.Resampling.NEAREST))
+    assert np.array_equal(stored, expected) and set(np.unique(stored)) == {0, 7, 255}
+    assert json.loads(sample["json"])["resized_from"] == [40, 80]
+    with pytest.raises(DataError, match="--resize-to applies to --kind segmentation"):
+        build_shards("image", tree / "JPEGImages", tmp_path / "img", resize_to=(8, 8))

@@ -100,3 +100,36 @@ def test_synthetic_inspect_and_verify(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-1024] + b"\x01" * 1024)
     result = invoke("verify", out / "video", "--procs", 1)
     assert isinstance(result.exception, FoundProblems) and result.exception.exit_code == 1
+
+
+def test_saliency_build_in_a_voc_tree_names_its_default_list_on_stderr(voc_saliency_tree, tmp_path):
+    images, masks = voc_saliency_tree(tmp_path, ["t1", "t2"], ["v1"])
+    result = invoke("build", "--kind", "saliency", images, tmp_path / "s", "--masks", masks,
+                    "--procs", 1)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    default_lines = [line for line in result.stderr.splitlines() if "VOC default" in line]
+    assert len(default_lines) == 1 and "ImageSets/Segmentation/train.txt" in default_lines[0]
+    assert "VOC default" not in result.stdout
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["splits"]["all"]["count"] == 2 and manifest["selection"]["not_in_list"] == 1
+
+
+def test_saliency_split_list_and_exclude_options_and_a_missing_list_exit_2(
+    voc_saliency_tree, tmp_path
+):
+    images, masks = voc_saliency_tree(tmp_path, ["t1", "t2"], ["v1"])
+    (tmp_path / "keep.txt").write_text("t1\nt2\nv1\nghost\n")
+    (tmp_path / "drop.txt").write_text("t2\n")
+    result = invoke("build", "--kind", "saliency", "--images", images, "--masks", masks,
+                    "--split-list", tmp_path / "keep.txt", "--exclude", tmp_path / "drop.txt",
+                    tmp_path / "s", "--procs", 1)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "VOC default" not in result.stderr
+    assert "1 listed stems have no image/mask pair (e.g. ghost;" in result.stderr
+    selection = json.loads((tmp_path / "s" / "manifest.json").read_text())["selection"]
+    assert (selection["kept"], selection["excluded"], selection["listed_without_pair"]) == (2, 1, 1)
+    result = invoke("build", "--kind", "saliency", "--images", images, "--masks", masks,
+                    "--split-list", tmp_path / "nowhere.txt", tmp_path / "x")  # fmt: skip
+    assert isinstance(result.exception, DataError) and result.exception.exit_code == 2
+    assert "nowhere.txt does not exist" in str(result.exception)
+    assert not (tmp_path / "x").exists()
