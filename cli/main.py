@@ -20,6 +20,7 @@ from raycseg.errors import CsegError
 from . import bench, cluster, recipes, shards
 from .console import err
 from .eval import evaluate
+from .export import export
 from .pretrain import pretrain
 from .report import report
 from .splits import split
@@ -36,6 +37,7 @@ app = typer.Typer(
 app.command("pretrain")(pretrain)
 app.command("tune")(tune)
 app.command("eval")(evaluate)
+app.command("export")(export)
 app.command("report")(report)
 app.add_typer(shards.app, name="shards")
 shards.app.command("split")(split)

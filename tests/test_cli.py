@@ -6,6 +6,14 @@ import os
 import subprocess
 import sys
 
+import torch
+import torchvision
+import yaml
+
+from raycseg.config import find_recipe, load_recipe
+from raycseg.models import build_backbone
+from raycseg.train.checkpoint import save_state
+
 CSEG = [sys.executable, "-c", "from cseg.main import run; run()"]
 
 
@@ -66,3 +74,50 @@ def test_recipes_validate_and_copy(tmp_path):
     assert copied.stdout.strip() == str((tmp_path / "quickstart.yaml").resolve())
     again = cseg("recipes", "cp", "quickstart", str(tmp_path))
     assert again.returncode == 2 and "--force" in again.stderr
+
+
+def save_backbone_checkpoint(tmp_path, backbone, output_stride, width=64):
+    """A raycseg checkpoint folder holding a randomly initialised backbone and its recipe."""
+    model = {"backbone": backbone, "output_stride": output_stride, "width": width}
+    stage = {"method": "cacl", "steps": 1, "data": {"train": "video"}}
+    raw = {"name": "export", "data": {"root": str(tmp_path)}, "model": model, "stages": [stage]}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(tmp_path / "recipe.yaml", check_files=False)
+    torch.manual_seed(0)
+    weights = build_backbone(backbone, output_stride=output_stride, width=width).state_dict()
+    state = {"backbone": weights, "recipe": recipe.model_dump(mode="json"), "stage": "cacl"}
+    save_state(tmp_path / "checkpoint", state)
+    return weights
+
+
+def test_export_quiet_prints_only_the_path_of_a_torchvision_state_dict(tmp_path):
+    weights = save_backbone_checkpoint(tmp_path, "resnet18", output_stride=8)
+    result = cseg("export", str(tmp_path / "checkpoint"), "--out", str(tmp_path / "r18.pth"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path / 'r18.pth'}\n" and result.stderr == ""
+    exported = torch.load(tmp_path / "r18.pth", weights_only=True)
+    resnet = torchvision.models.resnet18()
+    loaded = resnet.load_state_dict(exported, strict=False)
+    assert loaded.missing_keys == ["fc.weight", "fc.bias"] and loaded.unexpected_keys == []
+    assert torch.equal(resnet.layer4[1].conv2.weight, weights["layer4.1.conv2.weight"])
+
+
+def test_export_of_the_tiny_backbone_is_one_line_with_exit_code_2(tmp_path):
+    save_backbone_checkpoint(tmp_path, "tiny", output_stride=4, width=16)
+    result = cseg("export", str(tmp_path / "checkpoint"), "--out", str(tmp_path / "tiny.pth"))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "tiny backbone is not a torchvision ResNet" in lines[0]
+    assert result.stdout == "" and not (tmp_path / "tiny.pth").exists()
+
+
+def test_frozen_random_layers_are_refused_by_validate_and_dry_run(tmp_path):
+    recipe = tmp_path / "frozen.yaml"
+    shipped = yaml.safe_load(find_recipe("maskcontrast/voc").read_text())
+    shipped["model"]["init_from"] = None
+    recipe.write_text(yaml.safe_dump(shipped))
+    for args in (("recipes", "validate", str(recipe)), ("pretrain", str(recipe), "--dry-run")):
+        result = cseg(*args)
+        assert result.returncode == 2, args
+        assert "model.init_from" in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr

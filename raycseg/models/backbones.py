@@ -15,16 +15,8 @@ Names (`build_backbone`):
 Module names follow torchvision's ResNet (``conv1``, ``bn1``, ``layer1`` ...),
 so a torchvision state dict loads as is.
 
-Weight files (`load_backbone_weights`) come in two formats:
-
-- a torchvision ResNet state dict (keys ``conv1.weight``, ``layer1.0.conv1.weight``
-  ...); ``fc.*`` and, for ``tiny``, ``layer3.*``/``layer4.*`` are ignored;
-- a raycseg checkpoint: a dict with ``"format": "raycseg"`` and ``"backbone"``
-  (this module's state dict) plus whatever the trainer adds (``model``,
-  ``optimizer``, ``step``, ``recipe`` ...), saved as a file or as
-  ``<dir>/state.pt``.
-
-Both are read with ``torch.load(weights_only=True)``.
+Weights (`init_from`: torchvision's ImageNet weights by name, torchvision, MoCo,
+DenseCL or raycseg files) are read in `raycseg.models.weights`.
 """
 
 from __future__ import annotations
@@ -38,14 +30,13 @@ from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
 
 from raycseg.errors import CsegError
+from raycseg.models.weights import RESNET_STAGES, WeightsReport, load_backbone_weights
 
 BACKBONE_NAMES = ("tiny", "resnet18", "resnet50", "resnet101")
 RESNET_OUTPUT_STRIDES = (8, 16, 32)
 TINY_OUTPUT_STRIDE = 4
-CHECKPOINT_FILE = "state.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
@@ -79,6 +70,7 @@ class Backbone(nn.Module):
         output_stride: input size / final feature size.
         low_level_stride: input size / layer1 feature size (4, or 2 for ``tiny``).
         width: base width (64 for the torchvision ResNets).
+        weights_reports: what each `load_backbone_weights` call loaded and ignored, in order.
     """
 
     def __init__(
@@ -100,6 +92,7 @@ class Backbone(nn.Module):
         self.output_stride = output_stride
         self.low_level_stride = 4 if use_maxpool else 2
         self.width = width
+        self.weights_reports: list[WeightsReport] = []
         self.conv1, self.bn1, self.relu = stem.conv1, stem.bn1, stem.relu
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if use_maxpool else nn.Identity()
         self.stage_names = tuple(stages)
@@ -144,8 +137,8 @@ def build_backbone(
         output_stride: 8, 16 or 32 for the ResNets (None means 16); ``tiny`` is
             always 4 (None or 4).
         width: base width of ``tiny`` (the quickstart uses 32); the ResNets are 64.
-        init_from: optional weight file or checkpoint directory, in torchvision or
-            raycseg format (see the module docstring).
+        init_from: optional weights: ``torchvision:resnet50`` (ImageNet, via the torch hub
+            cache), a weight file or a checkpoint directory (see `raycseg.models.weights`).
 
     Raises:
         CsegError: unknown name, unsupported stride/width, or unusable weights.
@@ -232,7 +225,7 @@ def _build_resnet(name: str, output_stride: int, width: int) -> Backbone:
     return Backbone(
         name=name,
         stem=net,
-        stages={stage: getattr(net, stage) for stage in _STAGES},
+        stages={stage: getattr(net, stage) for stage in RESNET_STAGES},
         use_maxpool=True,
         out_channels=out_channels,
         low_level_channels=low_channels,
@@ -250,7 +243,7 @@ def _dilate_basic_resnet(net: resnet.ResNet, dilate: list[bool]) -> None:
     equals the undilated network's (for even feature sizes, BN in eval mode).
     """
     dilation = 1
-    for stage_name, replace in zip(_STAGES[1:], dilate, strict=True):
+    for stage_name, replace in zip(RESNET_STAGES[1:], dilate, strict=True):
         if not replace:
             continue
         previous, dilation = dilation, dilation * 2
@@ -267,81 +260,3 @@ def _set_conv(conv: nn.Conv2d, *, stride: int, dilation: int) -> None:
     conv.stride = (stride, stride)
     conv.dilation = (dilation, dilation)
     conv.padding = (dilation, dilation)
-
-
-def load_backbone_weights(backbone: Backbone, path: str | Path) -> None:
-    """Load weights from a torchvision state dict or a raycseg checkpoint into `backbone`.
-
-    Args:
-        backbone: the module to fill (its architecture must match the weights).
-        path: a ``.pt``/``.pth`` file, or a checkpoint directory holding ``state.pt``.
-
-    Raises:
-        CsegError: the file is missing or unreadable, or its keys/shapes do not match.
-    """
-    path = Path(path)
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise CsegError(
-            f"no weights at {file}; point init_from at a torchvision ResNet state dict "
-            "or a raycseg checkpoint"
-        )
-    try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a bad file
-        raise CsegError(
-            f"cannot read {file} as tensor-only torch weights ({type(error).__name__}); "
-            "save a state dict with torch.save"
-        ) from error
-    state = _backbone_state(loaded, file, backbone)
-    _check_state_matches(backbone, state, file)
-    backbone.load_state_dict(state, strict=False)
-
-
-def _backbone_state(loaded: Any, file: Path, backbone: Backbone) -> dict[str, torch.Tensor]:
-    if not isinstance(loaded, dict):
-        raise CsegError(f"{file} holds a {type(loaded).__name__}, not a state dict or checkpoint")
-    if "format" in loaded:
-        if loaded["format"] != "raycseg" or not isinstance(loaded.get("backbone"), dict):
-            raise CsegError(
-                f"{file} is not a raycseg checkpoint (needs format='raycseg' and a 'backbone' "
-                "state dict); pass a raycseg checkpoint or a torchvision state dict"
-            )
-        return dict(loaded["backbone"])
-    if not all(isinstance(value, torch.Tensor) for value in loaded.values()):
-        raise CsegError(
-            f"{file} is neither a torchvision state dict nor a raycseg checkpoint; "
-            "pass one of those"
-        )
-    state = {key.removeprefix("module."): value for key, value in loaded.items()}
-    absent_stages = [stage for stage in _STAGES if stage not in backbone.stage_names]
-    ignored = ("fc.", *(f"{stage}." for stage in absent_stages))
-    return {key: value for key, value in state.items() if not key.startswith(ignored)}
-
-
-def _check_state_matches(backbone: Backbone, state: dict[str, torch.Tensor], file: Path) -> None:
-    expected = backbone.state_dict()
-    missing = [
-        key for key in expected if key not in state and not key.endswith("num_batches_tracked")
-    ]
-    unexpected = [key for key in state if key not in expected]
-    wrong_shape = [
-        key for key in state if key in expected and state[key].shape != expected[key].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong_shape:
-        key = wrong_shape[0]
-        problems.append(
-            f"{len(wrong_shape)} with other shapes (e.g. {key}: "
-            f"{tuple(state[key].shape)} vs {tuple(expected[key].shape)})"
-        )
-    if problems:
-        raise CsegError(
-            f"weights in {file} do not fit backbone {backbone.name} "
-            f"(width {backbone.width}): keys {'; '.join(problems)}; "
-            "set the backbone name/width to the one the weights were trained with"
-        )

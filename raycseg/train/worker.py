@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import torch.distributed as dist
 from ray.exceptions import RayError
 
 from .. import remote
-from ..config import OptimSection, Recipe, is_url
+from ..config import OptimSection, Recipe, is_torchvision_weights, is_url
 from ..data.synthetic import prepare_data
 from ..methods import build_method, build_stage_loader
 from ..models import load_backbone_weights
@@ -62,8 +63,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     method = build_method(stage, recipe.model)
     init_from = config.get("init_from") or stage.init_from
     if init_from:
-        with remote.local_copy(init_from) as weights:
-            load_backbone_weights(method.backbone, weights)
+        load_init_weights(method.backbone, init_from)
+    if rank == 0:
+        _log_loaded_weights(method.backbone, stage.name)
     if use_amp:
         method = method.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(
@@ -176,6 +178,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if rank == 0:
         metrics_log.close()
     return {"stage": stage.name, "step": step_offset + stage.steps, "metrics": last_metrics}
+
+
+def load_init_weights(backbone: torch.nn.Module, init_from: str) -> None:
+    """Load a stage's init_from: torchvision weights by name, else a file or folder (or URL)."""
+    if is_torchvision_weights(init_from):
+        load_backbone_weights(backbone, init_from)  # a name, read via the torch hub cache
+        return
+    with remote.local_copy(init_from) as weights:
+        load_backbone_weights(backbone, weights)
+
+
+def _log_loaded_weights(backbone: torch.nn.Module, stage_name: str) -> None:
+    """Rank 0: say on stderr (the Ray worker log; the terminal in local mode) what
+    model.init_from and the stage's init_from loaded and ignored."""
+    for report in backbone.weights_reports:
+        for line in report.lines():
+            print(f"stage {stage_name}: {line}", file=sys.stderr, flush=True)
 
 
 def build_optimizer(module: torch.nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
@@ -315,7 +334,7 @@ def _stop_non_finite(
     values = ", ".join(f"loss_{k}={float(v.detach()):.4g}" for k, v in terms.items())
     message = (
         f"stage {stage_name}: the loss became non-finite at step {step} ({values}); "
-        "lower optim.lr, keep optim.grad_clip on, or resume from the last checkpoint"
+        "lower optim.lr, set optim.grad_clip (e.g. 3.0), or resume from the last checkpoint"
     )
     return {"stage": stage_name, "step": step, "error": message}
 
