@@ -39,19 +39,23 @@ def get_world_size() -> int:
     return dist.get_world_size() if _has_process_group() else 1
 
 
-def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def _gather_rows(x: torch.Tensor, equal_shapes: bool = False) -> tuple[torch.Tensor, list[int]]:
     """All-gather ``x`` along dim 0 (sizes may differ between ranks).
 
     Returns the concatenation in rank order and the per-rank first-dim sizes.
-    Unequal sizes cost one extra tiny collective: rows are padded to the largest
-    size for the gather and the padding is cut off afterwards.
+    Sizes are exchanged first (one extra tiny collective) unless `equal_shapes`
+    promises that every rank passes the same shape: rows are padded to the
+    largest size for the gather and the padding is cut off afterwards.
     """
     world = get_world_size()
     x = x.contiguous()
-    size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    row_counts = [int(s.item()) for s in sizes]
+    if equal_shapes:
+        row_counts = [x.shape[0]] * world
+    else:
+        size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        row_counts = [int(s.item()) for s in sizes]
     longest = max(row_counts)
     if x.shape[0] < longest:
         padding = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
@@ -98,11 +102,13 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+def all_gather_no_grad(x: torch.Tensor, *, equal_shapes: bool = False) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, detached (for negatives, queues).
 
     Args:
         x: any tensor; its first dim may differ between ranks.
+        equal_shapes: promise that every rank passes the same shape, which saves
+            the size exchange (one collective instead of two; e.g. per-layer statistics).
 
     Returns:
         The rank-ordered concatenation, detached from the graph. Without a process
@@ -110,5 +116,5 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if get_world_size() == 1:
         return x.detach()
-    gathered, _ = _gather_rows(x.detach())
+    gathered, _ = _gather_rows(x.detach(), equal_shapes)
     return gathered

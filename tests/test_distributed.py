@@ -39,6 +39,7 @@ def gather_worker(rank: int, world: int) -> dict:
         "gathered": gathered.detach(),
         "no_grad": all_gather_no_grad(x),
         "no_grad_requires_grad": torch.tensor(all_gather_no_grad(x).requires_grad),
+        "equal_shapes": all_gather_no_grad(x[:2], equal_shapes=True),
         "grad": x.grad,
     }
 
@@ -52,6 +53,8 @@ def test_gather_forward_and_backward_on_two_gloo_ranks(tmp_path):
         torch.testing.assert_close(saved["gathered"], everything)  # rank order, unequal sizes
         torch.testing.assert_close(saved["no_grad"], everything)
         assert not saved["no_grad_requires_grad"].item()
+        first_two = torch.cat([rank_rows(r)[:2] for r in range(2)])  # no size exchange needed
+        torch.testing.assert_close(saved["equal_shapes"], first_two)
         rows = slice(sum(ROWS[:rank]), sum(ROWS[: rank + 1]))
         torch.testing.assert_close(
             saved["grad"], total_weights[rows]

@@ -10,6 +10,31 @@ Spec: docs/methods/cacl.md. Per step, with B videos per worker and W workers:
     cycle head c    -> [B, D, N]; the walk stays within each video pair
 
 The loss functions do no communication; this module gathers before calling them.
+The views come from `build_pair_loader` with the spec's augmentations (cacl.md §1),
+Gaussian blur included with probability ``data.blur_p`` (default 0.5; only this
+stage reads that field).
+
+BatchNorm across workers (`batch_norm`, default ``global``). Both views of every
+clip go through one backbone call, so with per-worker BatchNorm (``local``, plain
+DDP) an anchor and its positive are always normalised with the same statistics,
+while the negatives gathered from other workers were normalised with other ones:
+features can encode "same worker" and the global and pixel losses get a
+shortcut that has nothing to do with content (the leak that made SimCLR use
+global BN and MoCo shuffle-BN). ``global`` converts the backbone's and heads'
+BatchNorm layers when there is more than one worker
+(`raycseg.models.global_batchnorm`: torch's SyncBatchNorm on NCCL, our
+`GlobalBatchNorm2d` on gloo), so every view of the step is normalised with the
+statistics of all W·2B views and no group of candidates is marked out. With one
+worker (or no process group) the layers stay `nn.BatchNorm2d`: the batch is
+already global. Shuffle-BN is not offered: MoCo's shuffle works because its
+negatives come from a queue; with CACL's in-batch negatives, any split of the two
+views of a clip into different BN groups marks the positive as the one in the
+*other* group, so it would only narrow the leak, not remove it. The cost is two
+small collectives per BatchNorm layer and step (statistics forward, gradient
+sums backward; 13 layers with the tiny backbone, 56 with ResNet-50) plus some
+unfused maths on CPU: on two gloo ranks a step took 1.7× as long as with
+``local`` at the debug recipe's shapes and 1.2× at the quickstart's
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -19,9 +44,10 @@ from torch import nn
 
 from ..config import CACLStage, DataSection, ModelSection
 from ..data.pipeline import build_pair_loader
-from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank
+from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 from ..losses.cacl import CACLLoss, draw_pixel_negatives
 from ..models import DenseHead, build_backbone, normalize_images
+from ..models.global_batchnorm import convert_to_global_batchnorm
 from .common import training_urls
 
 
@@ -59,6 +85,8 @@ class CACL(nn.Module):
             "queue", nn.functional.normalize(torch.randn(self.queue_size, stage.head_dim), dim=1)
         )
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+        if stage.batch_norm == "global" and get_world_size() > 1:
+            convert_to_global_batchnorm(self)  # backbone and heads: one BN batch of W·2B views
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """One training step's loss. Returns {"loss": 0-dim tensor, "terms": {name: 0-dim tensor}}."""
@@ -130,6 +158,7 @@ def build_cacl_loader(
         color_jitter=stage.data.color_jitter,
         hue_full_range=stage.data.hue_full_range,
         grayscale_p=stage.data.grayscale_p,
+        blur_p=stage.data.blur_p,
         seed=seed,
         rank=rank,
         world_size=world_size,

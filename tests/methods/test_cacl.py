@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from gloo_ranks import run_gloo_ranks
+from pydantic import ValidationError
 
-from raycseg.config import CACLStage, ModelSection
+from raycseg.config import CACLStage, DataSection, ModelSection
+from raycseg.methods import cacl as cacl_module
 from raycseg.methods.cacl import CACL
+from raycseg.models.global_batchnorm import GlobalBatchNorm2d
 
 MODEL = ModelSection(backbone="tiny", output_stride=4, width=8)
 
@@ -83,3 +87,74 @@ def test_ddp_steps_with_the_pixel_loss_off_and_grads_agree(tmp_path):
     for name, grad in saved[0]["grads"].items():
         torch.testing.assert_close(grad, saved[1]["grads"][name], msg=name)
     assert any(float(g.abs().sum()) > 0 for g in saved[0]["grads"].values())
+
+
+def test_batch_norm_is_global_or_local_and_nothing_else():
+    assert make_stage().batch_norm == "global"
+    with pytest.raises(ValidationError, match="batch_norm"):
+        make_stage(batch_norm="shuffle")
+
+
+def test_the_cacl_loader_blurs_views_with_the_stage_blur_p(monkeypatch):
+    asked = {}
+    monkeypatch.setattr(cacl_module, "training_urls", lambda data, world: (["x"], 4))
+    monkeypatch.setattr(cacl_module, "build_pair_loader", lambda urls, **kw: asked.update(kw))
+    for stage, expected in ((make_stage(), 0.5), (make_stage(data={"train": "x", "blur_p": 0}), 0)):
+        cacl_module.build_cacl_loader(
+            stage, DataSection(), seed=0, rank=0, world_size=1, start_batch=0
+        )
+        assert asked["blur_p"] == expected
+
+
+def record_step(model: torch.nn.Module, method: CACL, batch: dict) -> dict:
+    """One step through `model` (the method or its DDP wrapper), backward included.
+
+    Returns the backbone's features of the 2B views, the loss and the parameter gradients.
+    """
+    seen = []
+    hook = method.backbone.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    loss = model(batch)["loss"]
+    loss.backward()
+    hook.remove()
+    grads = {name: p.grad.clone() for name, p in method.named_parameters()}
+    return {"features": seen[0], "loss": loss.detach(), "grads": grads}
+
+
+def build_for_bn(batch_norm: str) -> CACL:
+    torch.manual_seed(0)  # the same weights in every process
+    return CACL(make_stage(lambda_pixel=0.0, lambda_cycle=0.5, batch_norm=batch_norm), MODEL)
+
+
+def global_bn_rank(rank: int, world_size: int) -> dict:
+    """Clips 4r..4r+3 of one global batch of 8, with global and with local BatchNorm."""
+    mine = {key: views[4 * rank : 4 * rank + 4] for key, views in make_batch(8).items()}
+    saved, keys = {}, {}
+    for batch_norm in ("global", "local"):
+        method = build_for_bn(batch_norm)
+        keys[batch_norm] = list(method.state_dict())
+        model = torch.nn.parallel.DistributedDataParallel(method)  # averages the gradients
+        saved[batch_norm] = record_step(model, method, mine)
+        layers = [type(m) for m in method.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        saved[batch_norm]["global_layers"] = torch.tensor(
+            [layer is GlobalBatchNorm2d for layer in layers]
+        )
+    saved["same_state_keys"] = torch.tensor(keys["global"] == keys["local"])  # checkpoints load
+    return saved
+
+
+def test_global_batch_norm_on_two_ranks_equals_one_process_on_the_global_batch(tmp_path):
+    ranks = run_gloo_ranks(global_bn_rank, tmp_path)
+    single_method = build_for_bn("global")
+    single = record_step(single_method, single_method, make_batch(8))
+    halves = [rank["global"]["features"].chunk(2) for rank in ranks]  # (view_a, view_b) each
+    features = torch.cat([half[0] for half in halves] + [half[1] for half in halves])
+    torch.testing.assert_close(features, single["features"], rtol=1e-4, atol=1e-5)
+    mean_loss = (ranks[0]["global"]["loss"] + ranks[1]["global"]["loss"]) / 2
+    torch.testing.assert_close(mean_loss, single["loss"], rtol=1e-4, atol=1e-5)
+    for name, grad in single["grads"].items():
+        got = ranks[0]["global"]["grads"][name]
+        torch.testing.assert_close(got, grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert ranks[0]["global"]["global_layers"].all()
+    assert not ranks[0]["local"]["global_layers"].any() and ranks[0]["same_state_keys"]
+    local = ranks[0]["local"]["features"].chunk(2)[0]  # per-worker BN: other statistics
+    assert not torch.allclose(local, single["features"][:4], rtol=1e-3, atol=1e-3)
