@@ -12,7 +12,12 @@ from .console import err, out
 
 def evaluate(
     target: Path = typer.Argument(
-        ..., help="A run directory or a checkpoint (state.pt or its folder)."
+        ...,
+        help="A run directory, a checkpoint (state.pt or its folder), or plain backbone weights "
+        "(torchvision, MoCo, DenseCL) with --recipe.",
+    ),
+    recipe: str = typer.Option(
+        None, "--recipe", help="For plain weights: the recipe whose model and eval sections apply."
     ),
     data: str = typer.Option(
         None, "--data", help="Segmentation shards (default: the recipe's eval.data)."
@@ -34,8 +39,9 @@ def evaluate(
 
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     scores, path = evaluate_target(
-        target, data=data, protocols=protocol or None, baseline=baseline, on_message=say
-    )
+        target, recipe=recipe, data=data, protocols=protocol or None, baseline=baseline,
+        on_message=say,
+    )  # fmt: skip
     if quiet:
         out.print(str(path.resolve()), markup=False)
         return

@@ -74,9 +74,18 @@ class StageData(Section):
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     hue_full_range: bool = False
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(
+        0.5, ge=0.0, le=1.0, description="Gaussian blur of CACL views (cacl stages only)"
+    )
     min_mask_area: float = Field(0.01, ge=0.0, le=1.0)
     max_mask_area: float = Field(0.99, ge=0.0, le=1.0)
     samples_per_epoch: int | None = Field(None, ge=1, description="default: the manifest count")
+    val_pad_to: int | None = Field(
+        None,
+        ge=16,
+        description="ReCo validation: full-resolution images reflect-padded to at least this "
+        "side (the official 513 on VOC); default: the batch's largest image",
+    )
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> StageData:
@@ -121,7 +130,9 @@ class OptimSection(Section):
     warmup_steps: int = Field(0, ge=0)
     poly_power: float = 0.9
     min_lr: float = Field(0.0, ge=0.0)
-    grad_clip: float | None = Field(3.0, gt=0)
+    grad_clip: float | None = Field(
+        None, gt=0, description="max gradient norm (none of the papers clips)"
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -159,6 +170,11 @@ class CACLStage(StageBase):
     num_pixel_negatives: int = Field(4096, ge=0)
     queue_size: int = Field(0, ge=0)
     head_dim: int = Field(128, ge=8)
+    batch_norm: Literal["global", "local"] = Field(
+        "global",
+        description="global: BN statistics over every worker's views (no per-worker leak); "
+        "local: per worker, as plain DDP",
+    )
 
 
 class MaskContrastStage(StageBase):
@@ -228,6 +244,26 @@ class StorageSection(Section):
     log_every: int = Field(1, ge=1)
 
 
+class LinearProbeSection(Section):
+    """The linear probe: MaskContrast's linear protocol by default (maskcontrast.md §6.1).
+
+    A 1×1 conv on frozen features (all BatchNorm frozen), SGD, a step decay, the best
+    epoch on the scored split kept. A recipe may shorten it; `eval.json`'s `protocol`
+    record then lists what differs from the paper.
+    """
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    lr_decay_epochs: list[int] = Field(
+        default_factory=lambda: [25], description="lr x 0.1 for the epochs after each of these"
+    )
+    augment: bool = Field(True, description="flip, zoom 0.75-1.25 and rotation +-5 degrees")
+    select_best: bool = Field(True, description="score the best epoch on the scored split")
+
+
 class EvalSection(Section):
     """The evaluation `cseg pretrain` runs at the end (CONTRACTS.md §3)."""
 
@@ -237,10 +273,13 @@ class EvalSection(Section):
         Field(default_factory=lambda: ["linear-probe", "kmeans"])
     )
     baseline: Literal["random"] | None = None
-    image_size: int = Field(64, ge=16)
-    probe_steps: int = Field(300, ge=1)
-    probe_lr: float = Field(0.01, gt=0)
-    max_train_images: int | None = Field(None, ge=1)
+    image_size: int = Field(
+        512,
+        ge=16,
+        description="input of linear-probe, kmeans and maskcontrast-kmeans: each image resized "
+        "to this square (MaskContrast: 512); `segmentation` uses its stage's full resolution",
+    )
+    linear_probe: LinearProbeSection = Field(default_factory=LinearProbeSection)
 
 
 class TuneSection(Section):
@@ -271,6 +310,22 @@ class Recipe(Section):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"stage names must be unique; give each a `name` ({duplicated})")
+        for index, stage in enumerate(self.stages):
+            weights = stage.init_from or self.model.init_from or index > 0
+            if isinstance(stage, MaskContrastStage) and stage.freeze_early_layers and not weights:
+                raise ValueError(
+                    f"stages.{stage.name}.freeze_early_layers fixes conv1..layer2, but no weights "
+                    "are loaded into them: set model.init_from (e.g. torchvision:resnet50, the "
+                    "official ImageNet init) or set freeze_early_layers: false"
+                )
+            resnet = self.model.backbone != "tiny"
+            if isinstance(stage, RecoStage) and stage.decoder == "deeplabv2" and resnet:
+                if self.model.output_stride != 8:
+                    raise ValueError(
+                        f"stages.{stage.name}.decoder=deeplabv2 runs a ResNet at output stride 8 "
+                        f"(rates 6/12/18/24, as the spec); set model.output_stride: 8 "
+                        f"(it is {self.model.output_stride})"
+                    )
         global_workers = max(self.scaling.num_workers, 1)
         for stage in self.stages:
             if isinstance(stage, MaskContrastStage) and stage.queue_size:
@@ -513,8 +568,26 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+TORCHVISION_WEIGHTS_PREFIX = "torchvision:"
+TORCHVISION_WEIGHTS_NAMES = ("resnet18", "resnet50", "resnet101")
+
+
+def is_torchvision_weights(value: str | Path) -> bool:
+    """True for an init_from naming torchvision's ImageNet weights (``torchvision:resnet50``).
+
+    Such a value is a weights name, not a path: it is never resolved or checked as a file.
+    """
+    return isinstance(value, str) and value.startswith(TORCHVISION_WEIGHTS_PREFIX)
+
+
 def resolve_paths(recipe: Recipe) -> None:
-    """Make every local path absolute: shard paths against `data.root`, others against cwd."""
+    """Make every local path absolute: shard paths against `data.root`, others against cwd.
+
+    An init_from that names torchvision weights (``torchvision:resnet50``) stays as it is.
+
+    Raises:
+        RecipeError: such a name is unknown, or its weights are of another backbone.
+    """
     root = (
         recipe.data.root
         if is_url(recipe.data.root)
@@ -532,7 +605,7 @@ def resolve_paths(recipe: Recipe) -> None:
         return f"{root}/{value}" if is_url(root) else str(Path(root) / value)
 
     def from_cwd(value: str | None) -> str | None:
-        if value is None or is_url(value):
+        if value is None or is_url(value) or is_torchvision_weights(value):
             return value
         return str(Path(value).expanduser().resolve())
 
@@ -545,6 +618,30 @@ def resolve_paths(recipe: Recipe) -> None:
         recipe.eval.data = under_root(recipe.eval.data)
     recipe.model.init_from = from_cwd(recipe.model.init_from)
     recipe.storage.path = from_cwd(recipe.storage.path)
+    _check_torchvision_weights(recipe)
+
+
+def _check_torchvision_weights(recipe: Recipe) -> None:
+    """Every ``torchvision:`` init_from names known weights of the recipe's backbone."""
+    model = recipe.model
+    values = {f"stages.{stage.name}.init_from": stage.init_from for stage in recipe.stages}
+    values["model.init_from"] = model.init_from
+    names = ", ".join(TORCHVISION_WEIGHTS_PREFIX + name for name in TORCHVISION_WEIGHTS_NAMES)
+    problems = []
+    for key, value in values.items():
+        if value is None or not is_torchvision_weights(value):
+            continue
+        name = value.removeprefix(TORCHVISION_WEIGHTS_PREFIX)
+        tiny_fits = model.backbone == "tiny" and model.width == 64 and name == "resnet18"
+        if name not in TORCHVISION_WEIGHTS_NAMES:
+            problems.append(f"{key}: unknown weights {value}; use one of {names}")
+        elif name != model.backbone and not tiny_fits:
+            problems.append(
+                f"{key}: {value} holds {name} weights but model.backbone is {model.backbone}; "
+                f"set model.backbone: {name}"
+            )
+    if problems:
+        raise RecipeError("; ".join(problems))
 
 
 def synthetic_dir(recipe: Recipe) -> str | None:
@@ -560,19 +657,22 @@ def missing_inputs(recipe: Recipe) -> list[str]:
     problems = []
 
     def check(key: str, value: str | None, fix: str) -> None:
-        if value is None or is_url(value) or (generated and value.startswith(generated)):
+        if value is None or is_url(value) or is_torchvision_weights(value):
+            return
+        if generated and value.startswith(generated):
             return
         if not Path(value).exists():
             problems.append(f"{key}: {value} does not exist; {fix}")
 
     shards_fix = "build shards with `cseg shards build` (or `cseg shards synthetic`)"
+    weights_fix = "give an existing checkpoint file, or torchvision weights (torchvision:resnet50)"
     for stage in recipe.stages:
         for field in ("train", "val", "unlabelled"):
             check(f"stages.{stage.name}.data.{field}", getattr(stage.data, field), shards_fix)
-        check(f"stages.{stage.name}.init_from", stage.init_from, "give an existing checkpoint file")
+        check(f"stages.{stage.name}.init_from", stage.init_from, weights_fix)
     if recipe.eval is not None:
         check("eval.data", recipe.eval.data, shards_fix)
-    check("model.init_from", recipe.model.init_from, "give an existing checkpoint file")
+    check("model.init_from", recipe.model.init_from, weights_fix)
     return problems
 
 

@@ -164,3 +164,35 @@ def test_a_bad_cluster_overlay_names_the_fix(tmp_path):
         RecipeError, match=r"cluster overlay .*typo.yaml: scaling.use_gpus: unknown"
     ):
         load_recipe("quickstart", cluster=overlay, check_files=False)
+
+
+def test_freezing_early_layers_without_weights_to_freeze_names_init_from(tmp_path):
+    stage = {"method": "maskcontrast", "steps": 5, "queue_size": 0, "freeze_early_layers": True,
+             "data": {"train": "sal"}}  # fmt: skip
+    path = write_recipe(tmp_path, stages=[stage])
+    with pytest.raises(RecipeError, match="freeze_early_layers .* set model.init_from"):
+        load_recipe(path, check_files=False)
+    for weights in ("model.init_from=torchvision:resnet50", "stages.maskcontrast.init_from=/w.pt"):
+        load_recipe(path, [weights, "model.backbone=resnet50"], check_files=False)
+    # after another stage, the previous stage's checkpoint fills the frozen layers
+    first = {"method": "cacl", "steps": 5, "data": {"train": "video"}}
+    load_recipe(write_recipe(tmp_path, stages=[first, stage]), check_files=False)
+
+
+def test_deeplabv2_on_a_resnet_runs_at_output_stride_8(tmp_path):
+    path = write_recipe(tmp_path)
+    overrides = ["model.backbone=resnet101", "stages.reco.decoder=deeplabv2"]
+    with pytest.raises(RecipeError, match="deeplabv2 .* set model.output_stride: 8"):
+        load_recipe(path, overrides, check_files=False)
+    load_recipe(path, [*overrides, "model.output_stride=8"], check_files=False)
+
+
+def test_gradient_clipping_is_off_unless_a_recipe_sets_it(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path), check_files=False)
+    assert recipe.optim.grad_clip is None
+    assert (
+        load_recipe(
+            write_recipe(tmp_path), ["optim.grad_clip=3"], check_files=False
+        ).optim.grad_clip
+        == 3
+    )

@@ -20,9 +20,11 @@ at batch k without decoding the skipped samples.
   own; mode="image": two augmentations of one image (image, segmentation
   or saliency shards).
 * `build_saliency_view_loader`: MaskContrast query/key views with masks.
-* `build_segmentation_loader`: images and labels (255 = ignore); training
-  augments jointly, evaluation only resizes to `crop_size` x `crop_size`
-  (bilinear image, nearest label, aspect ratio not kept).
+* `build_segmentation_loader`: images and labels (255 = ignore), augmented
+  jointly for training (ReCo's streams, or the linear probe's augmentation).
+* `build_segmentation_eval_loader`: each sample once, with its *original*
+  label and the input its protocol names (`resize` to S x S, or `pad`: the
+  image at its own size, reflect-padded); see `raycseg.eval.scoring`.
 """
 
 from __future__ import annotations
@@ -36,24 +38,30 @@ from torch.utils.data import DataLoader
 from raycseg.errors import DataError
 
 from .images import decode_image, decode_mask
+from .labels import IGNORE_INDEX
 from .samples import VIDEO_MEMBERS
 from .storage import count_samples, iter_shard_samples, read_manifest
-from .streams import ShardStream, StreamSpec
+from .streams import ShardStream, StreamSpec, collate
 from .transforms import (
     ColorJitter,
     MaskContrastViews,
     PairViewTransform,
     SegmentationTrainTransform,
-    resize_for_eval,
+    reflect_pad_bottom_right,
+    resize_image,
 )
 from .video import decode_frames, open_video, sample_pair_indices
 
 __all__ = [
+    "INPUT_POLICIES",
     "build_pair_loader",
     "build_saliency_view_loader",
+    "build_segmentation_eval_loader",
     "build_segmentation_loader",
     "count_samples",
 ]
+
+INPUT_POLICIES = ("resize", "pad")
 
 
 def image_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -123,26 +131,86 @@ class SaliencyViewDecoder:
 
 
 class SegmentationDecoder:
-    """Image + label, augmented jointly (training) or resized (evaluation)."""
+    """Image + label, augmented jointly for training."""
 
-    def __init__(self, train_transform: SegmentationTrainTransform | None, eval_size: int):
-        self.train_transform, self.eval_size = train_transform, eval_size
+    def __init__(self, transform):
+        self.transform = transform
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        image = image_tensor(decode_image(sample["jpg"]))
-        label = torch.from_numpy(decode_mask(sample["png"]))
-        if label.shape != image.shape[-2:]:
-            raise ValueError("mask and image sizes differ")
-        if self.train_transform is not None:
-            image, label = self.train_transform(image, label, rng)
-        else:
-            image, label = resize_for_eval(image, label, self.eval_size)
+        image, label = decode_image_and_label(sample)
+        image, label = self.transform(image, label, rng)
         return {"image": image, "label": label.long(), "key": sample["__key__"]}
 
 
-def _loader(spec: StreamSpec, decode, num_workers: int) -> DataLoader:
+def decode_image_and_label(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 image [3, H, W] and uint8 label [H, W] of a segmentation sample."""
+    image = image_tensor(decode_image(sample["jpg"]))
+    label = torch.from_numpy(decode_mask(sample["png"]))
+    if label.shape != image.shape[-2:]:
+        raise ValueError("mask and image sizes differ")
+    return image, label
+
+
+class SegmentationEvalDecoder:
+    """The protocol's input and the original label of a segmentation sample."""
+
+    def __init__(self, input_policy: str, input_size: int | None):
+        if input_policy not in INPUT_POLICIES:
+            raise DataError(f"unknown input policy {input_policy!r}; use resize or pad")
+        if input_policy == "resize" and not input_size:
+            raise DataError("the resize input policy needs an input size")
+        self.input_policy, self.input_size = input_policy, input_size
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        image, label = decode_image_and_label(sample)
+        if self.input_policy == "resize":
+            image = resize_image(image, self.input_size)
+        return {"image": image, "label": label.long(), "key": sample["__key__"]}
+
+
+class EvalCollate:
+    """Batch evaluation samples whose labels (and, with `pad`, images) differ in size.
+
+    Labels are padded with 255 at the bottom/right to the largest of the batch;
+    `label_size` keeps each one's own (H, W). With the `pad` policy the images are
+    reflect-padded at the bottom/right to the largest of the batch, and at least to
+    `pad_to` on each side, and `input_region` is each image's own (H, W); with
+    `resize` it is the whole input (raycseg.eval.scoring).
+    """
+
+    def __init__(self, input_policy: str, pad_to: int | None = None):
+        self.input_policy, self.pad_to = input_policy, pad_to
+
+    def __call__(self, items: list[dict], corrupt: int = 0, refused: int = 0) -> dict:
+        sizes = torch.tensor([list(item["label"].shape) for item in items])
+        height, width = sizes.max(dim=0).values.tolist()
+        labels = [
+            torch.nn.functional.pad(
+                item["label"], (0, width - item["label"].shape[1], 0, height - item["label"].shape[0]),
+                value=IGNORE_INDEX,
+            )
+            for item in items
+        ]  # fmt: skip
+        if self.input_policy == "pad":
+            target = (max(height, self.pad_to or 0), max(width, self.pad_to or 0))
+            images = [reflect_pad_bottom_right(item["image"], target) for item in items]
+            regions = sizes
+        else:
+            images = [item["image"] for item in items]
+            regions = torch.tensor(list(images[0].shape[-2:])).repeat(len(items), 1)
+        batch = collate([{"key": item["key"]} for item in items], corrupt, refused)
+        return {
+            **batch,
+            "image": torch.stack(images),
+            "label": torch.stack(labels),
+            "label_size": sizes,
+            "input_region": regions,
+        }
+
+
+def _loader(spec: StreamSpec, decode, num_workers: int, collate_fn=None) -> DataLoader:
     return DataLoader(
-        ShardStream(spec, decode),
+        ShardStream(spec, decode, collate_fn),
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,
@@ -160,6 +228,7 @@ def build_pair_loader(
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
     hue_full_range: bool = False,
     grayscale_p: float = 0.2,
+    blur_p: float = 0.5,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
@@ -185,6 +254,8 @@ def build_pair_loader(
         color_jitter: Brightness, contrast, saturation, hue strengths (p = 0.8).
         hue_full_range: Rotate hue by any amount instead of +-hue.
         grayscale_p: Probability of converting a view to grayscale.
+        blur_p: Probability of a Gaussian blur of a view (sigma 0.1-2 px, kernel
+            about 10 % of the view; 0: none, the views of a loader without blur).
         seed: Stream seed (with rank, world_size and num_workers).
         rank: This worker's rank.
         world_size: Number of ranks.
@@ -196,7 +267,12 @@ def build_pair_loader(
     if mode not in ("video", "image"):
         raise DataError(f"unknown pair mode {mode!r}; choose video or image")
     transform = PairViewTransform(
-        image_size, crop_scale, color_jitter, hue_full_range=hue_full_range, grayscale_p=grayscale_p
+        image_size,
+        crop_scale,
+        color_jitter,
+        hue_full_range=hue_full_range,
+        grayscale_p=grayscale_p,
+        blur_p=blur_p,
     )
     decode = (
         VideoPairDecoder(transform, frame_gap_s) if mode == "video" else ImagePairDecoder(transform)
@@ -249,9 +325,9 @@ def build_segmentation_loader(
     batch_size: int,
     crop_size: int,
     scale_range: tuple[float, float] = (0.5, 1.5),
-    train: bool,
     photometric: bool = True,
     crop_only: bool = False,
+    transform=None,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
@@ -260,48 +336,82 @@ def build_segmentation_loader(
     start_batch: int = 0,
     shuffle_buffer: int = 64,
 ) -> DataLoader:
-    """Loader of images and labels from segmentation shards.
+    """Endless, shuffled loader of augmented images and labels from segmentation shards.
 
     Batches: {"image": uint8 [B, 3, C, C], "label": long [B, C, C] (255 =
     ignore), "key": list[str], "skipped_corrupt": int, "skipped_refused": int}.
 
     Args:
         urls: Segmentation shard paths.
-        batch_size: Images per batch (evaluation keeps a short last batch).
-        crop_size: Side of the training crop / evaluation resize.
-        scale_range: Random scale range for training.
-        train: Endless, augmented and shuffled (True), or one pass with a
-            deterministic resize to crop_size x crop_size (False).
+        batch_size: Images per batch.
+        crop_size: Side of the training crop.
+        scale_range: Random scale range.
         photometric: Colour-jitter training images in the loader (False when the
             method does it on its device, as ReCo does).
-        crop_only: Training augmentation is a random crop alone: no rescale,
-            colour jitter or flip (ReCo's unlabelled stream, which the teacher
-            sees raw and the method augments after pseudo-labelling).
+        crop_only: The augmentation is a random crop alone: no rescale, colour
+            jitter or flip (ReCo's unlabelled stream, which the teacher sees raw
+            and the method augments after pseudo-labelling).
+        transform: Another joint augmentation, called as transform(image, label,
+            rng) (the linear probe's); it replaces the three options above.
         seed: Stream seed.
         rank: This worker's rank.
         world_size: Number of ranks.
         num_workers: DataLoader worker processes.
-        samples_per_rank: Training samples per rank per epoch; default: the
-            number of samples in `urls` (counted from the shards) divided by
-            world_size, rounded down, at least 1.
+        samples_per_rank: Samples per rank per epoch; default: the number of
+            samples in `urls` (counted from the shards) divided by world_size,
+            rounded down, at least 1.
         start_batch: Resume at this batch.
-        shuffle_buffer: Raw samples held for shuffling (training only).
+        shuffle_buffer: Raw samples held for shuffling.
     """
-    if train and samples_per_rank is None:
+    if samples_per_rank is None:
         samples_per_rank = max(1, _count_in_shards(urls) // world_size)
+    if transform is None:
+        transform = _segmentation_transform(crop_size, scale_range, photometric, crop_only)
+    spec = StreamSpec(tuple(urls), batch_size, True, seed, rank, world_size, samples_per_rank,
+                      start_batch, shuffle_buffer)  # fmt: skip
+    return _loader(spec, SegmentationDecoder(transform), num_workers)
+
+
+def _segmentation_transform(
+    crop_size: int, scale_range: tuple[float, float], photometric: bool, crop_only: bool
+) -> SegmentationTrainTransform:
     no_jitter = ColorJitter(p=0.0)
-    if not train:
-        transform = None
-    elif crop_only:
-        transform = SegmentationTrainTransform(
-            crop_size, (1.0, 1.0), color_jitter=no_jitter, flip_p=0.0
-        )
-    else:
-        jitter = None if photometric else no_jitter
-        transform = SegmentationTrainTransform(crop_size, scale_range, color_jitter=jitter)
-    spec = StreamSpec(tuple(urls), batch_size, train, seed, rank, world_size, samples_per_rank,
-                      start_batch, shuffle_buffer if train else 0)  # fmt: skip
-    return _loader(spec, SegmentationDecoder(transform, crop_size), num_workers)
+    if crop_only:
+        return SegmentationTrainTransform(crop_size, (1.0, 1.0), color_jitter=no_jitter, flip_p=0.0)
+    jitter = None if photometric else no_jitter
+    return SegmentationTrainTransform(crop_size, scale_range, color_jitter=jitter)
+
+
+def build_segmentation_eval_loader(
+    urls: list[str],
+    *,
+    input_policy: str,
+    input_size: int | None,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+) -> DataLoader:
+    """One pass over segmentation shards for scoring, each sample exactly once.
+
+    Batches: {"image": uint8 [B, 3, h, w], "label": long [B, H, W] (the original
+    masks, 255-padded), "label_size": long [B, 2], "input_region": long [B, 2],
+    "key", "skipped_corrupt", "skipped_refused"} (see `raycseg.eval.scoring`).
+
+    Args:
+        urls: Segmentation shard paths.
+        input_policy: ``resize`` (every image resized to input_size x input_size,
+            bicubic) or ``pad`` (every image at its own size, reflect-padded at the
+            bottom/right to the batch's largest, and to at least input_size).
+        input_size: S (``resize``), or the least padded side (``pad``; None: none).
+        batch_size: Images per batch (the last one may be short).
+        rank: This worker's rank.
+        world_size: Number of ranks.
+        num_workers: DataLoader worker processes.
+    """
+    decode = SegmentationEvalDecoder(input_policy, input_size)
+    spec = StreamSpec(tuple(urls), batch_size, False, 0, rank, world_size, None, 0, 0)
+    return _loader(spec, decode, num_workers, EvalCollate(input_policy, input_size))
 
 
 def _count_in_shards(urls: list[str]) -> int:

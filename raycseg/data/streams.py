@@ -61,6 +61,7 @@ from .storage import iter_shard_samples
 
 Part = tuple[str, int, int]  # (url, part index j, parts per shard k)
 DecodeFn = Callable[[dict, np.random.Generator], "dict | None"]
+CollateFn = Callable[[list[dict], int, int], dict]  # (items, corrupt, refused) -> batch
 MAX_CONSECUTIVE_FAILURES = 1000
 _CORRUPT = "__corrupt__"
 
@@ -143,7 +144,7 @@ def _passes(
 class ShardStream(IterableDataset):
     """An IterableDataset of ready batches (dicts) over shards; see the module docstring."""
 
-    def __init__(self, spec: StreamSpec, decode: DecodeFn):
+    def __init__(self, spec: StreamSpec, decode: DecodeFn, collate_fn: CollateFn | None = None):
         super().__init__()
         if not spec.urls:
             raise DataError(
@@ -154,6 +155,7 @@ class ShardStream(IterableDataset):
         if spec.train and (spec.samples_per_rank or 0) < 1:
             raise DataError("training streams need samples_per_rank >= 1")
         self.spec, self.decode = spec, decode
+        self.collate_fn = collate if collate_fn is None else collate_fn
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -171,7 +173,9 @@ class ShardStream(IterableDataset):
             (sample, self._sample_rng(role, workers, epoch, index))
             for sample, epoch, index in self.iter_raw(role, workers)
         )
-        yield from _batches(raw, self.decode, self.spec.batch_size, drop_last=self.spec.train)
+        yield from _batches(
+            raw, self.decode, self.collate_fn, self.spec.batch_size, drop_last=self.spec.train
+        )
 
     def iter_raw(self, worker: int, workers: int) -> Iterator[tuple[dict, int, int]]:
         """Undecoded samples of one loader worker as (sample, epoch, index in epoch).
@@ -226,6 +230,7 @@ class ShardStream(IterableDataset):
 def _batches(
     raw: Iterator[tuple[dict, np.random.Generator]],
     decode: DecodeFn,
+    collate_fn: CollateFn,
     batch_size: int,
     *,
     drop_last: bool,
@@ -254,10 +259,10 @@ def _batches(
         failures_in_a_row = 0
         items.append(decoded)
         if len(items) == batch_size:
-            yield collate(items, corrupt, refused)
+            yield collate_fn(items, corrupt, refused)
             items, corrupt, refused = [], 0, 0
     if items and not drop_last:
-        yield collate(items, corrupt, refused)
+        yield collate_fn(items, corrupt, refused)
 
 
 def collate(items: list[dict], corrupt: int = 0, refused: int = 0) -> dict:

@@ -8,11 +8,13 @@ normalisation happens later, on the device.
 * `PairViewTransform`: one view of a frame or image for CACL pairs:
   RandomResizedCrop (area `crop_scale`, aspect 3/4..4/3), horizontal flip,
   colour jitter with probability (optionally full-range hue rotation),
-  random grayscale.
+  random grayscale, Gaussian blur with probability (`RandomGaussianBlur`).
 * `SegmentationTrainTransform`: random scale (bilinear image, nearest
   label), padding to the crop (image reflected, label 255), random crop, flip,
-  colour jitter on the image only. `resize_for_eval` is the deterministic
-  evaluation resize.
+  colour jitter on the image only.
+* `ProbeTrainTransform`: the linear probe's training augmentation (flip,
+  rotation and zoom, fixed resize). `resize_image` and `reflect_pad_bottom_right`
+  make the evaluation inputs (labels are never resized for scoring).
 * `MaskContrastViews`: two views of an image and its saliency mask whose
   salient area lies strictly between `min_mask_area` and `max_mask_area`;
   a crop is re-drawn up to `tries` times, then the image is refused
@@ -153,8 +155,59 @@ def random_grayscale(image: torch.Tensor, p: float, rng: np.random.Generator) ->
     return image
 
 
+def blur_kernel_size(side: int) -> int:
+    """The odd Gaussian kernel size for a view side: about 10 % of it (224 -> 23, 64 -> 7)."""
+    size = int(0.1 * side)
+    return size if size % 2 else size + 1
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
+    """Blur a uint8 [3, H, W] image with a Gaussian of `sigma` px, `kernel_size` (odd) wide.
+
+    Separable (one row pass, one column pass, reflect padding), so it costs 2k rather
+    than k² multiply-adds per pixel; the result is rounded back to uint8.
+    """
+    radius = kernel_size // 2
+    if radius == 0:
+        return image
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    weights = torch.exp(-(offsets**2) / (2.0 * sigma**2))
+    weights = weights / weights.sum()
+    channels = image.shape[0]
+    padded = torch.nn.functional.pad(
+        image[None].float(), (radius, radius, radius, radius), mode="reflect"
+    )
+    rows = weights.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    blurred = torch.nn.functional.conv2d(padded, rows, groups=channels)
+    blurred = torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
+    return blurred[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class RandomGaussianBlur:
+    """Gaussian blur with probability `p`, sigma uniform in `sigma` (pixels), as MoCo-v2.
+
+    The kernel is `blur_kernel_size` of the view's shorter side. With p = 0 no
+    random number is drawn, so the rest of the view's stream is unchanged.
+    """
+
+    p: float = 0.5
+    sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Blur a uint8 [3, H, W] image, or return it as is."""
+        if self.p <= 0 or rng.random() >= self.p:
+            return image
+        sigma = float(rng.uniform(*self.sigma))
+        return gaussian_blur(image, sigma, blur_kernel_size(min(image.shape[-2:])))
+
+
 class PairViewTransform:
-    """One augmented view of a frame or image (see the module docstring)."""
+    """One augmented view of a frame or image (see the module docstring).
+
+    `blur_p` is the probability of the Gaussian blur (cacl.md §1: 0.5); 0 gives
+    exactly the views of the transform without blur (same random stream).
+    """
 
     def __init__(
         self,
@@ -165,11 +218,13 @@ class PairViewTransform:
         grayscale_p: float = 0.2,
         jitter_p: float = 0.8,
         flip_p: float = 0.5,
+        blur_p: float = 0.5,
     ):
         self.size = _pair(image_size)
         self.crop_scale = tuple(crop_scale)
         self.jitter = ColorJitter(*color_jitter, p=jitter_p, hue_full_range=hue_full_range)
         self.grayscale_p, self.flip_p = grayscale_p, flip_p
+        self.blur = RandomGaussianBlur(p=blur_p)
 
     def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Augment a uint8 [3, H, W] image into a uint8 [3, *image_size] view."""
@@ -178,7 +233,8 @@ class PairViewTransform:
         if rng.random() < self.flip_p:
             view = TF.horizontal_flip(view)
         view = self.jitter(view, rng)
-        return random_grayscale(view, self.grayscale_p, rng)
+        view = random_grayscale(view, self.grayscale_p, rng)
+        return self.blur(view, rng)
 
 
 class SegmentationTrainTransform:
@@ -219,17 +275,71 @@ class SegmentationTrainTransform:
         return self.jitter(image, rng), label
 
 
-def resize_for_eval(
-    image: torch.Tensor, label: torch.Tensor, size: int | tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize image (bilinear, antialiased) and label (nearest) to exactly `size`.
+def resize_image(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize a uint8 [3, H, W] image to exactly `size` (bicubic, as the MaskContrast
+    evaluation's fixed resize; the aspect ratio is not kept)."""
+    return TF.resize(
+        image, list(_pair(size)), interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
 
-    The aspect ratio is not kept, so every pixel of the image is scored and
-    all images of a batch share one size.
+
+def reflect_pad_bottom_right(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Reflect-pad a uint8 [C, H, W] image at its bottom and right to `size` (>= H, W).
+
+    Pixels keep their coordinates, so a prediction cropped to (H, W) lines up with
+    the original mask (ReCo's evaluation pads to 513 x 513 this way).
     """
-    size = list(_pair(size))
-    resized = TF.resize(label[None], size, interpolation=InterpolationMode.NEAREST_EXACT)[0]
-    return TF.resize(image, size, antialias=True), resized
+    pad_h, pad_w = size[0] - image.shape[-2], size[1] - image.shape[-1]
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"cannot pad {tuple(image.shape[-2:])} down to {tuple(size)}")
+    if not (pad_h or pad_w):
+        return image
+    padding = ((0, 0), (0, pad_h), (0, pad_w))  # numpy's reflect also covers wide pads
+    return torch.from_numpy(np.pad(image.numpy(), padding, mode="reflect"))
+
+
+class ProbeTrainTransform:
+    """The linear probe's training augmentation (MaskContrast's linear protocol).
+
+    Horizontal flip (p 0.5), then one rotation by U(-rotation, rotation) degrees and
+    zoom by U(scale_range) about the image centre (bilinear image, nearest label;
+    pixels that come from outside the image are black with label 255), then a fixed
+    resize of both to `size` (bicubic image, nearest label). `augment=False` keeps
+    only the fixed resize. The official code rotates the image bicubically and
+    labels the outside pixels 0 (background); torchvision rotates tensors
+    bilinearly, and an outside pixel has no class.
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        *,
+        augment: bool = True,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        rotation: float = 5.0,
+        flip_p: float = 0.5,
+    ):
+        self.size = _pair(size)
+        self.augment, self.scale_range = augment, tuple(scale_range)
+        self.rotation, self.flip_p = rotation, flip_p
+
+    def __call__(
+        self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image [3, H, W] and label [H, W] -> both at `size`."""
+        if self.augment:
+            if rng.random() < self.flip_p:
+                image, label = TF.horizontal_flip(image), TF.horizontal_flip(label)
+            angle = float(rng.uniform(-self.rotation, self.rotation))
+            scale = float(rng.uniform(*self.scale_range))
+            geometry = {"angle": angle, "translate": [0, 0], "scale": scale, "shear": [0.0]}
+            image = TF.affine(image, **geometry, interpolation=InterpolationMode.BILINEAR, fill=0)
+            label = TF.affine(
+                label[None], **geometry, interpolation=InterpolationMode.NEAREST,
+                fill=IGNORE_INDEX,
+            )[0]  # fmt: skip
+        label = TF.resize(label[None], list(self.size), InterpolationMode.NEAREST)[0]
+        return resize_image(image, self.size), label
 
 
 class MaskContrastViews:

@@ -1,44 +1,112 @@
-"""Labelled evaluation batches from segmentation shards (deterministic, exactly once)."""
+"""The labelled data an evaluation reads: scoring batches, probe training epochs, the record.
+
+Scoring batches keep each mask at its own resolution (`raycseg.eval.scoring`);
+the model sees the input its protocol names. The linear probe trains on
+augmented copies of the `train` split, one shuffled pass per epoch.
+"""
 
 from __future__ import annotations
 
-from ..data.pipeline import build_segmentation_loader
-from ..data.shards import list_shard_urls, read_manifest
-from ..errors import CsegError
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import islice
+
+from ..data.pipeline import build_segmentation_eval_loader, build_segmentation_loader
+from ..data.shards import count_samples, list_shard_urls, read_manifest
+from ..data.transforms import ProbeTrainTransform
+from ..errors import CsegError, DataError
+
+EVAL_BATCH_SIZE = 16
 
 
-def segmentation_batches(
-    root: str, split: str, *, image_size: int, batch_size: int = 32, limit: int | None = None
+def require_split(root: str, split: str, *, key: str = "--data") -> str:
+    """`split` when the shard set has it, else a DataError naming the splits it has and the fix.
+
+    Nothing falls back to another split: scoring training data as validation would
+    report a number that means something else.
+    """
+    splits = sorted(read_manifest(root).get("splits", {}))
+    if split not in splits:
+        raise DataError(
+            f"{root} has no {split!r} split (it has {', '.join(splits) or 'none'}); point {key} "
+            f"at segmentation shards with a {split} split (`cseg shards build` makes one from the "
+            "dataset's split lists, `cseg shards split` from a labelled set)"
+        )
+    return split
+
+
+def evaluation_batches(
+    root: str,
+    split: str,
+    *,
+    input_policy: str,
+    input_size: int | None,
+    batch_size: int = EVAL_BATCH_SIZE,
+    num_workers: int = 0,
 ):
-    """Deterministic, exactly-once batches of one split of a segmentation shard set."""
-    urls = list_shard_urls(root, split)
+    """Each image of one split once, original masks, the protocol's input (re-iterable)."""
+    return build_segmentation_eval_loader(
+        list_shard_urls(root, require_split(root, split)),
+        input_policy=input_policy,
+        input_size=input_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+
+
+@dataclass
+class ProbeEpochs:
+    """The linear probe's training data: `batches(epoch)` gives one shuffled, augmented pass."""
+
+    batches: Callable[[int], Iterable[dict]]
+    steps_per_epoch: int
+    images: int
+
+
+def probe_training_epochs(
+    root: str,
+    *,
+    image_size: int,
+    batch_size: int,
+    augment: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> ProbeEpochs:
+    """Epochs of the `train` split for the linear probe (MaskContrast's augmentation).
+
+    One endless stream, reshuffled and re-augmented every pass; each epoch takes
+    ⌊images / batch_size⌋ full batches of it (as a loader with drop_last).
+    """
+    split = require_split(root, "train")
+    images = count_samples(root, split)
+    if images < batch_size:
+        raise DataError(
+            f"the linear probe's batch of {batch_size} is larger than the {images} training "
+            f"images of {root}; lower eval.linear_probe.batch_size"
+        )
     loader = build_segmentation_loader(
-        urls,
+        list_shard_urls(root, split),
         batch_size=batch_size,
         crop_size=image_size,
-        scale_range=(1.0, 1.0),
-        train=False,
-        seed=0,
-        rank=0,
-        world_size=1,
-        num_workers=0,
+        transform=ProbeTrainTransform(image_size, augment=augment),
+        seed=seed,
+        num_workers=num_workers,
+        samples_per_rank=images,
     )
-    return _Limited(loader, limit) if limit else loader
+    stream = iter(loader)
+    steps = images // batch_size
+    return ProbeEpochs(lambda _epoch: islice(stream, steps), steps, images)
 
 
-class _Limited:
-    """Re-iterable: at most `limit` images of a loader (whole batches)."""
-
-    def __init__(self, loader, limit: int):
-        self.loader, self.limit = loader, limit
-
-    def __iter__(self):
-        seen = 0
-        for batch in self.loader:
-            if seen >= self.limit:
-                return
-            seen += batch["image"].shape[0]
-            yield batch
+def data_record(root: str, split: str) -> dict:
+    """eval.json's top-level `data`: the shards, split, number of images and class names."""
+    manifest = read_manifest(root)
+    return {
+        "shards": str(root),
+        "split": split,
+        "images": count_samples(root, split),
+        "classes": list(manifest.get("classes") or []),
+    }
 
 
 def num_classes_of(root: str) -> int:

@@ -1,10 +1,11 @@
 """Clustering evaluations: pixel k-means (CONTRACTS.md §3) and MaskContrast's
 prototype k-means (../shared/docs/methods/maskcontrast.md §6.2).
 
-Both are unsupervised: the labels never influence the clusters. Clusters are
-matched one-to-one to classes with the Hungarian algorithm on the whole split,
-then scored as in `raycseg.eval.metrics`. k-means and PCA whitening run in
-torch on the data's device (the GPU when the evaluation runs there).
+Both are unsupervised: the labels never influence the clusters. Cluster ids are
+brought to each mask's own resolution (nearest: `raycseg.eval.scoring`), matched
+one-to-one to classes with the Hungarian algorithm on the whole split, then
+scored as in `raycseg.eval.metrics`. k-means and PCA whitening run in torch on
+the data's device (the GPU when the evaluation runs there).
 """
 
 from __future__ import annotations
@@ -18,13 +19,9 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from raycseg.eval.features import Batch, frozen, iter_features, resize_labels_nearest
-from raycseg.eval.metrics import (
-    ProtocolSkipped,
-    confusion_matrix,
-    iou_matrix,
-    miou_from_confusion,
-)
+from raycseg.eval.features import Batch, frozen, iter_features
+from raycseg.eval.metrics import ProtocolSkipped, iou_matrix
+from raycseg.eval.scoring import SplitScore, predictions_on_labels
 from raycseg.models.backbones import normalize_images
 
 KMEANS_SEED = 0
@@ -145,12 +142,6 @@ def hungarian_match(scores: torch.Tensor | np.ndarray) -> torch.Tensor:
     return mapping
 
 
-def remap_confusion(confusion: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
-    """Confusion matrix after renaming each cluster column p to class ``mapping[p]``."""
-    remapped = torch.zeros_like(confusion)
-    return remapped.index_add_(1, mapping.to(confusion.device), confusion)
-
-
 def run_kmeans_protocol(
     backbone: nn.Module,
     val_batches: Iterable[Batch],
@@ -160,39 +151,41 @@ def run_kmeans_protocol(
     seed: int = KMEANS_SEED,
     restarts: int = KMEANS_RESTARTS,
     iters: int = KMEANS_ITERS,
-    feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
-    """Pixel k-means on frozen features, pinned by CONTRACTS.md §3.
+    """Pixel k-means on frozen features, pinned by CONTRACTS.md §3 (the project's own protocol).
 
-    Features are L2-normalised per pixel (not mean-centred) at the feature grid;
-    labels are nearest-resized to it. K = num_classes; k-means++ with `restarts`
-    restarts, seed `seed` and at most `iters` rounds on every pixel; Hungarian
-    matching on the split's confusion matrix (pixel counts).
+    Features are L2-normalised per pixel (not mean-centred) and clustered at the
+    feature grid: K = num_classes; k-means++ with `restarts` restarts, seed `seed`
+    and at most `iters` rounds on every pixel. Cluster ids are nearest-resized to
+    each mask's own size; Hungarian matching on the split's confusion matrix
+    (pixel counts at that size).
 
     Returns:
-        ``{"miou", "per_class_iou", "seed"}``.
+        ``{"miou", "per_class_iou", "pixels_scored", "seed"}``.
 
     Raises:
         ProtocolSkipped: fewer pixels than classes.
     """
     device = torch.device(device)
-    extract = backbone if feature_fn is None else feature_fn
-    pixels, pixel_labels = [], []
+    pixels, grids = [], []
     with frozen(backbone, device):
-        for features, labels in iter_features(extract, val_batches, device):
+        for features, _ in iter_features(backbone, val_batches, device):
             features = F.normalize(features, dim=1)
             # gathered in host memory: the device then holds one copy of the split's pixels
             pixels.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
-            pixel_labels.append(resize_labels_nearest(labels, features.shape[-2:]).reshape(-1))
+            grids.append((features.shape[0], *features.shape[-2:]))
     if sum(p.shape[0] for p in pixels) < num_classes:
         raise ProtocolSkipped(
             f"k-means with K={num_classes} needs at least {num_classes} feature pixels"
         )
-    pixels = torch.cat(pixels).to(device)
-    result = kmeans(pixels, num_classes, restarts=restarts, iters=iters, seed=seed)
-    confusion = confusion_matrix(result.assignments, torch.cat(pixel_labels), num_classes)
-    miou, ious = miou_from_confusion(remap_confusion(confusion, hungarian_match(confusion)))
-    return {"miou": miou, "per_class_iou": ious, "seed": seed}
+    result = kmeans(torch.cat(pixels).to(device), num_classes, restarts=restarts, iters=iters,
+                    seed=seed)  # fmt: skip
+    ids = result.assignments.split([b * h * w for b, h, w in grids])
+    score = SplitScore(num_classes, device)  # the batches again: only their labels are read
+    for batch, batch_ids, grid in zip(val_batches, ids, grids, strict=True):
+        score.add_batch(batch_ids.view(grid), batch)
+    score.rename_predictions(hungarian_match(score.confusion))
+    return {**score.result(), "seed": seed}
 
 
 EmbedFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -200,23 +193,24 @@ EmbedFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class _SalientPrototypes:
-    """Per image: a prototype, whether it has a salient pixel; per batch: masks and labels."""
+    """Per image: a prototype and its salient mask on its label's grid; per batch: labels."""
 
     prototypes: torch.Tensor  # float [N, D]
-    has_object: torch.Tensor  # bool [N]
-    masks: list[torch.Tensor]  # bool [B, H, W] at label resolution
-    labels: list[torch.Tensor]  # long [B, H, W]
+    masks: list[torch.Tensor]  # bool [B, H, W] on each mask's own grid
+    labels: list[torch.Tensor]  # long [B, H, W], the original masks (255-padded)
 
 
 @torch.no_grad()
 def _collect_salient_prototypes(
     embed_fn: EmbedFn, batches: Iterable[Batch], device: torch.device, threshold: float
 ) -> _SalientPrototypes:
-    """Prototype = normalise(Σ_p e_p·g_p·[g_p > threshold]) at image resolution (§6.2 steps 1–2)."""
+    """Prototype = normalise(Σ_p e_p·g_p·[g_p > threshold]) at the input size (§6.2 steps 1–2).
+
+    An image without a salient pixel has a zero prototype, as in the official code.
+    """
     prototypes, masks, all_labels = [], [], []
     for batch in batches:
         images = batch["image"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True).long()
         embeddings, saliency = embed_fn(normalize_images(images))
         size = images.shape[-2:]
         embeddings = F.interpolate(embeddings.float(), size, mode="bilinear", align_corners=False)
@@ -226,12 +220,11 @@ def _collect_salient_prototypes(
         salient = saliency > threshold
         weighted_sum = torch.einsum("bdhw,bhw->bd", embeddings, saliency * salient)
         prototypes.append(F.normalize(weighted_sum, dim=1))
-        masks.append(resize_labels_nearest(salient.to(torch.uint8), labels.shape[-2:]).bool())
-        all_labels.append(labels)
+        masks.append(predictions_on_labels(salient.long(), batch).bool().cpu())
+        all_labels.append(batch["label"].long().cpu())
     if not prototypes:
         raise ProtocolSkipped("maskcontrast-kmeans got no validation images")
-    has_object = torch.cat([mask.flatten(1).any(1) for mask in masks])
-    return _SalientPrototypes(torch.cat(prototypes), has_object, masks, all_labels)
+    return _SalientPrototypes(torch.cat(prototypes), masks, all_labels)
 
 
 def pca_whiten(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, list[str]]:
@@ -254,8 +247,8 @@ def pca_whiten(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, list[str]]:
     notes = []
     if components < dim:
         notes.append(
-            f"PCA clamped to {components} components (asked {dim}): {count} images with a "
-            f"salient object span at most {count - 1} directions once centred, in {features}-d"
+            f"PCA clamped to {components} components (asked {dim}): {count} images span at "
+            f"most {count - 1} directions once centred, in {features}-d"
         )
     _, singular, vh = torch.linalg.svd(centred, full_matrices=False)
     variance = singular[:components] ** 2 / max(count - 1, 1)
@@ -279,15 +272,17 @@ def run_maskcontrast_kmeans(
     """MaskContrast's official clustering protocol (maskcontrast.md §6.2).
 
     One prototype per image from the raw embeddings weighted by the saliency
-    logit where it exceeds `saliency_threshold`; PCA whitening to `pca_dim`;
-    k-means with K − 1 clusters on the images that have a salient pixel; salient
-    pixels take cluster + 1, the rest background 0; Hungarian matching on the
-    split's IoU matrix (background takes part); mIoU averaged over `seeds`.
+    logit where it exceeds `saliency_threshold` (zero without a salient pixel);
+    PCA whitening to `pca_dim` and k-means with K − 1 clusters, both on every
+    image's prototype, as the official code; salient pixels take cluster + 1,
+    the rest background 0, nearest-resized to each mask's own size; Hungarian
+    matching on the split's IoU matrix (background takes part); mIoU averaged
+    over `seeds`.
 
     Args:
         embed_fn: normalised images [B, 3, H, W] → (embeddings [B, D, h, w],
             saliency logits [B, h, w]), e.g. a frozen `MaskContrastHead` in eval mode.
-        val_batches: labelled batches; class 0 must be the background.
+        val_batches: evaluation batches; class 0 must be the background.
         num_classes: K, background included.
         device: where everything runs.
         seeds: one k-means seed per run.
@@ -295,42 +290,48 @@ def run_maskcontrast_kmeans(
         saliency_threshold: logit threshold for salient pixels.
 
     Returns:
-        ``{"miou", "per_class_iou", "seeds", "miou_per_seed", "notes"}``; the
-        per-class IoUs are averaged over the seeds where they are not null.
+        ``{"miou", "miou_std", "per_class_iou", "pixels_scored", "seeds",
+        "miou_per_seed", "notes"}``; the per-class IoUs are averaged over the seeds
+        where they are not null.
 
     Raises:
-        ProtocolSkipped: fewer than K − 1 images with a salient pixel, or all
-            prototypes equal.
+        ProtocolSkipped: fewer than K − 1 images, no salient pixel, or all prototypes equal.
     """
     device = torch.device(device)
     data = _collect_salient_prototypes(embed_fn, val_batches, device, saliency_threshold)
-    clusters = num_classes - 1
-    with_object = int(data.has_object.sum())
-    if clusters < 1 or with_object < clusters:
+    clusters, images = num_classes - 1, data.prototypes.shape[0]
+    if clusters < 1 or images < clusters:
         raise ProtocolSkipped(
-            f"maskcontrast-kmeans needs at least K-1 = {clusters} images with a salient "
-            f"pixel, found {with_object}"
+            f"maskcontrast-kmeans needs at least K-1 = {clusters} images, found {images}"
         )
-    whitened, notes = pca_whiten(data.prototypes[data.has_object], pca_dim)
+    if not any(bool(masks.any()) for masks in data.masks):
+        raise ProtocolSkipped(
+            f"maskcontrast-kmeans: no image has a salient pixel (saliency logit > "
+            f"{saliency_threshold}); train the saliency head longer"
+        )
+    whitened, notes = pca_whiten(data.prototypes, pca_dim)
     if whitened.shape[1] == 0:
         raise ProtocolSkipped("maskcontrast-kmeans: every image prototype is the same")
     runs = [_score_prototype_clusters(data, whitened, num_classes, seed) for seed in seeds]
     per_class = [
-        _mean_of_present(values) for values in zip(*(ious for _, ious in runs), strict=True)
+        _mean_of_present(values)
+        for values in zip(*(run["per_class_iou"] for run in runs), strict=True)
     ]
-    present = [iou for iou in per_class if iou is not None]
+    mious = torch.tensor([run["miou"] for run in runs], dtype=torch.float64)
     return {
-        "miou": sum(present) / len(present),
+        "miou": float(mious.mean()),
+        "miou_std": float(mious.std(unbiased=False)),
         "per_class_iou": per_class,
+        "pixels_scored": runs[0]["pixels_scored"],
         "seeds": list(seeds),
-        "miou_per_seed": [miou for miou, _ in runs],
+        "miou_per_seed": mious.tolist(),
         "notes": notes,
     }
 
 
 def _score_prototype_clusters(
     data: _SalientPrototypes, whitened: torch.Tensor, num_classes: int, seed: int
-) -> tuple[float, list[float | None]]:
+) -> dict:
     """Cluster the prototypes with one seed, paint salient pixels, match by IoU, score."""
     result = kmeans(
         whitened,
@@ -339,16 +340,15 @@ def _score_prototype_clusters(
         iters=MASKCONTRAST_KMEANS_ITERS,
         seed=seed,
     )
-    image_ids = torch.zeros(data.has_object.shape[0], dtype=torch.long, device=whitened.device)
-    image_ids[data.has_object] = result.assignments + 1
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=whitened.device)
+    image_ids = (result.assignments + 1).cpu()
+    score = SplitScore(num_classes, "cpu")
     start = 0
     for masks, labels in zip(data.masks, data.labels, strict=True):
         ids = image_ids[start : start + masks.shape[0]]
         start += masks.shape[0]
-        confusion += confusion_matrix(masks.long() * ids[:, None, None], labels, num_classes)
-    mapping = hungarian_match(iou_matrix(confusion))
-    return miou_from_confusion(remap_confusion(confusion, mapping))
+        score.add(masks.long() * ids[:, None, None], labels)
+    score.rename_predictions(hungarian_match(iou_matrix(score.confusion)))
+    return score.result()
 
 
 def _mean_of_present(values: Sequence[float | None]) -> float | None:

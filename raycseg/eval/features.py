@@ -1,7 +1,8 @@
 """Frozen-feature extraction shared by the evaluation protocols.
 
-Batches are dicts ``{"image": uint8 [B, 3, H, W], "label": long [B, H, W]}``
-(255 = ignore). A *feature function* maps ImageNet-normalised images
+Batches are dicts ``{"image": uint8 [B, 3, H, W], "label": long [B, H', W']}``
+(255 = ignore; evaluation batches keep each mask at its own size, see
+`raycseg.eval.scoring`). A *feature function* maps ImageNet-normalised images
 [B, 3, H, W] to dense features [B, C, h, w]; by default it is the backbone
 itself, and a protocol may probe something else (MaskContrast's decoder).
 """
@@ -12,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from raycseg.models.backbones import normalize_images
@@ -53,15 +53,3 @@ def iter_features(
         with torch.no_grad():
             features = feature_fn(normalize_images(images)).float()
         yield features, labels
-
-
-def resize_labels_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-resize integer maps [B, H, W] to `size` (torch "nearest": source index ⌊i·H/h⌋).
-
-    With a stride-s feature grid, output cell i reads pixel s·i, the centre of
-    the feature's receptive field in a ResNet.
-    """
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    resized = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
-    return resized[:, 0].to(labels.dtype)

@@ -95,6 +95,12 @@ def miou_from_confusion(confusion: torch.Tensor) -> tuple[float, list[float | No
     return sum(present) / len(present), ious
 
 
+def remap_confusion(confusion: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """Confusion matrix after renaming each predicted id (column) p to class ``mapping[p]``."""
+    remapped = torch.zeros_like(confusion)
+    return remapped.index_add_(1, mapping.to(confusion.device), confusion)
+
+
 def iou_matrix(confusion: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU between every ground-truth class t and predicted id p.
 

@@ -1,57 +1,49 @@
-"""Frozen-feature linear probe (../shared/docs/quickstart-study.md, cacl.md §5).
+"""The linear probe: MaskContrast's linear protocol (../shared/docs/methods/maskcontrast.md §6.1).
 
-The backbone stays frozen in eval mode. Its features over the training split
-are extracted once and cached on the device (up to `cache_bytes`; past that
-they are recomputed from the batches at every step), standardised per channel
-with the training split's mean and std, and read by a 1×1 conv. The conv's
-logits are bilinearly upsampled to the label size and trained with
-cross-entropy (255 ignored) by Adam on random minibatches. The score is one
-confusion matrix over the whole validation split.
+A 1×1 conv (weights N(0, 0.01), bias 0) reads frozen dense features: the
+backbone's, or what `feature_fn` gives (a MaskContrast checkpoint's 256-d
+decoder features). Everything upstream stays in eval mode, so BatchNorm
+statistics and dropout are frozen. Per epoch, one shuffled pass over the
+training split (augmented by `raycseg.data.transforms.ProbeTrainTransform`):
+the conv's logits are bilinearly upsampled to the label size and trained with
+cross-entropy (255 ignored) by SGD with momentum and weight decay; the learning
+rate drops ×0.1 after each epoch in `lr_decay_epochs`. Each epoch is scored on
+the validation split at the labels' own resolution (argmax at the input size,
+then nearest to each mask's size: `raycseg.eval.scoring`) and, as in the
+official code, the best epoch is the result (`select_best`; otherwise the last).
+
+Validation features are computed once and kept on the device while they fit in
+`cache_bytes`; past that they are recomputed every epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raycseg.config import LinearProbeSection
 from raycseg.errors import DataError
+from raycseg.eval.batches import ProbeEpochs
 from raycseg.eval.features import Batch, FeatureFn, frozen, iter_features, require_reiterable
-from raycseg.eval.metrics import (
-    IGNORE_INDEX,
-    check_labels,
-    confusion_matrix,
-    miou_from_confusion,
-)
+from raycseg.eval.metrics import IGNORE_INDEX, check_labels
+from raycseg.eval.scoring import SplitScore, upsampled_argmax
 
 DEFAULT_CACHE_BYTES = 4 * 2**30
-_STD_FLOOR = 1e-6
-
-
-@dataclass
-class _TrainingFeatures:
-    """Per-channel statistics of the training features, and the cache if it fit."""
-
-    mean: torch.Tensor  # [1, C, 1, 1]
-    std: torch.Tensor  # [1, C, 1, 1]
-    features: torch.Tensor | None  # standardised [N, C, h, w], or None when not cached
-    labels: torch.Tensor | None  # uint8 [N, H, W]
+LR_DECAY = 0.1
 
 
 def run_linear_probe(
     backbone: nn.Module,
-    train_batches: Iterable[Batch],
+    train: ProbeEpochs,
     val_batches: Iterable[Batch],
     num_classes: int,
     *,
-    steps: int,
-    lr: float,
+    settings: LinearProbeSection,
     device: str | torch.device,
     seed: int = 0,
-    batch_size: int = 128,
     feature_fn: FeatureFn | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> dict:
@@ -59,75 +51,51 @@ def run_linear_probe(
 
     Args:
         backbone: the frozen module (moved to `device`; its train flag is restored).
-        train_batches: labelled batches to fit the probe on (re-iterable).
-        val_batches: labelled batches to score on.
+        train: the training epochs (`raycseg.eval.batches.probe_training_epochs`).
+        val_batches: evaluation batches to score on (re-iterable).
         num_classes: C.
-        steps: Adam steps.
-        lr: Adam learning rate.
+        settings: epochs, batch size, SGD settings, decay epochs, best-epoch selection.
         device: where features and the probe live.
-        seed: seeds the probe's init and minibatch order.
-        batch_size: images per step when the features are cached (otherwise the
-            loader's batch size).
+        seed: seeds the probe's initial weights.
         feature_fn: maps normalised images to the features to probe (default: `backbone`).
-        cache_bytes: cache the training features when they fit in this many bytes.
+        cache_bytes: keep the validation features when they fit in this many bytes.
 
     Returns:
-        ``{"miou": float, "per_class_iou": [float | None] * C}``.
+        ``{"miou", "per_class_iou", "pixels_scored", "epoch", "miou_per_epoch"}``:
+        the scores of the kept epoch (1-based), and every scored epoch's mIoU.
     """
     device = torch.device(device)
-    require_reiterable(train_batches, "train_batches")
+    require_reiterable(val_batches, "val_batches")
     extract = backbone if feature_fn is None else feature_fn
     with frozen(backbone, device):
-        train = _collect_training_features(extract, train_batches, num_classes, device, cache_bytes)
-        classifier = _new_classifier(train.mean.shape[1], num_classes, seed, device)
-        if train.features is not None:
-            _fit_cached(classifier, train, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-        else:
-            _fit_streaming(classifier, train, extract, train_batches, device, steps=steps, lr=lr)
-        confusion = _score(classifier, train, extract, val_batches, num_classes, device)
-    miou, ious = miou_from_confusion(confusion)
-    return {"miou": miou, "per_class_iou": ious}
-
-
-def _collect_training_features(
-    extract: FeatureFn,
-    batches: Iterable[Batch],
-    num_classes: int,
-    device: torch.device,
-    cache_bytes: int,
-) -> _TrainingFeatures:
-    """One pass: per-channel sums for the statistics, and a cache while it fits."""
-    total = total_sq = None
-    count, cached_bytes = 0, 0
-    cache: list[tuple[torch.Tensor, torch.Tensor]] | None = []
-    for features, labels in iter_features(extract, batches, device):
-        check_labels(labels, num_classes)
-        pixels = features.double().transpose(0, 1).reshape(features.shape[1], -1)
-        total = pixels.sum(1) if total is None else total + pixels.sum(1)
-        total_sq = (pixels**2).sum(1) if total_sq is None else total_sq + (pixels**2).sum(1)
-        count += pixels.shape[1]
-        if cache is not None:
-            cached_bytes += features.numel() * features.element_size() + labels.numel()
-            if cached_bytes <= cache_bytes:
-                cache.append((features, labels.to(torch.uint8)))
-            else:
-                cache = None  # too big: the fit recomputes features batch by batch
-    if count == 0:
-        raise DataError("the linear probe's training split is empty; pass labelled batches")
-    mean = total / count
-    std = (total_sq / count - mean**2).clamp_min(0).sqrt().clamp_min(_STD_FLOOR)
-    mean = mean.float().view(1, -1, 1, 1)
-    std = std.float().view(1, -1, 1, 1)
-    if cache is None:
-        return _TrainingFeatures(mean, std, None, None)
-    shapes = {(tuple(f.shape[1:]), tuple(label.shape[1:])) for f, label in cache}
-    if len(shapes) > 1:
-        raise DataError(
-            "training images for the linear probe differ in size; resize them to one size "
-            "in the evaluation loader"
+        val = _ValidationFeatures(extract, val_batches, device, cache_bytes)
+        classifier = _new_classifier(val.channels, num_classes, seed, device)
+        optimizer = torch.optim.SGD(
+            classifier.parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
         )
-    features = torch.cat([f for f, _ in cache]).sub_(mean).div_(std)
-    return _TrainingFeatures(mean, std, features, torch.cat([label for _, label in cache]))
+        history: list[tuple[int, dict]] = []
+        for epoch in range(settings.epochs):
+            _set_lr(optimizer, settings.lr * LR_DECAY ** _decays_before(epoch, settings))
+            _train_epoch(classifier, optimizer, extract, train.batches(epoch), num_classes, device)
+            if settings.select_best or epoch + 1 == settings.epochs:
+                history.append((epoch + 1, val.score(classifier, num_classes)))
+    epoch, kept = (
+        max(history, key=lambda item: item[1]["miou"]) if settings.select_best else history[-1]
+    )
+    return {**kept, "epoch": epoch, "miou_per_epoch": [score["miou"] for _, score in history]}
+
+
+def _decays_before(epoch: int, settings: LinearProbeSection) -> int:
+    """How many decay epochs lie before `epoch` (0-based: the official `epoch > 25`)."""
+    return sum(epoch > decay for decay in settings.lr_decay_epochs)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _new_classifier(channels: int, num_classes: int, seed: int, device: torch.device) -> nn.Conv2d:
@@ -138,6 +106,71 @@ def _new_classifier(channels: int, num_classes: int, seed: int, device: torch.de
         classifier.weight.copy_(torch.randn(classifier.weight.shape, generator=generator) * 0.01)
         classifier.bias.zero_()
     return classifier.to(device)
+
+
+def _train_epoch(
+    classifier: nn.Conv2d,
+    optimizer: torch.optim.Optimizer,
+    extract: FeatureFn,
+    batches: Iterable[Batch],
+    num_classes: int,
+    device: torch.device,
+) -> None:
+    steps = 0
+    for features, labels in iter_features(extract, batches, device):
+        check_labels(labels, num_classes)
+        loss = _probe_loss(classifier, features, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    if steps == 0:
+        raise DataError("the linear probe's training split gave no batch; pass labelled images")
+
+
+def _probe_loss(classifier: nn.Conv2d, features: torch.Tensor, labels: torch.Tensor):
+    """Mean CE over labelled pixels of logits upsampled to the label size (0 if none)."""
+    logits = upsample_bilinear(classifier(features), labels.shape[-2:])
+    losses = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return losses / (labels != IGNORE_INDEX).sum().clamp_min(1)
+
+
+class _ValidationFeatures:
+    """The validation split's features: cached on the device when they fit, else recomputed."""
+
+    def __init__(self, extract: FeatureFn, batches, device: torch.device, cache_bytes: int):
+        self.extract, self.batches, self.device = extract, batches, device
+        self.cache: list[tuple[torch.Tensor, Batch]] | None = []
+        self.channels, used = 0, 0
+        for batch in batches:
+            features = self._features(batch)
+            self.channels = features.shape[1]
+            used += features.numel() * features.element_size()
+            if used > cache_bytes:
+                self.cache = None  # too big: recompute at every scoring
+                break
+            self.cache.append((features, batch))
+        if not self.channels:
+            raise DataError("the validation split is empty; pass labelled images to score on")
+
+    def _features(self, batch: Batch) -> torch.Tensor:
+        ((features, _),) = iter_features(self.extract, [batch], self.device)
+        return features
+
+    def _pairs(self):
+        if self.cache is not None:
+            return self.cache
+        return ((self._features(batch), batch) for batch in self.batches)
+
+    @torch.no_grad()
+    def score(self, classifier: nn.Conv2d, num_classes: int) -> dict:
+        """The classifier's scores at the labels' own resolution."""
+        score = SplitScore(num_classes, self.device)
+        for features, batch in self._pairs():
+            input_size = batch["image"].shape[-2:]
+            predictions = upsampled_argmax(classifier(features), input_size, align_corners=False)
+            score.add_batch(predictions, batch)
+        return score.result()
 
 
 def bilinear_matrix(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:
@@ -156,86 +189,3 @@ def upsample_bilinear(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     rows = bilinear_matrix(height, size[0], logits.device)
     cols = bilinear_matrix(width, size[1], logits.device)
     return rows @ logits @ cols.T
-
-
-def _probe_loss(classifier: nn.Conv2d, features: torch.Tensor, labels: torch.Tensor):
-    """Mean CE over labelled pixels of logits upsampled to the label size (0 if none)."""
-    logits = upsample_bilinear(classifier(features), labels.shape[-2:])
-    losses = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return losses / (labels != IGNORE_INDEX).sum().clamp_min(1)
-
-
-def _fit_cached(
-    classifier: nn.Conv2d,
-    train: _TrainingFeatures,
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-) -> None:
-    """Adam on minibatches drawn epoch by epoch from a seeded permutation of the cache."""
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    count = train.features.shape[0]
-    order = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        if order.numel() < min(batch_size, count):
-            order = torch.randperm(count, generator=generator)
-        index, order = order[:batch_size], order[batch_size:]
-        index = index.to(train.features.device)
-        loss = _probe_loss(classifier, train.features[index], train.labels[index].long())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
-def _fit_streaming(
-    classifier: nn.Conv2d,
-    train: _TrainingFeatures,
-    extract: FeatureFn,
-    batches: Iterable[Batch],
-    device: torch.device,
-    *,
-    steps: int,
-    lr: float,
-) -> None:
-    """Adam on the loader's batches, recomputing the features at every step."""
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    stream = iter_features(extract, _cycle_batches(batches), device)
-    for _ in range(steps):
-        features, labels = next(stream)
-        loss = _probe_loss(classifier, (features - train.mean) / train.std, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
-def _cycle_batches(batches: Iterable[Batch]):
-    """Iterate a re-iterable source again and again (without caching it, unlike itertools.cycle)."""
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            return
-
-
-@torch.no_grad()
-def _score(
-    classifier: nn.Conv2d,
-    train: _TrainingFeatures,
-    extract: FeatureFn,
-    batches: Iterable[Batch],
-    num_classes: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """One confusion matrix over every validation batch."""
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    for features, labels in iter_features(extract, batches, device):
-        logits = upsample_bilinear(
-            classifier((features - train.mean) / train.std), labels.shape[-2:]
-        )
-        confusion += confusion_matrix(logits.argmax(1), labels, num_classes)
-    return confusion

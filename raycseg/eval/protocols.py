@@ -1,10 +1,20 @@
 """Run the requested evaluation protocols on one backbone, in eval.json's shape (CONTRACTS.md §3).
 
 CLI names are hyphenated (``linear-probe``, ``kmeans``, ``maskcontrast-kmeans``,
-``segmentation``); the result keys are underscored (``linear_probe`` ...). A protocol that cannot
-run on the given data is left out of the scores and its reason is listed under
+``segmentation``); the result keys are underscored (``linear_probe`` ...). Every
+result holds ``pixels_scored`` and a ``protocol`` record of what ran (the
+caller adds what the model saw, ``input``). A protocol that cannot run on the
+given data is left out of the scores and its reason is listed under
 ``"skipped"`` (so merging into an existing eval.json never overwrites a score
 with a skip).
+
+Which protocol is whose:
+
+* ``linear-probe``: MaskContrast's linear protocol (maskcontrast.md §6.1) by
+  default; a recipe may shorten it, and ``protocol.differs_from_paper`` says how.
+* ``kmeans``: the project's own pixel k-means (CONTRACTS.md §3); no paper uses it.
+* ``maskcontrast-kmeans``: MaskContrast's prototype k-means (maskcontrast.md §6.2).
+* ``segmentation``: ReCo's evaluation of its own segmenter (reco.md §5).
 """
 
 from __future__ import annotations
@@ -14,11 +24,22 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from raycseg.config import LinearProbeSection
 from raycseg.errors import CsegError
-from raycseg.eval.cluster import EmbedFn, run_kmeans_protocol, run_maskcontrast_kmeans
-from raycseg.eval.features import Batch, FeatureFn, frozen, require_reiterable
+from raycseg.eval.batches import ProbeEpochs
+from raycseg.eval.cluster import (
+    KMEANS_ITERS,
+    KMEANS_RESTARTS,
+    MASKCONTRAST_KMEANS_ITERS,
+    MASKCONTRAST_SEEDS,
+    EmbedFn,
+    run_kmeans_protocol,
+    run_maskcontrast_kmeans,
+)
+from raycseg.eval.features import Batch, frozen, require_reiterable
 from raycseg.eval.metrics import ProtocolSkipped
 from raycseg.eval.probe import run_linear_probe
+from raycseg.eval.scoring import package_versions
 from raycseg.eval.segmentation import SegmentFn, run_segmentation_protocol
 
 PROTOCOLS = {
@@ -28,6 +49,7 @@ PROTOCOLS = {
     "segmentation": "segmentation",
 }
 DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
+PAPER_PROBE = LinearProbeSection()
 
 
 def protocol_key(name: str) -> str:
@@ -46,16 +68,15 @@ def protocol_key(name: str) -> str:
 def evaluate_backbone(
     backbone: nn.Module,
     *,
-    train_batches: Iterable[Batch] | None,
     val_batches: Iterable[Batch],
     num_classes: int,
     device: str | torch.device,
     protocols: Sequence[str] = DEFAULT_PROTOCOLS,
-    probe_steps: int = 300,
-    probe_lr: float = 1e-2,
-    probe_batch_size: int = 128,
+    probe: ProbeEpochs | None = None,
+    probe_settings: LinearProbeSection = PAPER_PROBE,
     seed: int = 0,
-    feature_fn: FeatureFn | None = None,
+    probe_features: nn.Module | None = None,
+    feature_source: str = "backbone",
     embed_fn: EmbedFn | None = None,
     segment_fn: SegmentFn | None = None,
 ) -> dict:
@@ -63,18 +84,17 @@ def evaluate_backbone(
 
     Args:
         backbone: the frozen module (moved to `device`; its train flag is restored).
-        train_batches: labelled batches for the linear probe (re-iterable); None
-            skips the probe.
-        val_batches: labelled batches to score on (re-iterable).
+        val_batches: evaluation batches to score on (re-iterable; `raycseg.eval.scoring`).
         num_classes: C, background included.
         device: where features, k-means and the probe run.
         protocols: CLI names or eval.json keys.
-        probe_steps: Adam steps of the linear probe.
-        probe_lr: its learning rate.
-        probe_batch_size: its images per step.
+        probe: the linear probe's training epochs; None skips the probe.
+        probe_settings: the linear probe's settings (default: the paper's).
         seed: the linear probe's seed (k-means keeps its pinned seed 0).
-        feature_fn: features to probe and cluster (default: the backbone output);
-            MaskContrast passes its 256-d decoder features.
+        probe_features: a module inside `backbone` whose output the linear probe reads
+            (default: the backbone's own output); MaskContrast gives its 256-d decoder
+            features. Pixel k-means always clusters the backbone's output.
+        feature_source: what the linear probe reads, for the protocol record.
         embed_fn: (embeddings, saliency logits) for ``maskcontrast-kmeans``; it
             runs with `backbone` frozen, so pass the module that owns it (e.g. a
             `MaskContrastHead` as both `backbone` and `embed_fn`).
@@ -90,20 +110,9 @@ def evaluate_backbone(
     device = torch.device(device)
     runners = {
         "linear_probe": lambda: _linear_probe(
-            backbone,
-            train_batches,
-            val_batches,
-            num_classes,
-            steps=probe_steps,
-            lr=probe_lr,
-            device=device,
-            seed=seed,
-            batch_size=probe_batch_size,
-            feature_fn=feature_fn,
+            backbone, probe, val_batches, num_classes, probe_settings, device, seed, probe_features
         ),
-        "kmeans": lambda: run_kmeans_protocol(
-            backbone, val_batches, num_classes, device=device, feature_fn=feature_fn
-        ),
+        "kmeans": lambda: run_kmeans_protocol(backbone, val_batches, num_classes, device=device),
         "maskcontrast_kmeans": lambda: _maskcontrast_kmeans(
             backbone, embed_fn, val_batches, num_classes, device
         ),
@@ -111,11 +120,17 @@ def evaluate_backbone(
             backbone, segment_fn, val_batches, num_classes, device
         ),
     }
+    records = {
+        "linear_probe": lambda: linear_probe_record(probe_settings, feature_source, seed),
+        "kmeans": lambda: kmeans_record(num_classes),
+        "maskcontrast_kmeans": lambda: maskcontrast_kmeans_record(num_classes),
+        "segmentation": segmentation_record,
+    }
     scores: dict = {}
     skipped: dict[str, str] = {}
     for key in keys:
         try:
-            scores[key] = runners[key]()
+            scores[key] = {**runners[key](), "protocol": records[key]()}
         except ProtocolSkipped as reason:
             skipped[key] = str(reason)
     if skipped:
@@ -123,10 +138,84 @@ def evaluate_backbone(
     return scores
 
 
-def _linear_probe(backbone, train_batches, *args, **kwargs) -> dict:
-    if train_batches is None:
+def linear_probe_record(settings: LinearProbeSection, features: str, seed: int) -> dict:
+    """What the linear probe ran, and where it differs from MaskContrast's protocol."""
+    ran = settings.model_dump()
+    paper = PAPER_PROBE.model_dump()
+    return {
+        "name": "MaskContrast linear protocol (maskcontrast.md §6.1)",
+        "features": features,
+        "classifier": "1x1 conv, N(0, 0.01), frozen BatchNorm and dropout upstream",
+        "optimizer": f"SGD lr {settings.lr}, momentum {settings.momentum}, "
+        f"weight decay {settings.weight_decay}, lr x0.1 after epochs {settings.lr_decay_epochs}",
+        **ran,
+        "selection": "best epoch on the scored split, as the official code"
+        if settings.select_best
+        else "last epoch",
+        "seed": seed,
+        "differs_from_paper": {
+            key: {"ran": value, "paper": paper[key]}
+            for key, value in ran.items()
+            if value != paper[key]
+        },
+        "versions": package_versions(),
+    }
+
+
+def kmeans_record(num_classes: int) -> dict:
+    """What the project's pixel k-means ran (CONTRACTS.md §3)."""
+    return {
+        "name": "raycseg pixel k-means (the project's own protocol, not a paper's)",
+        "features": "backbone, L2-normalised per pixel, not centred, at the feature grid",
+        "k": num_classes,
+        "init": "k-means++",
+        "restarts": KMEANS_RESTARTS,
+        "iterations": KMEANS_ITERS,
+        "seeds": [0],
+        "matching": "Hungarian on the split's pixel counts, ids nearest-resized to each mask",
+        "versions": package_versions(),
+    }
+
+
+def maskcontrast_kmeans_record(num_classes: int) -> dict:
+    """What MaskContrast's prototype k-means ran (maskcontrast.md §6.2)."""
+    return {
+        "name": "MaskContrast prototype k-means (maskcontrast.md §6.2)",
+        "features": "one prototype per image: saliency-logit-weighted raw embeddings",
+        "pca": "32 whitened components, fit on every image's prototype",
+        "k": num_classes - 1,
+        "init": "k-means++ (official: scikit-learn MiniBatchKMeans)",
+        "restarts": KMEANS_RESTARTS,
+        "iterations": MASKCONTRAST_KMEANS_ITERS,
+        "seeds": list(MASKCONTRAST_SEEDS),
+        "matching": "Hungarian on the split's IoU matrix, background included",
+        "versions": package_versions(),
+    }
+
+
+def segmentation_record() -> dict:
+    """What ReCo's segmentation protocol ran (reco.md §5)."""
+    return {
+        "name": "ReCo segmentation (the model's own predictions, reco.md §5)",
+        "network": "the teacher in semi/partial mode, the student in supervised mode",
+        "upsampling": "bilinear (align_corners) to the input size, argmax, cropped to each mask",
+        "versions": package_versions(),
+    }
+
+
+def _linear_probe(backbone, probe, val_batches, num_classes, settings, device, seed, features):
+    if probe is None:
         raise ProtocolSkipped("the linear probe needs a labelled training split")
-    return run_linear_probe(backbone, train_batches, *args, **kwargs)
+    return run_linear_probe(
+        backbone,
+        probe,
+        val_batches,
+        num_classes,
+        settings=settings,
+        device=device,
+        seed=seed,
+        feature_fn=features,
+    )
 
 
 def _maskcontrast_kmeans(backbone, embed_fn, val_batches, num_classes, device) -> dict:

@@ -35,26 +35,13 @@ def training_urls(data: StageData, world_size: int) -> tuple[list[str], int]:
     return urls, per_rank
 
 
-def method_from_checkpoint(
-    state: dict, build: Callable[[StageBase, ModelSection], nn.Module], method: str, needs: str
-) -> nn.Module:
-    """The trained `method` module of a loaded checkpoint, on the CPU.
+def checkpoint_stage(state: dict, method: str) -> StageBase:
+    """The stage of `method` a loaded checkpoint trained.
 
-    The stage is the checkpoint's own (its "stage" key), else the recipe's last stage
-    of `method`. The weights come from the checkpoint: `model.init_from` is not read
-    (it may be gone).
-
-    Args:
-        state: a loaded checkpoint (`raycseg.train.checkpoint.load_state`) with keys
-            "model" (the method's state dict), "recipe" and optionally "stage".
-        build: the method's class (called as build(stage, model)).
-        method: the stage method whose heads a protocol reads.
-        needs: what the protocol needs, for the message, e.g. "maskcontrast-kmeans needs
-            the embedding and saliency heads".
+    The checkpoint's own stage (its "stage" key), else the recipe's last stage of `method`.
 
     Raises:
-        ProtocolSkipped: the checkpoint's stage is of another method, or there is none.
-        CsegError: its weights do not fit the architecture its recipe describes.
+        ProtocolSkipped: that stage is of another method, or there is none.
     """
     recipe = Recipe.model_validate(state["recipe"])
     stages = {stage.name: stage for stage in recipe.stages}
@@ -64,9 +51,36 @@ def method_from_checkpoint(
         stage = next((s for s in reversed(recipe.stages) if s.method == method), None)
     if stage is None or stage.method != method:
         raise ProtocolSkipped(
-            f"{needs} of a {method} stage, and this checkpoint is of stage "
-            f"{stage_name or recipe.stages[-1].name!r}; evaluate a {method} stage's checkpoint"
+            f"this checkpoint is of stage {stage_name or recipe.stages[-1].name!r}, not of a "
+            f"{method} stage; evaluate a {method} stage's checkpoint"
         )
+    return stage
+
+
+def method_from_checkpoint(
+    state: dict, build: Callable[[StageBase, ModelSection], nn.Module], method: str, needs: str
+) -> nn.Module:
+    """The trained `method` module of a loaded checkpoint, on the CPU.
+
+    The weights come from the checkpoint: `model.init_from` is not read (it may be gone).
+
+    Args:
+        state: a loaded checkpoint (`raycseg.train.checkpoint.load_state`) with keys
+            "model" (the method's state dict), "recipe" and optionally "stage".
+        build: the method's class (called as build(stage, model)).
+        method: the stage method whose heads a protocol reads (`checkpoint_stage`).
+        needs: what the protocol needs, for the message, e.g. "maskcontrast-kmeans needs
+            the embedding and saliency heads".
+
+    Raises:
+        ProtocolSkipped: the checkpoint's stage is of another method, or there is none.
+        CsegError: its weights do not fit the architecture its recipe describes.
+    """
+    try:
+        stage = checkpoint_stage(state, method)
+    except ProtocolSkipped as reason:
+        raise ProtocolSkipped(f"{needs} of a {method} stage: {reason}") from None
+    recipe = Recipe.model_validate(state["recipe"])
     module = build(stage, recipe.model.model_copy(update={"init_from": None}))
     try:
         module.load_state_dict(state["model"])

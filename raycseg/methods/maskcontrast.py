@@ -217,9 +217,11 @@ class MaskContrast(nn.Module):
         val shards; it is left out when it cannot run (too few salient images).
         """
         # the eval batches read shards (heavy): import them only here
-        from ..eval.batches import num_classes_of, segmentation_batches  # noqa: PLC0415
+        from ..eval.batches import evaluation_batches, num_classes_of  # noqa: PLC0415
 
-        batches = segmentation_batches(stage.data.val, "val", image_size=stage.data.image_size)
+        batches = evaluation_batches(
+            stage.data.val, "val", input_policy="resize", input_size=stage.data.image_size
+        )
         num_classes = num_classes_of(stage.data.val)
         metrics = {}
         scores = run_kmeans_protocol(self.backbone, batches, num_classes, seed=0, device=device)

@@ -56,7 +56,7 @@ from torch import nn
 
 from ..config import DataSection, ModelSection, Recipe, RecoStage
 from ..data.pipeline import build_segmentation_loader
-from ..data.shards import count_samples, list_shard_urls, read_manifest
+from ..data.shards import count_samples, list_shard_urls
 from ..errors import DataError
 from ..eval.features import frozen
 from ..eval.metrics import IGNORE_INDEX
@@ -75,16 +75,19 @@ from ..models.deeplab import DEEPLABV2_RATES, RECO_ASPP_RATES, scale_aspp_rates
 from .common import method_from_checkpoint, training_split, training_urls
 from .reco_mixing import augment_unlabelled, photometric
 
-# Feature-map sizes the spec's ASPP rates were chosen for: a 321 crop at stride 16 (v3+)
-# and at stride 8 (v2). Smaller maps (small crops, the tiny backbone) get scaled rates.
+# Feature-map sizes the spec's rates were chosen for: a 321 crop at stride 16 (v3+) and at
+# stride 8 (v2). The tiny CPU backbone's small maps get rates scaled down to their size.
 _RATES_REFERENCE_SIZE = {"deeplabv3p": 21, "deeplabv2": 41}
+_SPEC_RATES = {"deeplabv3p": RECO_ASPP_RATES, "deeplabv2": DEEPLABV2_RATES}
 
 
 def build_segmenter(stage: RecoStage, model: ModelSection) -> nn.Module:
     """The student network: DeepLabv3+ or DeepLabv2 on the recipe's backbone.
 
-    ASPP rates keep the spec's values on feature maps at least as large as the
-    spec's, and shrink in proportion on smaller ones (`scale_aspp_rates`).
+    A ResNet gets the spec's rates (v3+: ASPP 6/12/18 at output stride 16; v2:
+    6/12/18/24 at output stride 8, which the recipe schema enforces). The tiny
+    backbone's rates shrink in proportion to its smaller feature maps
+    (`scale_aspp_rates`), else most taps would land in the padding.
     """
     backbone = build_backbone(
         model.backbone,
@@ -92,16 +95,13 @@ def build_segmenter(stage: RecoStage, model: ModelSection) -> nn.Module:
         width=model.width,
         init_from=model.init_from,
     )
+    rates = _SPEC_RATES[stage.decoder]
     feature_size = math.ceil(stage.data.image_size / backbone.output_stride)
     reference = _RATES_REFERENCE_SIZE[stage.decoder]
-    if stage.decoder == "deeplabv3p":
-        rates = RECO_ASPP_RATES
-        if feature_size < reference:
-            rates = scale_aspp_rates(rates, feature_size, reference)
-        return DeepLabV3Plus(backbone, stage.num_classes, stage.rep_dim, aspp_rates=rates)
-    rates = DEEPLABV2_RATES
-    if feature_size < reference:
+    if backbone.name == "tiny" and feature_size < reference:
         rates = scale_aspp_rates(rates, feature_size, reference)
+    if stage.decoder == "deeplabv3p":
+        return DeepLabV3Plus(backbone, stage.num_classes, stage.rep_dim, aspp_rates=rates)
     return DeepLabV2(backbone, stage.num_classes, stage.rep_dim, rates=rates)
 
 
@@ -232,15 +232,16 @@ class ReCo(nn.Module):
     def validation_metrics(
         self, stage: RecoStage, recipe: Recipe, device: torch.device
     ) -> dict[str, float]:
-        """mIoU of the teacher (semi) or student (supervised) on `stage.data.val`.
+        """mIoU of the teacher (semi) or student (supervised) on the `val` split of
+        `stage.data.val`, at full resolution (no other split stands in for it).
 
         Returns:
             {"val_miou": this evaluation, "best_val_miou": the best so far}.
         """
-        from ..eval.batches import segmentation_batches  # noqa: PLC0415 (eval is heavy)
+        from ..eval.batches import evaluation_batches  # noqa: PLC0415 (eval is heavy)
 
-        batches = segmentation_batches(
-            stage.data.val, _evaluation_split(stage.data.val), image_size=stage.data.image_size
+        batches = evaluation_batches(  # full resolution, as the official code validates
+            stage.data.val, "val", input_policy="pad", input_size=stage.data.val_pad_to
         )
         with frozen(self.segmenter, device) as network:
             logits = lambda images: network(images)[0]  # noqa: E731 (the network also returns rep)
@@ -319,14 +320,6 @@ def _downsample_labels(values: torch.Tensor, size) -> torch.Tensor:
     return resized.to(values.dtype)
 
 
-def _evaluation_split(root: str) -> str:
-    splits = read_manifest(root).get("splits", {})
-    for name in ("val", "all", "train"):
-        if name in splits:
-            return name
-    raise DataError(f"{root} has no val split; point data.val at segmentation shards with one")
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -364,7 +357,6 @@ def build_reco_loader(
     common = {
         "batch_size": stage.data.batch_size,
         "crop_size": stage.data.image_size,
-        "train": True,
         "rank": rank,
         "world_size": world_size,
         "num_workers": data.loader_workers,

@@ -4,11 +4,11 @@ from raycseg.models.backbones import (
     BACKBONE_NAMES,
     Backbone,
     build_backbone,
-    load_backbone_weights,
     normalize_images,
 )
 from raycseg.models.deeplab import (
     ASPP,
+    DecoderFeatures,
     DeepLabV2,
     DeepLabV3Plus,
     MaskContrastHead,
@@ -16,17 +16,25 @@ from raycseg.models.deeplab import (
 )
 from raycseg.models.ema import build_ema_copy, reco_ema_decay, update_ema
 from raycseg.models.heads import DenseHead
+from raycseg.models.weights import (
+    WeightsReport,
+    export_torchvision_state_dict,
+    load_backbone_weights,
+)
 
 __all__ = [
     "ASPP",
     "BACKBONE_NAMES",
     "Backbone",
+    "DecoderFeatures",
     "DeepLabV2",
     "DeepLabV3Plus",
     "DenseHead",
     "MaskContrastHead",
+    "WeightsReport",
     "build_backbone",
     "build_ema_copy",
+    "export_torchvision_state_dict",
     "load_backbone_weights",
     "normalize_images",
     "reco_ema_decay",

@@ -218,3 +218,20 @@ class MaskContrastHead(nn.Module):
         """Pixel embeddings [B, D, h, w] and saliency logits [B, h, w]."""
         decoded = self.decoder_features(images)
         return self.embedding(decoded), self.saliency(decoded).squeeze(1)
+
+
+class DecoderFeatures(nn.Module):
+    """A `MaskContrastHead`'s 256-d decoder features as a module's output.
+
+    The linear probe reads these for a MaskContrast checkpoint, as the official
+    protocol does; freezing this module freezes the whole head and its backbone.
+    Shapes: normalised images [B, 3, H, W] → [B, 256, h, w].
+    """
+
+    def __init__(self, head: MaskContrastHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoder features of `images`."""
+        return self.head.decoder_features(images)

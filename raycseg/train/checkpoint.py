@@ -30,6 +30,7 @@ from ..config import is_url
 from ..errors import CsegError
 
 STATE_FILE = "state.pt"
+STAGES_FILE = "stages.json"  # in a run directory: each finished stage and its final checkpoint
 CHECKPOINT_FORMAT = "raycseg"
 
 

@@ -1,5 +1,17 @@
 """Evaluate a run or checkpoint and merge the scores into `eval.json` (CONTRACTS.md §3).
 
+Every protocol scores the `val` split at the labels' own resolution; the model
+sees the input its protocol names (`raycseg.eval.scoring`):
+
+* ``linear-probe``, ``kmeans``, ``maskcontrast-kmeans``: each image resized to
+  ``eval.image_size`` squared (MaskContrast: 512);
+* ``segmentation``: full resolution, reflect-padded as the ReCo stage validates
+  (``data.val_pad_to``; 513 on VOC).
+
+The linear probe reads the 256-d decoder features of a MaskContrast checkpoint
+and the backbone of any other. eval.json gets a top-level ``data`` record (the
+shards, split, number of images and class names that were scored).
+
 The random-init baseline is the exact initial backbone of the run: the
 workers seed with `recipe.seed` right before building the model, and so does
 `build_initial_backbone`.
@@ -14,20 +26,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from ..config import Recipe, StageBase
+from ..config import EvalSection, Recipe, StageBase
 from ..errors import CsegError
 from ..eval import evaluate_backbone, protocol_key
-from ..eval.batches import num_classes_of, segmentation_batches
+from ..eval.batches import (
+    data_record,
+    evaluation_batches,
+    num_classes_of,
+    probe_training_epochs,
+)
 from ..eval.cluster import run_kmeans_protocol
 from ..eval.metrics import ProtocolSkipped
-from ..models import Backbone, build_backbone, load_backbone_weights
+from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
+from .checkpoint import STAGES_FILE, load_state
 
 EVAL_FILE = "eval.json"
-DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
+EVAL_SPLIT = "val"
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
-HEAD_PROTOCOLS = (MASKCONTRAST_KMEANS, SEGMENTATION)
 
 
 def build_initial_backbone(recipe: Recipe) -> Backbone:
@@ -52,7 +70,7 @@ def evaluate_checkpoint(
     baseline: str | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Score a checkpoint's backbone (and, if asked, the random-init baseline).
+    """Score a checkpoint (and, if asked, the random-init baseline) on the `val` split.
 
     Args:
         checkpoint: a raycseg checkpoint (state.pt or its folder) or torchvision weights.
@@ -63,46 +81,50 @@ def evaluate_checkpoint(
             default the recipe's.
         baseline: `random` to also score the initial weights; default the recipe's.
     """
-    section = recipe.eval
-    data = data or (section.data if section else None)
+    data = data or (recipe.eval.data if recipe.eval else None)
     if data is None:
         raise CsegError(
             "no evaluation data: pass --data SEG_SHARDS (built with `cseg shards build --kind segmentation`)"
         )
-    protocols = list(protocols or (section.protocols if section else DEFAULT_PROTOCOLS))
-    baseline = baseline or (section.baseline if section else None)
-    image_size = section.image_size if section else recipe.stages[0].data.image_size
-    num_classes = section.num_classes if section else num_classes_of(data)
+    # without an eval section: the papers' protocols, the classes the shards declare
+    section = recipe.eval or EvalSection(data=data, num_classes=num_classes_of(data))
+    keys = list(dict.fromkeys(map(protocol_key, protocols or section.protocols)))
+    baseline = baseline or section.baseline
+    num_classes = section.num_classes
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    options = {
-        "train_batches": segmentation_batches(
-            data,
-            "train",
-            image_size=image_size,
-            limit=section.max_train_images if section else None,
-        ),
-        "val_batches": segmentation_batches(data, "val", image_size=image_size),
-        "num_classes": num_classes,
-        "protocols": protocols,
-        "device": device,
-        "probe_steps": section.probe_steps if section else 300,
-        "probe_lr": section.probe_lr if section else 0.01,
-    }
-    # protocols that read the checkpoint's heads, not only its backbone
-    keys = dict.fromkeys(map(protocol_key, protocols))
-    head_protocols = [key for key in keys if key in HEAD_PROTOCOLS]
-    options["protocols"] = [p for p in protocols if protocol_key(p) not in HEAD_PROTOCOLS]
-    on_message(f"evaluating {checkpoint} with {', '.join(protocols)}")
+    workers = recipe.data.loader_workers
+    resized = evaluation_batches(
+        data, EVAL_SPLIT, input_policy="resize", input_size=section.image_size, num_workers=workers
+    )
+    state = _raycseg_state(checkpoint)
+    on_message(f"evaluating {checkpoint} with {', '.join(keys)}")
+
     backbone = build_initial_backbone(recipe)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}
     load_backbone_weights(backbone, checkpoint)
-    scores = evaluate_backbone(backbone, **options) if options["protocols"] else {}
-    for key in head_protocols:
-        _merge_scores(scores, _head_scores(key, checkpoint, options))
-    if baseline == "random" and options["protocols"]:
+    probe = _probe_epochs(data, section, workers) if "linear_probe" in keys else None
+    common = {"num_classes": num_classes, "device": device, "probe": probe,
+              "probe_settings": section.linear_probe, "seed": recipe.seed}  # fmt: skip
+    backbone_keys = [key for key in keys if key in ("linear_probe", "kmeans")]
+    scores = _backbone_scores(backbone, state, resized, backbone_keys, common)
+    if MASKCONTRAST_KMEANS in keys:
+        _merge(scores, _maskcontrast_kmeans(state, resized, common))
+    if SEGMENTATION in keys:
+        _merge(scores, _segmentation(state, data, workers, common))
+    inputs = {key: _resize_input(section.image_size) for key in keys}
+    if SEGMENTATION in scores:
+        inputs[SEGMENTATION] = _pad_input(_reco_stage(state))
+    if baseline == "random" and backbone_keys:
         backbone.load_state_dict(initial)
         on_message("evaluating the random-init baseline")
-        scores["baseline_random"] = evaluate_backbone(backbone, **options)
+        if probe is not None:  # a fresh stream: the same images in the same order
+            common["probe"] = _probe_epochs(data, section, workers)
+        scores["baseline_random"] = evaluate_backbone(
+            backbone, val_batches=resized, protocols=backbone_keys, **common
+        )
+        _add_inputs(scores["baseline_random"], inputs)
+    _add_inputs(scores, inputs)
+    scores["data"] = data_record(data, EVAL_SPLIT)
     for key, reason in scores.get("skipped", {}).items():
         on_message(f"{key} skipped: {reason}")
     if run_dir is not None:
@@ -110,75 +132,179 @@ def evaluate_checkpoint(
     return scores
 
 
-def _head_scores(key: str, checkpoint: str | Path, options: dict[str, Any]) -> dict[str, Any]:
-    """A protocol that reads the checkpoint's trained heads: MaskContrast's embedding and
-    saliency heads, or a ReCo model's classifier (teacher or student, as it validated)."""
-    from ..methods.maskcontrast import load_query_encoder
-    from ..methods.reco import load_segmenter
-    from .checkpoint import load_state
+def _raycseg_state(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's state when it is a raycseg checkpoint (None for plain weights)."""
+    try:
+        state = load_state(checkpoint)
+    except CsegError:
+        return None
+    return state if isinstance(state, dict) and state.get("format") == "raycseg" else None
+
+
+def _probe_epochs(data: str, section: EvalSection, workers: int):
+    """The probe's training epochs, or None when the shards have no `train` split."""
+    try:
+        return probe_training_epochs(
+            data,
+            image_size=section.image_size,
+            batch_size=section.linear_probe.batch_size,
+            augment=section.linear_probe.augment,
+            num_workers=workers,
+        )
+    except CsegError as error:
+        if "no 'train' split" in str(error):
+            return None
+        raise
+
+
+def _backbone_scores(backbone, state, batches, keys, common) -> dict[str, Any]:
+    """linear-probe and kmeans; the probe reads a MaskContrast checkpoint's decoder features."""
+    if not keys:
+        return {}
+    encoder = _maskcontrast_encoder(state) if "linear_probe" in keys else None
+    if encoder is None:
+        return evaluate_backbone(backbone, val_batches=batches, protocols=keys, **common)
+    scores = evaluate_backbone(
+        encoder,
+        val_batches=batches,
+        protocols=["linear_probe"],
+        probe_features=DecoderFeatures(encoder),
+        feature_source="MaskContrast decoder features (256-d)",
+        **common,
+    )
+    if "kmeans" in keys:
+        _merge(
+            scores, evaluate_backbone(backbone, val_batches=batches, protocols=["kmeans"], **common)
+        )
+    return scores
+
+
+def _maskcontrast_encoder(state):
+    """A maskcontrast checkpoint's query encoder, else None."""
+    from ..methods.maskcontrast import load_query_encoder  # noqa: PLC0415 (methods are heavy)
+
+    if state is None:
+        return None
+    try:
+        return load_query_encoder(state)
+    except ProtocolSkipped:
+        return None
+
+
+def _maskcontrast_kmeans(state, batches, common) -> dict[str, Any]:
+    from ..methods.maskcontrast import load_query_encoder  # noqa: PLC0415
 
     try:
-        if key == MASKCONTRAST_KMEANS:
-            module = load_query_encoder(load_state(checkpoint))
-            heads = {"embed_fn": module}
-        else:
-            module = load_segmenter(load_state(checkpoint))
-            heads = {"segment_fn": lambda images: module(images)[0]}
+        encoder = load_query_encoder(_require_state(state, MASKCONTRAST_KMEANS))
     except ProtocolSkipped as reason:
-        return {"skipped": {key: str(reason)}}
-    head_options = {**options, "protocols": [key], "train_batches": None}
-    return evaluate_backbone(module, **heads, **head_options)
+        return {"skipped": {MASKCONTRAST_KMEANS: str(reason)}}
+    return evaluate_backbone(
+        encoder, val_batches=batches, protocols=[MASKCONTRAST_KMEANS], embed_fn=encoder,
+        **{**common, "probe": None},
+    )  # fmt: skip
 
 
-def _merge_scores(scores: dict[str, Any], more: dict[str, Any]) -> None:
+def _segmentation(state, data, workers, common) -> dict[str, Any]:
+    """ReCo's segmentation protocol on full-resolution, padded inputs."""
+    from ..methods.reco import load_segmenter  # noqa: PLC0415
+
+    try:
+        segmenter = load_segmenter(_require_state(state, SEGMENTATION))
+    except ProtocolSkipped as reason:
+        return {"skipped": {SEGMENTATION: str(reason)}}
+    batches = evaluation_batches(
+        data, EVAL_SPLIT, input_policy="pad", input_size=_reco_stage(state).data.val_pad_to,
+        num_workers=workers,
+    )  # fmt: skip
+    return evaluate_backbone(
+        segmenter, val_batches=batches, protocols=[SEGMENTATION],
+        segment_fn=lambda images: segmenter(images)[0], **{**common, "probe": None},
+    )  # fmt: skip
+
+
+def _require_state(state, key: str) -> dict[str, Any]:
+    if state is None:
+        raise ProtocolSkipped(f"{key} needs a raycseg checkpoint, not plain backbone weights")
+    return state
+
+
+def _reco_stage(state) -> StageBase:
+    from ..methods.common import checkpoint_stage  # noqa: PLC0415
+
+    return checkpoint_stage(state, "reco")
+
+
+def _resize_input(size: int) -> str:
+    return f"each image resized to {size}x{size} (bicubic); scored at each mask's own size"
+
+
+def _pad_input(stage: StageBase) -> str:
+    pad = stage.data.val_pad_to
+    target = f"at least {pad}x{pad}" if pad else "the batch's largest image"
+    return (
+        f"each image at full resolution, reflect-padded bottom/right to {target}; "
+        "scored at each mask's own size"
+    )
+
+
+def _add_inputs(scores: dict[str, Any], inputs: dict[str, str]) -> None:
+    for key, value in scores.items():
+        if key in inputs and isinstance(value, dict) and "protocol" in value:
+            value["protocol"]["input"] = inputs[key]
+
+
+def _merge(scores: dict[str, Any], more: dict[str, Any]) -> None:
     skipped = {**scores.get("skipped", {}), **more.pop("skipped", {})}
     scores.update(more)
     if skipped:
         scores["skipped"] = skipped
 
 
+def run_checkpoint(run_dir: Path, stage: str | None = None) -> tuple[Recipe, str]:
+    """A run directory's recipe and the final checkpoint of `stage` (default: the last).
+
+    Raises:
+        CsegError: the stage is unknown or not finished yet.
+    """
+    stages = json.loads((run_dir / STAGES_FILE).read_text())
+    recipe = Recipe.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    names = [s.name for s in recipe.stages]
+    name = stage or names[-1]
+    if name not in names:
+        raise CsegError(f"{run_dir} has no stage {name!r}; its stages are {', '.join(names)}")
+    if name not in stages:
+        raise CsegError(
+            f"stage {name!r} of {run_dir} has not finished yet; finish it with "
+            "`cseg pretrain --resume`"
+        )
+    return recipe, stages[name]["checkpoint"]
+
+
 def evaluate_target(
     target: Path,
     *,
+    recipe: str | None = None,
     data: str | None = None,
     protocols: list[str] | None = None,
     baseline: str | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, Any], Path]:
-    """`cseg eval`: evaluate a run directory (its last stage) or a checkpoint; return scores and eval.json."""
-    from ..config import Recipe as RecipeModel
-    from ..train.checkpoint import load_state
-    from ..train.launch import STAGES_FILE
-
+    """`cseg eval`: evaluate a run directory (its last stage), a raycseg checkpoint, or plain
+    backbone weights (a torchvision, MoCo or DenseCL file) with `recipe`'s model and eval
+    sections; return the scores and the eval.json they were merged into (next to a file)."""
     target = Path(target).expanduser().resolve()
     if (target / STAGES_FILE).exists():
-        stages = json.loads((target / STAGES_FILE).read_text())
-        recipe = RecipeModel.model_validate(_yaml(target / "config.yaml"))
-        checkpoint = (
-            stages[recipe.stages[-1].name]["checkpoint"]
-            if recipe.stages[-1].name in stages
-            else None
-        )
-        if checkpoint is None:
-            raise CsegError(
-                f"{target} has no finished stage yet; finish it with `cseg pretrain --resume`"
-            )
+        trained, checkpoint = run_checkpoint(target)
         run_dir = target
     elif target.exists():
-        state = load_state(target)
-        if "recipe" not in state:
-            raise CsegError(
-                f"{target} is not a raycseg checkpoint (no recipe inside); evaluate its run directory"
-            )
-        recipe = RecipeModel.model_validate(state["recipe"])
-        checkpoint = target
+        trained, checkpoint = _recipe_of_weights(target, recipe), target
         run_dir = target if target.is_dir() else target.parent
     else:
         raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
     data = str(Path(data).expanduser().resolve()) if data and "://" not in data else data
     scores = evaluate_checkpoint(
         checkpoint,
-        recipe,
+        trained,
         run_dir=run_dir,
         data=data,
         protocols=protocols,
@@ -186,6 +312,23 @@ def evaluate_target(
         on_message=on_message,
     )
     return scores, run_dir / EVAL_FILE
+
+
+def _recipe_of_weights(target: Path, recipe: str | None) -> Recipe:
+    """The recipe stored in a raycseg checkpoint, else the one given for plain weights."""
+    state = load_state(target)
+    if "recipe" in state:
+        return Recipe.model_validate(state["recipe"])
+    if recipe is None:
+        raise CsegError(
+            f"{target} holds weights but no recipe; pass --recipe NAME (its model section "
+            "describes the backbone, its eval section the protocols), or evaluate a run directory"
+        )
+    from ..config import load_recipe  # noqa: PLC0415
+
+    loaded = load_recipe(recipe, check_files=False)
+    # the weights are the backbone: the recipe's own init is not read (the baseline is random)
+    return loaded.model_copy(update={"model": loaded.model.model_copy(update={"init_from": None})})
 
 
 def merge_eval_json(path: Path, scores: dict[str, Any]) -> dict[str, Any]:
@@ -208,13 +351,9 @@ def validation_miou(
     """The periodic validation metric: k-means mIoU of the backbone on the stage's val shards."""
     if hasattr(method, "validation_metrics"):
         return method.validation_metrics(stage, recipe, device)
-    batches = segmentation_batches(stage.data.val, "val", image_size=stage.data.image_size)
+    batches = evaluation_batches(
+        stage.data.val, EVAL_SPLIT, input_policy="resize", input_size=stage.data.image_size
+    )
     num_classes = num_classes_of(stage.data.val)
     scores = run_kmeans_protocol(method.backbone, batches, num_classes, seed=0, device=device)
     return {"val_miou": scores["miou"]}
-
-
-def _yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load(path.read_text())

@@ -37,9 +37,8 @@ from .. import remote
 from ..config import Recipe, ScalingSection, is_url, recipe_to_yaml
 from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
-from .checkpoint import STATE_FILE
-
-STAGES_FILE = "stages.json"
+from .checkpoint import STAGES_FILE, STATE_FILE
+from .preflight import check_run_data
 
 
 @dataclass
@@ -119,11 +118,12 @@ def run_pretrain(
             f"storage.path={recipe.storage.path} needs Ray Train workers; set "
             "scaling.num_workers>=1 or use a local storage.path (local mode keeps checkpoints here)"
         )
+    prepare_data(recipe, on_message)
+    check_run_data(recipe)
     run_dir, resumed = choose_run_dir(recipe, resume=resume, new=new)
     remote.make_dirs(run_dir)
     remote.write_text(remote.join(run_dir, "config.yaml"), recipe_to_yaml(recipe))
     on_message(f"{'resuming' if resumed else 'run'} {run_dir}")
-    prepare_data(recipe, on_message)
 
     result = PretrainResult(run_dir=run_dir, resumed=resumed)
     if recipe.scaling.num_workers:

@@ -17,7 +17,7 @@ import torch
 
 from raycseg import remote
 from raycseg.config import load_recipe
-from raycseg.data.pipeline import build_segmentation_loader
+from raycseg.data.pipeline import build_segmentation_eval_loader
 from raycseg.data.storage import count_samples, iter_shard_samples, list_shard_urls, read_manifest
 from raycseg.data.synthetic import build_synthetic
 from raycseg.errors import CsegError, DataError, RecipeError
@@ -109,8 +109,8 @@ def test_loader_workers_stream_shards_from_the_bucket(shard_sets):
 
     def batches(root, workers):
         urls = list_shard_urls(f"{root}/segmentation", "val")
-        loader = build_segmentation_loader(
-            urls, batch_size=2, crop_size=32, train=False, num_workers=workers
+        loader = build_segmentation_eval_loader(
+            urls, input_policy="resize", input_size=32, batch_size=2, num_workers=workers
         )
         items = [(k, b["image"][i]) for b in loader for i, k in enumerate(b["key"])]
         return sorted(items, key=lambda item: item[0])

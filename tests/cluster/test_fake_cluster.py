@@ -205,7 +205,7 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
         [
             f"data.root={data_root}", "data.synthetic=null",
             f"stages.cacl.data.train={shards}/video", "stages.cacl.data.val=null",
-            f"eval.data={shards}/segmentation", "eval.probe_steps=5",
+            f"eval.data={shards}/segmentation", "eval.linear_probe.epochs=1",
             f"storage.path={s3_bucket.url}/runs", "storage.name=node", "storage.max_failures=2",
             f"stages.cacl.steps={steps}", "stages.cacl.val_every=0", "storage.checkpoint_every=5",
             "scaling.num_workers=2", "scaling.min_workers=1", ON_WORKER_NODES,

@@ -11,6 +11,7 @@ import torch
 from raycseg.data.pipeline import (
     build_pair_loader,
     build_saliency_view_loader,
+    build_segmentation_eval_loader,
     build_segmentation_loader,
     count_samples,
 )
@@ -58,9 +59,7 @@ def test_saliency_views_carry_masks_within_the_area_range(tiny_synthetic):
 
 def test_segmentation_training_pads_with_ignore(tiny_synthetic):
     urls = list_shard_urls(tiny_synthetic / "segmentation", "train")
-    loader = build_segmentation_loader(
-        urls, batch_size=3, crop_size=48, scale_range=(0.5, 0.75), train=True
-    )
+    loader = build_segmentation_loader(urls, batch_size=3, crop_size=48, scale_range=(0.5, 0.75))
     (batch,) = first(loader)
     assert batch["image"].shape == (3, 3, 48, 48) and batch["image"].dtype == torch.uint8
     assert batch["label"].dtype == torch.long and (batch["label"] == 255).any()
@@ -73,10 +72,13 @@ def test_segmentation_evaluation_covers_val_once_across_ranks(tiny_synthetic, wo
     urls = list_shard_urls(root, "val")
     keys = []
     for rank in range(2):
-        loader = build_segmentation_loader(urls, batch_size=2, crop_size=24, train=False, rank=rank,
-                                           world_size=2, num_workers=workers)  # fmt: skip
+        loader = build_segmentation_eval_loader(urls, input_policy="resize", input_size=24,
+                                                batch_size=2, rank=rank, world_size=2,
+                                                num_workers=workers)  # fmt: skip
         for batch in loader:
-            assert batch["image"].shape[1:] == (3, 24, 24) and batch["label"].shape[1:] == (24, 24)
+            assert batch["image"].shape[1:] == (3, 24, 24)
+            assert batch["label"].shape[1:] == (32, 32)  # the masks keep their own size
+            assert batch["label_size"].tolist() == [[32, 32]] * len(batch["key"])
             keys += batch["key"]
     assert sorted(keys) == sorted(s["__key__"] for u in urls for s in iter_shard_samples(u))
     assert len(keys) == count_samples(root, "val") == 3
@@ -84,7 +86,7 @@ def test_segmentation_evaluation_covers_val_once_across_ranks(tiny_synthetic, wo
 
 def test_default_samples_per_rank_comes_from_the_shards(tiny_synthetic):
     urls = list_shard_urls(tiny_synthetic / "segmentation", "train")
-    loader = build_segmentation_loader(urls, batch_size=2, crop_size=16, train=True, world_size=3)
+    loader = build_segmentation_loader(urls, batch_size=2, crop_size=16, world_size=3)
     assert loader.dataset.spec.samples_per_rank == 12 // 3
 
 
@@ -136,7 +138,7 @@ def test_unjittered_training_yields_untouched_windows_of_the_originals(tiny_synt
     crop, flipped = 20, 0
     options = {"crop_only": True} if stream == "crop_only" else {"photometric": False}
     loader = build_segmentation_loader(
-        urls, batch_size=4, crop_size=crop, scale_range=(1, 1), train=True, **options
+        urls, batch_size=4, crop_size=crop, scale_range=(1, 1), **options
     )
     for batch in first(loader, 3):
         for image, label, key in zip(batch["image"], batch["label"], batch["key"], strict=True):

@@ -5,14 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from raycseg.data.transforms import (
     ColorJitter,
     MaskContrastViews,
     PairViewTransform,
+    ProbeTrainTransform,
+    RandomGaussianBlur,
     SegmentationTrainTransform,
+    blur_kernel_size,
+    crop_resize,
+    gaussian_blur,
+    random_grayscale,
     random_resized_crop_box,
-    resize_for_eval,
+    reflect_pad_bottom_right,
+    resize_image,
     rotate_hue,
 )
 
@@ -93,12 +101,41 @@ def test_segmentation_transform_moves_image_and_label_together():
         assert agree.sum() >= 0.95 * valid.sum()
 
 
-def test_eval_resize_is_exact_and_nearest_for_labels():
-    image = random_image(30, 50)
-    label = torch.randint(0, 5, (30, 50), dtype=torch.uint8)
-    out_image, out_label = resize_for_eval(image, label, 20)
-    assert out_image.shape == (3, 20, 20) and out_label.shape == (20, 20)
-    assert set(out_label.unique().tolist()) <= set(label.unique().tolist())
+def test_probe_augmentation_rotates_zooms_and_resizes_image_and_label_together():
+    image = torch.zeros(3, 30, 50, dtype=torch.uint8)
+    label = torch.zeros(30, 50, dtype=torch.uint8)
+    image[:, :, 25:] = 255
+    label[:, 25:] = 1
+    transform = ProbeTrainTransform(24, rotation=5.0, scale_range=(0.75, 1.25))
+    borders = 0
+    for seed in range(12):
+        out_image, out_label = transform(image, label, np.random.default_rng(seed))
+        assert out_image.shape == (3, 24, 24) and out_label.shape == (24, 24)
+        assert set(out_label.unique().tolist()) <= {0, 1, 255}
+        valid = out_label != 255
+        agree = ((out_image[0] > 127) == (out_label == 1)) & valid
+        assert agree.sum() >= 0.9 * valid.sum()
+        borders += int((~valid).any())  # zoomed out: pixels from outside the image are ignored
+        again = transform(image, label, np.random.default_rng(seed))
+        assert torch.equal(again[0], out_image) and torch.equal(again[1], out_label)
+    assert borders > 0
+    plain_image, plain_label = ProbeTrainTransform(24, augment=False)(
+        image, label, np.random.default_rng(0)
+    )
+    assert torch.equal(plain_image, resize_image(image, 24))
+    assert torch.equal(
+        plain_label, TF.resize(label[None], [24, 24], TF.InterpolationMode.NEAREST)[0]
+    )
+
+
+def test_reflect_padding_keeps_every_pixel_where_it_was():
+    image = random_image(5, 7)
+    padded = reflect_pad_bottom_right(image, (9, 12))
+    assert padded.shape == (3, 9, 12)
+    assert torch.equal(padded[:, :5, :7], image)
+    assert torch.equal(padded[:, 5, :7], image[:, 3, :])  # reflected about the last row
+    with pytest.raises(ValueError, match="cannot pad"):
+        reflect_pad_bottom_right(image, (4, 7))
 
 
 def test_maskcontrast_views_satisfy_the_area_constraint():
@@ -125,3 +162,46 @@ def test_maskcontrast_refuses_empty_and_full_masks(fill):
     views = MaskContrastViews(16)
     mask = torch.full((32, 32), fill, dtype=torch.uint8)
     assert views(random_image(32, 32), mask, np.random.default_rng(0)) is None
+
+
+def test_blur_kernel_is_about_a_tenth_of_the_view_and_odd():
+    assert [blur_kernel_size(side) for side in (224, 64, 32, 9)] == [23, 7, 3, 1]
+
+
+def test_gaussian_blur_matches_torchvision_and_keeps_flat_images():
+    image = random_image(40, 40)
+    reference = TF.gaussian_blur(image, [5, 5], [1.3, 1.3])
+    assert (gaussian_blur(image, 1.3, 5).int() - reference.int()).abs().max() <= 1
+    flat = torch.full((3, 12, 12), 90, dtype=torch.uint8)
+    assert torch.equal(gaussian_blur(flat, 2.0, 7), flat)
+
+
+def test_blur_happens_with_its_probability_and_is_deterministic():
+    blur = RandomGaussianBlur(p=0.3, sigma=(1.0, 2.0))  # sigma >= 1: every blur shows
+    image = random_image(32, 32)
+    rng = np.random.default_rng(0)
+    outputs = [blur(image, rng) for _ in range(1000)]
+    blurred = sum(not torch.equal(out, image) for out in outputs)
+    assert 240 <= blurred <= 360  # 300 ± 4 binomial standard deviations
+    rng_again = np.random.default_rng(0)
+    again = [blur(image, rng_again) for _ in range(50)]
+    assert all(torch.equal(a, b) for a, b in zip(again, outputs[:50], strict=True))
+    assert RandomGaussianBlur().p == 0.5 and RandomGaussianBlur().sigma == (0.1, 2.0)
+
+
+def view_without_blur(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """PairViewTransform(32) as it was before the blur: crop, flip, jitter, grayscale."""
+    box = random_resized_crop_box(image.shape[-2], image.shape[-1], (0.3, 1.0), rng)
+    view = crop_resize(image, box, (32, 32))
+    if rng.random() < 0.5:
+        view = TF.horizontal_flip(view)
+    return random_grayscale(ColorJitter()(view, rng), 0.2, rng)
+
+
+def test_pair_views_with_blur_p_zero_are_the_views_without_blur():
+    image = random_image()
+    transform = PairViewTransform(32, blur_p=0.0)
+    rng, reference_rng = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(20):  # same stream: no draw is spent on a blur that never happens
+        assert torch.equal(transform(image, rng), view_without_blur(image, reference_rng))
+    assert PairViewTransform(32).blur.p == 0.5  # the spec's default

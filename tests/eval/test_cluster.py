@@ -15,7 +15,7 @@ from raycseg.eval import (
     run_kmeans_protocol,
     run_maskcontrast_kmeans,
 )
-from raycseg.eval.cluster import remap_confusion
+from raycseg.eval.metrics import remap_confusion
 
 
 def _blobs(per_cluster: int = 50, seed: int = 0):
@@ -151,3 +151,23 @@ def test_maskcontrast_kmeans_skips_without_enough_salient_images():
             num_classes,
             device="cpu",
         )
+
+
+def test_maskcontrast_kmeans_fits_pca_and_clusters_on_every_image_as_the_official_code():
+    """Images without a salient pixel keep a zero prototype and still take part in the fit."""
+    num_classes = 4
+    images, labels, directions = _object_scenes(2, num_classes)  # 2 objects: fewer than K-1
+    empty_images = torch.zeros(5, 3, 16, 16, dtype=torch.uint8)  # class 0: nothing salient
+    empty_labels = torch.zeros(5, 16, 16, dtype=torch.long)
+    result = run_maskcontrast_kmeans(
+        _scene_embedder(directions, num_classes),
+        as_batches(torch.cat([images, empty_images]), torch.cat([labels, empty_labels]), 3),
+        num_classes,
+        device="cpu",
+    )
+    assert any("7 images span at most 6 directions" in note for note in result["notes"])
+    all_labels = torch.cat([labels, empty_labels])
+    assert result["pixels_scored"] == int((all_labels != 255).sum())
+    assert result["miou_std"] == pytest.approx(
+        torch.tensor(result["miou_per_seed"]).std(unbiased=False).item()
+    )

@@ -89,7 +89,9 @@ def test_forward_backward_gives_terms_and_gradients_only_to_the_query_encoder():
 
 
 def test_frozen_early_layers_get_no_gradient_and_keep_their_batchnorm_statistics():
-    method = new_method("stages.maskcontrast.freeze_early_layers=true").train()
+    method = new_method(
+        "stages.maskcontrast.freeze_early_layers=true", "stages.maskcontrast.init_from=/weights.pt"
+    ).train()
     frozen = [getattr(method.backbone, name) for name in ("conv1", "bn1", "layer1", "layer2")]
     batchnorms = [
         m for layer in frozen for m in layer.modules() if isinstance(m, torch.nn.BatchNorm2d)

@@ -184,7 +184,9 @@ def test_load_segmenter_gives_the_network_that_validates():
         expected = parameters(getattr(method, evaluated))
         assert all(torch.equal(v, expected[n]) for n, v in parameters(segmenter).items()), mode
     cacl = load_recipe("cacl/debug", check_files=False).model_dump(mode="json")
-    with pytest.raises(ProtocolSkipped, match="stage 'cacl'; evaluate a reco stage"):
+    with pytest.raises(
+        ProtocolSkipped, match="stage 'cacl', not of a reco stage; evaluate a reco stage"
+    ):
         load_segmenter({"model": {}, "recipe": cacl, "stage": "cacl"})
 
 

@@ -29,7 +29,7 @@ def test_pretrain_survives_a_killed_worker_and_logs_every_step_once(tmp_path):
         "pretrain", "cacl/debug",
         f"data.root={tmp_path / 'data'}", f"storage.path={tmp_path / 'runs'}", "storage.name=kill",
         f"stages.cacl.steps={STEPS}", "stages.cacl.val_every=0", "storage.checkpoint_every=5",
-        "storage.max_failures=1", "eval.probe_steps=10",
+        "storage.max_failures=1", "eval.linear_probe.epochs=1",
         "--quiet",
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
