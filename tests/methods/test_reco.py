@@ -203,6 +203,16 @@ def test_decoders_and_scaled_aspp_rates():
     output["loss"].backward()
 
 
+def test_a_resnet_keeps_the_spec_rates_whatever_the_crop():
+    """deeplabv2 on a ResNet runs at output stride 8 with 6/12/18/24, as the official code."""
+    resnet = ModelSection(backbone="resnet18", output_stride=8)
+    v2 = build_segmenter(make_stage(decoder="deeplabv2"), resnet)
+    assert [conv.dilation[0] for conv in v2.classifier] == [6, 12, 18, 24]
+    assert v2.backbone.output_stride == 8
+    v3 = build_segmenter(make_stage(), ModelSection(backbone="resnet18", output_stride=16))
+    assert [branch[0].dilation[0] for branch in list(v3.aspp.branches)[1:-1]] == [6, 12, 18]
+
+
 def test_confidence_weighted_ce_closed_forms():
     logits = torch.zeros(2, 4, 3, 3, requires_grad=True)  # uniform: CE = log 4 everywhere
     target = torch.ones(2, 3, 3, dtype=torch.long)
