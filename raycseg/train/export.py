@@ -7,7 +7,6 @@ missing, so other code bases can start from a raycseg run.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Any
 
 import torch
 
-from ..config import Recipe, is_url
+from ..config import Recipe
 from ..errors import CsegError
 from ..models import build_backbone, export_torchvision_state_dict
 from ..models.weights import load_backbone_state
-from .checkpoint import load_state
+from .checkpoint import load_state, read_stages
 from .evaluation import STAGES_FILE, run_checkpoint
 
 
@@ -82,15 +81,13 @@ def _checkpoint_to_export(target: Path, stage: str | None) -> str:
                 f"{target} is a checkpoint, not a run directory; drop the stage, or pass the run"
             )
         return str(target)
-    finished = list(json.loads((target / STAGES_FILE).read_text()))
+    finished = list(read_stages(target))
     if stage is None and not finished:
         raise CsegError(
             f"{target} has no finished stage yet; finish it with `cseg pretrain --resume`"
         )
-    _, checkpoint = run_checkpoint(target, stage or finished[-1])
-    if is_url(checkpoint) or Path(checkpoint).is_absolute():
-        return checkpoint
-    return str(target / checkpoint)  # stored relative to the run directory
+    _, checkpoint = run_checkpoint(target, stage or finished[-1])  # found under `target`
+    return checkpoint
 
 
 def _recipe_of(state: dict[str, Any], checkpoint: str) -> Recipe:
