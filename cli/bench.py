@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
 
 from .console import err, out
 
-app = typer.Typer(help="Benchmarks: data decoding and loss forward+backward.", no_args_is_help=True)
+app = typer.Typer(
+    help="Benchmarks: data decoding and loss forward+backward.",
+    epilog="""Examples:
+
+cseg bench loss cacl
+cseg bench data data/synthetic/video --seconds 5""",
+    no_args_is_help=True,
+)
 
 
-@app.command("data")
+@app.command(
+    "data",
+    epilog="""Examples:
+
+cseg bench data data/synthetic/video
+cseg bench data data/k400 --workers 4 --augment --rounds 3 --json data.json""",
+)
 def bench_data(
     shards: Path = typer.Argument(
         ..., help="A video shard folder (from `cseg shards build --kind video`)."
@@ -34,12 +48,27 @@ def bench_data(
     _show("data decoding", results, json_out)
 
 
-@app.command("loss")
+LossName = Literal[
+    "cacl",
+    "cacl-global",
+    "cacl-pixel",
+    "cacl-cycle",
+    "crw-walk",
+    "maskcontrast",
+    "maskcontrast-feature",
+    "reco",
+]
+
+
+@app.command(
+    "loss",
+    epilog="""Examples:
+
+cseg bench loss cacl
+cseg bench loss reco --threads 4 --json reco.json""",
+)
 def bench_loss(
-    name: str = typer.Argument(
-        ...,
-        help="cacl, cacl-global, cacl-pixel, cacl-cycle, crw-walk, maskcontrast, maskcontrast-feature or reco.",
-    ),
+    name: LossName = typer.Argument(..., help="The loss (or loss term) to time."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads."),
     repeats: int = typer.Option(
         3, "--repeats", help="Timed repetitions (time_s is the median, time_s_min the best)."
@@ -54,10 +83,20 @@ def bench_loss(
 
 
 def _show(title: str, results: dict, json_out: Path | None) -> None:
+    """Print the results as tables: one of measures, and one per list of records (such as
+    `rounds`) with a column per record; write them to `json_out` as they are."""
     table = Table("measure", "value", title=title)
-    for key, value in _flatten(results):
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key, value in _flatten({k: v for k, v in results.items() if not _is_records(v)}):
+        table.add_row(key, _cell(value))
     out.print(table)
+    for key, records in results.items():
+        if _is_records(records):
+            rows = [dict(_flatten(record)) for record in records]
+            columns = [str(number) for number in range(1, len(rows) + 1)]
+            per_record = Table("measure", *columns, title=f"{title}: {key}, one column each")
+            for name in dict.fromkeys(name for row in rows for name in row):
+                per_record.add_row(name, *(_cell(row.get(name)) for row in rows))
+            out.print(per_record)
     if json_out is not None:
         partial = json_out.with_name(json_out.name + ".partial")
         partial.write_text(json.dumps(results, indent=2))
@@ -65,9 +104,26 @@ def _show(title: str, results: dict, json_out: Path | None) -> None:
         err.print(f"wrote {json_out}", markup=False)
 
 
+def _is_records(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value)
+    return str(value)
+
+
 def _flatten(results: dict, prefix: str = ""):
     for key, value in results.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}{key}.")
+        elif _is_records(value):
+            for number, record in enumerate(value, 1):
+                yield from _flatten(record, f"{prefix}{key}[{number}].")
         else:
             yield f"{prefix}{key}", value

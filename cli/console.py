@@ -7,10 +7,13 @@ must not print anything else there.
 
 from __future__ import annotations
 
+import json
+import math
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,8 +23,65 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Laid out this wide when the output is a pipe or a file: tables keep whole names.
+PIPED_WIDTH = 10_000
+
+
+class _Console(Console):
+    """A rich Console that writes plain text unless its file is a terminal right now.
+
+    Rich decides by itself whether a file is a terminal, and also believes
+    FORCE_COLOR and TTY_COMPATIBLE; then the path that `--quiet` prints, or a
+    `--json` document, carries colour codes into a pipe. Here only the file's
+    own `isatty()` decides. In a pipe or a file the console is `PIPED_WIDTH`
+    columns wide instead of rich's 80, so tables print whole names: no "…",
+    no wrapped cells.
+    """
+
+    @property
+    def is_terminal(self) -> bool:
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return bool(isatty is not None and isatty())
+        except ValueError:  # a closed file (at interpreter exit)
+            return False
+
+    @property
+    def _color_system(self):  # read by rich at each write: no colours off a terminal
+        return self._colors_on_terminal if self.is_terminal else None
+
+    @_color_system.setter
+    def _color_system(self, value) -> None:  # rich sets it once, in __init__
+        self._colors_on_terminal = value
+
+    def _size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(PIPED_WIDTH, size.height)
+        return size
+
+    size = property(_size, Console.size.fset)
+
+
+out = _Console(soft_wrap=True)
+err = _Console(stderr=True, soft_wrap=True)
+
+
+def print_json(data) -> None:
+    """Write `data` to stdout as one valid JSON document, as it is: no markup, emoji or
+    colour, NaN and infinities as null, paths and other objects as strings."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 @contextmanager

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 from scipy import ndimage
 
@@ -204,9 +205,17 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     Two settings keep the bytes (and so the shards) identical from run to
     run: x264's macroblock tree is off (with it, small frames encoded
     differently between runs in one process), and the colour conversion is
-    done here in numpy rather than by swscale.
+    done here in numpy rather than by swscale. ffmpeg's log lines (x264's
+    settings, and its statistics when the encoder is freed) are caught and
+    dropped, also where something in the process has turned PyAV's logging on.
     """
     buffer = io.BytesIO()
+    with av.logging.Capture():
+        _encode_into(buffer, frames, fps)  # returns once the encoder is freed
+    return buffer.getvalue()
+
+
+def _encode_into(buffer: io.BytesIO, frames: np.ndarray, fps: int) -> None:
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -217,7 +226,6 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
             yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
             container.mux(stream.encode(yuv))
         container.mux(stream.encode(None))
-    return buffer.getvalue()
 
 
 def _write_train_clip(args: tuple[int, int, SyntheticConfig, Path, int]) -> None:

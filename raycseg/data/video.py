@@ -4,6 +4,14 @@ Decoding never touches the filesystem: shard members arrive as bytes and are
 wrapped in `io.BytesIO`. Each reader decodes on one thread (`num_threads=1`),
 so throughput scales with DataLoader workers, one per CPU core.
 
+decord's native code writes to the process's stderr: its bundled ffmpeg logs
+("[h264 @ 0x...] Invalid NAL unit size", "moov atom not found"), silenced here
+for the whole process, and its own "[hh:mm:ss] video_reader.cc:83: ERROR
+opening: ..." lines when a clip cannot be opened, which `open_video` catches
+and folds into the error it raises. A clip that fails says why in that error
+(and so in the manifest, `cseg shards verify` or the loader's skip count),
+not in a stray line on the terminal.
+
 Samplers take a `numpy.random.Generator` so that a worker's stream is
 deterministic from its seed:
 
@@ -17,15 +25,26 @@ deterministic from its seed:
 from __future__ import annotations
 
 import io
+import os
 import re
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 
 import decord
+import decord.logging
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
 _DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+_DECORD_OPEN_ERROR = re.compile(r"ERROR opening: .*, (?P<reason>[^,]+)$")
+_native_stderr = threading.Lock()  # one file descriptor 2 per process
+_sink: dict = {"pid": None, "file": None}  # one catch file per process (forked loaders too)
+
+# decord raises on every real failure; ffmpeg's log lines only repeat them, per clip.
+decord.logging.set_level(decord.logging.QUIET)
 
 
 @dataclass(frozen=True)
@@ -61,13 +80,82 @@ def open_video(data: bytes, *, num_threads: int = 1) -> decord.VideoReader:
     """
     if not data:
         raise ValueError("empty video (0 bytes)")
-    try:
-        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=num_threads)
-    except Exception as error:  # decord raises DECORDError, RuntimeError, ...
-        raise ValueError(f"cannot open video: {decord_reason(error)}") from error
+    with _NativeStderr() as native:
+        try:
+            reader = decord.VideoReader(
+                io.BytesIO(data), ctx=decord.cpu(0), num_threads=num_threads
+            )
+        except Exception as error:  # decord raises DECORDError, RuntimeError, ...
+            failure = error
+        else:
+            failure = None
+    if failure is not None:
+        reason = decord_reason(failure)
+        detail = native.open_error()
+        if detail and detail not in reason:
+            reason = f"{reason} ({detail})"
+        raise ValueError(f"cannot open video: {reason}") from failure
     if len(reader) == 0:
         raise ValueError("video has no frames")
     return reader
+
+
+class _NativeStderr:
+    """Catch what native code writes to file descriptor 2 meanwhile.
+
+    On leaving, decord's own log lines are kept (`open_error`) and anything
+    else (another thread's output, say) is written back to descriptor 2. Where
+    the descriptor cannot be swapped, nothing is caught.
+    """
+
+    def __init__(self):
+        self.decord_lines: list[str] = []
+        self.saved = None
+
+    def __enter__(self):
+        _native_stderr.acquire()
+        try:
+            sys.stderr.flush()
+            if _sink["pid"] != os.getpid():
+                _sink.update(pid=os.getpid(), file=tempfile.TemporaryFile())
+            self.sink = _sink["file"]
+            self.sink.seek(0)
+            self.sink.truncate()
+            self.saved = os.dup(2)
+            os.dup2(self.sink.fileno(), 2)
+        except (OSError, ValueError, AttributeError):
+            self._close()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.saved is not None:
+                os.dup2(self.saved, 2)
+                self.sink.seek(0)
+                text = self.sink.read().decode("utf-8", errors="replace")
+                others = []
+                for line in text.splitlines(keepends=True):
+                    kept = self.decord_lines if _DECORD_PREFIX.match(line) else others
+                    kept.append(line)
+                if others:
+                    os.write(2, "".join(others).encode())
+        finally:
+            self._close()
+            _native_stderr.release()
+        return False
+
+    def _close(self):
+        if self.saved is not None:
+            os.close(self.saved)
+        self.saved = None
+
+    def open_error(self) -> str | None:
+        """ffmpeg's reason from decord's "ERROR opening: <name>, <reason>" line, if any."""
+        for line in self.decord_lines:
+            match = _DECORD_OPEN_ERROR.search(_DECORD_PREFIX.sub("", line.strip()))
+            if match:
+                return match.group("reason").strip()
+        return None
 
 
 def decode_frames(reader: decord.VideoReader, indices: list[int] | np.ndarray) -> np.ndarray:
