@@ -25,6 +25,10 @@ from .console import err, out
 
 app = typer.Typer(
     help="Cluster configs: render them for AWS, GCP or KubeRay, and check their fields.",
+    epilog="""Examples:
+
+cseg cluster render --provider aws --out aws.yaml
+cseg cluster check aws.yaml""",
     no_args_is_help=True,
 )
 
@@ -37,7 +41,13 @@ class Provider(StrEnum):
     kuberay = "kuberay"
 
 
-@app.command()
+@app.command(
+    epilog="""Examples:
+
+cseg cluster render --provider aws --instance-type g5.xlarge --out aws.yaml
+cseg cluster render --provider gcp --project my-proj --spot --out gcp.yaml
+cseg cluster render --provider kuberay --max-nodes 8 --out kuberay.yaml""",
+)
 def render(
     provider: Provider = typer.Option(..., "--provider", help="aws, gcp (ray up) or kuberay."),
     gpus_per_node: int | None = typer.Option(
@@ -93,7 +103,12 @@ def render(
     )
 
 
-@app.command()
+@app.command(
+    epilog="""Examples:
+
+cseg cluster check aws.yaml
+cseg cluster check kuberay.yaml             # RayCluster + RayJob""",
+)
 def check(
     config_file: Path = typer.Argument(..., help="A rendered or hand-edited cluster config."),
 ) -> None:

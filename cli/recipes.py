@@ -21,10 +21,24 @@ from raycseg.errors import CsegError, RecipeError
 
 from .console import err, out
 
-app = typer.Typer(help="List, show, validate and copy recipes.", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show, validate and copy recipes.",
+    epilog="""Examples:
+
+cseg recipes ls
+cseg recipes show cacl/debug --resolved
+cseg recipes cp quickstart my_recipe.yaml""",
+    no_args_is_help=True,
+)
 
 
-@app.command("ls")
+@app.command(
+    "ls",
+    epilog="""Examples:
+
+cseg recipes ls
+cseg recipes show reco/voc_60labels         # then look at one""",
+)
 def list_recipes() -> None:
     """List the shipped recipes and cluster overlays."""
     table = Table()
@@ -40,7 +54,14 @@ def list_recipes() -> None:
     out.print(f"cluster overlays (--cluster NAME): {overlays}", markup=False)
 
 
-@app.command("show")
+@app.command(
+    "show",
+    epilog="""Examples:
+
+cseg recipes show quickstart
+cseg recipes show cacl/debug --resolved     # every default filled in
+cseg recipes show reco/voc_60labels stages.reco.steps=100""",
+)
 def show(
     recipe: str = typer.Argument(..., help="A shipped recipe name or a YAML path."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides."),
@@ -57,7 +78,13 @@ def show(
         out.print(find_recipe(recipe).read_text(), markup=False)
 
 
-@app.command("validate")
+@app.command(
+    "validate",
+    epilog="""Examples:
+
+cseg recipes validate                       # every shipped recipe
+cseg recipes validate my_recipe.yaml --check-files""",
+)
 def validate(
     recipes: list[str] = typer.Argument(
         None, help="Recipe names or paths (default: every shipped recipe)."
@@ -82,7 +109,13 @@ def validate(
         )
 
 
-@app.command("cp")
+@app.command(
+    "cp",
+    epilog="""Examples:
+
+cseg recipes cp quickstart .
+cseg recipes cp cacl/debug my_cacl.yaml --force""",
+)
 def copy(
     recipe: str = typer.Argument(..., help="A shipped recipe name."),
     dest: Path = typer.Argument(..., help="Destination file or folder."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
@@ -27,7 +28,7 @@ def split(
         min=1,
         help="Partial Dataset, Full Labels: choose N fully labelled images (class-balanced).",
     ),
-    partial: str = typer.Option(
+    partial: Literal["p0", "p1", "p5", "p25"] = typer.Option(
         None,
         "--partial",
         help="Partial Labels, Full Dataset: p0 (one pixel per class), p1, p5 or p25 (% per class).",
@@ -38,7 +39,7 @@ def split(
         min=1,
         help="Classes an image needs to be chosen (default: 3 VOC, 12 Cityscapes, else 1).",
     ),
-    sampler: str = typer.Option(
+    sampler: Literal["class-balanced", "rarest-class"] = typer.Option(
         "class-balanced",
         "--sampler",
         help="With --num-labels: class-balanced (VOC, Cityscapes) or rarest-class (SUN RGB-D).",
