@@ -7,6 +7,7 @@ Register it on the root app with `app.command("report")(report.report)`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
@@ -14,6 +15,8 @@ from rich.table import Table
 from raycseg.reports import ExperimentSummary, RunSummary, write_report
 from raycseg.reports.render import format_number
 from raycseg.reports.report import (
+    data_text,
+    eval_header,
     eval_rows,
     next_command,
     ranked_trials,
@@ -29,7 +32,9 @@ def report(
     metric: str | None = typer.Option(
         None, help="Experiments: the objective (default: the search's)."
     ),
-    mode: str | None = typer.Option(None, help="Experiments: max or min (default: the search's)."),
+    mode: Literal["max", "min"] | None = typer.Option(
+        None, help="Experiments: maximise or minimise the metric (default: the search's)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the report directory."),
 ) -> None:
     """Write a report (Markdown, self-contained HTML, PNG plots) for a run or a search."""
@@ -80,11 +85,16 @@ def _print_run(summary: RunSummary) -> None:
     out.print(stages)
     if summary.evaluation:
         scores = Table(title="evaluation (mIoU)")
-        for column in ("protocol", "pretrained", "random init", "gain"):
+        columns = ["protocol", "pretrained", "random init", "gain"]
+        columns += eval_header(summary)[len(columns) :]  # pixels scored, where recorded
+        for column in columns:
             scores.add_column(column, justify="left" if column == "protocol" else "right")
         for row in eval_rows(summary):
             scores.add_row(*row)
         out.print(scores)
+        scored = data_text(summary)
+        if scored is not None:
+            out.print(scored.replace("`", ""), markup=False, highlight=False)
     if summary.skipped_corrupt:
         out.print(f"corrupt samples skipped: {summary.skipped_corrupt}", markup=False)
 

@@ -6,12 +6,23 @@
 
 from .experiment import ExperimentSummary, TrialSummary, load_experiment
 from .report import write_experiment_report, write_report, write_run_report
-from .run import ProtocolScore, RunSummary, StageSpan, load_run
+from .run import (
+    EvalData,
+    EvalSamples,
+    ProtocolScore,
+    RunSummary,
+    SamplePictures,
+    StageSpan,
+    load_run,
+)
 
 __all__ = [
+    "EvalData",
+    "EvalSamples",
     "ExperimentSummary",
     "ProtocolScore",
     "RunSummary",
+    "SamplePictures",
     "StageSpan",
     "TrialSummary",
     "load_experiment",

@@ -35,6 +35,8 @@ from .render import (
 )
 from .run import RunSummary, is_run_dir, load_run
 
+SAMPLES_PICTURE = "eval_samples.png"
+
 Summary = RunSummary | ExperimentSummary
 
 
@@ -240,6 +242,15 @@ def write_run_report(path: Path) -> RunSummary:
         _plots("run").plot_validation(summary, summary.path / "validation.png"),
         _plots("run").plot_eval(summary, summary.path / "eval.png"),
     ]
+    if summary.evaluation and summary.eval_samples is not None:
+        plots.append(
+            _plots("run").plot_eval_samples(
+                _pictures().load_samples(summary.eval_samples),
+                summary.eval_samples.protocols,
+                sample_classes(summary),
+                summary.path / SAMPLES_PICTURE,
+            )
+        )
     plots = [plot for plot in plots if plot is not None]
     blocks = run_blocks(summary, plots)
     summary.files = [
@@ -268,22 +279,51 @@ def stage_rows(summary: RunSummary) -> list[list[str]]:
     return rows
 
 
+def eval_header(summary: RunSummary) -> list[str]:
+    """The eval table's columns; `pixels scored` only where eval.json records it."""
+    header = ["protocol", "pretrained mIoU", "random-init mIoU", "gain"]
+    if any(score.pixels_scored is not None for score in summary.evaluation):
+        header.append("pixels scored")
+    return header
+
+
 def eval_rows(summary: RunSummary) -> list[list[str]]:
-    """Per protocol: pretrained mIoU, random-init mIoU and the difference."""
+    """Per protocol: pretrained mIoU, random-init mIoU, the difference (and pixels scored)."""
+    with_pixels = len(eval_header(summary)) > 4
     rows = []
     for score in summary.evaluation:
         gain = None
         if score.miou is not None and score.baseline_miou is not None:
             gain = score.miou - score.baseline_miou
-        rows.append(
-            [
-                score.protocol,
-                format_number(score.miou),
-                format_number(score.baseline_miou),
-                "-" if gain is None else f"{gain:+.4f}",
-            ]
-        )
+        row = [
+            score.protocol,
+            format_number(score.miou),
+            format_number(score.baseline_miou),
+            "-" if gain is None else f"{gain:+.4f}",
+        ]
+        if with_pixels:
+            row.append("-" if score.pixels_scored is None else f"{score.pixels_scored:,}")
+        rows.append(row)
     return rows
+
+
+def data_text(summary: RunSummary) -> str | None:
+    """What eval.json says was scored, as one sentence; None for older files without it."""
+    data = summary.eval_data
+    if data is None:
+        return None
+    shards = "-" if data.shards is None else f"`{data.shards}`"
+    split = "-" if data.split is None else f"`{data.split}`"
+    images = "-" if data.images is None else str(data.images)
+    classes = len(data.classes)
+    return f"Scored data: shards {shards}, split {split}, {images} images, {classes} classes."
+
+
+def sample_classes(summary: RunSummary) -> list[str]:
+    """Class names for the pictures: the samples' index, else eval.json's data record."""
+    if summary.eval_samples is not None and summary.eval_samples.classes:
+        return summary.eval_samples.classes
+    return summary.eval_data.classes if summary.eval_data is not None else []
 
 
 def _is_number(value: object) -> bool:
@@ -328,13 +368,24 @@ def _eval_blocks(summary: RunSummary, plot_names: set[str]) -> list[Block]:
         return [*blocks, Paragraph("No `eval.json` yet. Evaluate the run with:"), Code(command)]
     seed = "" if summary.eval_seed is None else f" k-means seed: {summary.eval_seed}."
     blocks.append(Paragraph(f"mIoU of the frozen backbone against a random-init one.{seed}"))
-    header = ["protocol", "pretrained mIoU", "random-init mIoU", "gain"]
+    scored = data_text(summary)
+    if scored is not None:
+        blocks.append(Paragraph(scored))
+    header = eval_header(summary)
     blocks.append(Table(header, eval_rows(summary), numeric=frozenset(header[1:])))
     if "eval.png" in plot_names:
         blocks.append(Image("eval.png", "mIoU per protocol, pretrained vs random init"))
+    if SAMPLES_PICTURE in plot_names and summary.eval_samples is not None:
+        pictures = _pictures()
+        loaded = pictures.load_samples(summary.eval_samples)
+        caption = pictures.sample_caption(summary.eval_samples, loaded, sample_classes(summary))
+        blocks += [Heading("Validation images", level=3), Image(SAMPLES_PICTURE, caption)]
     blocks += [
         Heading("Per-class IoU", level=3),
-        Paragraph("By class id; `-` where the class never occurs (TP+FP+FN = 0)."),
+        Paragraph(
+            "By class id (and name, where eval.json records it); `-` where the class "
+            "never occurs (TP+FP+FN = 0)."
+        ),
         _per_class_table(summary),
     ]
     return blocks
@@ -349,12 +400,20 @@ def _per_class_table(summary: RunSummary) -> Table:
             header.append(f"{score.protocol} (random)")
             columns.append(score.baseline_per_class_iou)
     classes = max((len(column) for column in columns), default=0)
+    names = summary.eval_data.classes if summary.eval_data is not None else []
     rows = [
-        [str(index)]
+        [f"{index} {names[index]}" if index < len(names) else str(index)]
         + [format_number(column[index] if index < len(column) else None) for column in columns]
         for index in range(classes)
     ]
-    return Table(header, rows, numeric=frozenset(header))
+    return Table(header, rows, numeric=frozenset(header[1:] if names else header))
+
+
+def _pictures():
+    """`raycseg.reports.pictures` (imported on use, as the plots are)."""
+    from . import pictures
+
+    return pictures
 
 
 def _plots(kind: str):

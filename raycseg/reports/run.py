@@ -5,7 +5,11 @@ RUN/
   metrics.jsonl   one JSON object per logged optimizer step: stage, step (global
                   to the run), loss, loss_<term>..., lr, samples_per_s,
                   skipped_corrupt, and validation metrics (`val_*`) on some steps
-  eval.json       {"<protocol>": {"miou", "per_class_iou"}, ..., "baseline_random": {...}}
+  eval.json       {"<protocol>": {"miou", "per_class_iou", "pixels_scored", ...}, ...,
+                   "baseline_random": {...}, "data": {"shards", "split", "images", "classes"}}
+                  (older files lack `pixels_scored` and `data`; the report leaves them out)
+  eval_samples/   a few scored validation images (`raycseg.eval.samples`): index.json
+                  lists the classes, the protocols and each sample's PNG files
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from raycseg.errors import CsegError
 
 METRICS_FILE = "metrics.jsonl"
 BASELINE_KEY = "baseline_random"
+DATA_KEY = "data"
+SAMPLES_DIR = "eval_samples"  # raycseg.eval.samples.SAMPLES_DIR; read here without torch
+SAMPLES_INDEX = "index.json"
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,41 @@ class ProtocolScore:
     per_class_iou: list[float | None]
     baseline_miou: float | None
     baseline_per_class_iou: list[float | None]
+    pixels_scored: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """eval.json's `data` record: what was scored."""
+
+    shards: str | None
+    split: str | None
+    images: int | None
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class SamplePictures:
+    """One saved validation image: its PNG files, relative to `eval_samples/`.
+
+    `predictions` maps each protocol of the index to its PNG, or None where that
+    protocol saved no prediction for this image.
+    """
+
+    key: str
+    image: str | None
+    label: str | None
+    predictions: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class EvalSamples:
+    """`eval_samples/index.json`: the class names, the protocols in order, the samples."""
+
+    directory: Path
+    classes: list[str]
+    protocols: list[str]
+    samples: list[SamplePictures]
 
 
 @dataclass
@@ -57,6 +99,8 @@ class RunSummary:
         eval_seed: The seed `eval.json` records, if any.
         skipped_corrupt: Corrupt samples skipped over the run.
         files: The files the report wrote (filled in by the writer).
+        eval_data: eval.json's `data` record (None in older files).
+        eval_samples: The saved validation images (None without `eval_samples/`).
     """
 
     path: Path
@@ -69,6 +113,8 @@ class RunSummary:
     eval_seed: int | None
     skipped_corrupt: int
     files: list[Path] = field(default_factory=list)
+    eval_data: EvalData | None = None
+    eval_samples: EvalSamples | None = None
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """The finite values of `key` against `step`, for plotting."""
@@ -97,12 +143,14 @@ def load_run(path: Path) -> RunSummary:
         The summary; a step logged twice keeps its last record.
 
     Raises:
-        CsegError: A line of `metrics.jsonl` or `eval.json` is not valid JSON.
+        CsegError: A line of `metrics.jsonl`, `eval.json` or `eval_samples/index.json`
+            is not valid JSON.
     """
     records = _read_metrics(path / METRICS_FILE)
     keys = {key for record in records for key in record}
     config_file = path / "config.yaml"
-    evaluation, seed = _read_eval(path / "eval.json")
+    scores = _read_json(path / "eval.json")
+    evaluation, seed = _read_eval(scores)
     return RunSummary(
         path=path,
         config_text=config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
@@ -113,6 +161,8 @@ def load_run(path: Path) -> RunSummary:
         evaluation=evaluation,
         eval_seed=seed,
         skipped_corrupt=_skipped_total(records),
+        eval_data=_read_data(scores.get(DATA_KEY)),
+        eval_samples=_read_samples(path / SAMPLES_DIR),
     )
 
 
@@ -164,17 +214,26 @@ def _skipped_total(records: list[dict[str, Any]]) -> int:
     return total + previous_count
 
 
-def _read_eval(path: Path) -> tuple[list[ProtocolScore], int | None]:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file written by `cseg eval`; {} when it is missing."""
     if not path.is_file():
-        return [], None
+        return {}
     try:
-        scores = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise CsegError(f"{path} is not JSON ({error.msg}); re-run `cseg eval`") from error
+    return content if isinstance(content, dict) else {}
+
+
+def _read_eval(scores: dict[str, Any]) -> tuple[list[ProtocolScore], int | None]:
+    if not scores:
+        return [], None
     baseline = scores.get(BASELINE_KEY) or {}
     protocols = []
     for name, result in scores.items():
-        if name == BASELINE_KEY or not isinstance(result, dict) or "miou" not in result:
+        if name in (BASELINE_KEY, DATA_KEY) or not isinstance(result, dict):
+            continue  # the baseline is read with its protocol; `data` is not a protocol
+        if "miou" not in result:
             continue
         random = baseline.get(name) or {}
         protocols.append(
@@ -184,9 +243,48 @@ def _read_eval(path: Path) -> tuple[list[ProtocolScore], int | None]:
                 per_class_iou=list(result.get("per_class_iou") or []),
                 baseline_miou=random.get("miou"),
                 baseline_per_class_iou=list(random.get("per_class_iou") or []),
+                pixels_scored=_count(result.get("pixels_scored")),
             )
         )
     return protocols, _find_seed(scores)
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _read_data(record: object) -> EvalData | None:
+    if not isinstance(record, dict):
+        return None
+    shards, split = record.get("shards"), record.get("split")
+    return EvalData(
+        shards=None if shards is None else str(shards),
+        split=None if split is None else str(split),
+        images=_count(record.get("images")),
+        classes=[str(name) for name in record.get("classes") or []],
+    )
+
+
+def _read_samples(directory: Path) -> EvalSamples | None:
+    """`eval_samples/index.json`, or None when the run saved no samples."""
+    index = _read_json(directory / SAMPLES_INDEX)
+    protocols = [str(key) for key in index.get("protocols") or []]
+    samples = []
+    for entry in index.get("samples") or []:
+        if not isinstance(entry, dict):
+            continue
+        samples.append(
+            SamplePictures(
+                key=str(entry.get("key", "")),
+                image=entry.get("image"),
+                label=entry.get("label"),
+                predictions={key: entry.get(key) for key in protocols},
+            )
+        )
+    if not samples:
+        return None
+    classes = [str(name) for name in index.get("classes") or []]
+    return EvalSamples(directory, classes, protocols, samples)
 
 
 def _find_seed(scores: dict[str, Any]) -> int | None:

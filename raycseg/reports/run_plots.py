@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+from .pictures import (
+    IGNORE_ID,
+    MAX_NAMED_CLASSES,
+    PALETTE,
+    LoadedSample,
+    class_name,
+    classes_present,
+    colour_ids,
+    has_ignore,
+    protocol_title,
+)
 from .render import save_figure
 from .run import RunSummary
+
+SAMPLE_CELL_INCHES = 2.3
+LEGEND_CHAR_INCHES = 0.075  # a character of the legend's small font, roughly
 
 
 def mark_stages(axes: Axes, summary: RunSummary) -> None:
@@ -136,3 +153,91 @@ def plot_eval(summary: RunSummary, path: Path) -> Path | None:
     axes.legend(fontsize="small")
     axes.grid(axis="y", alpha=0.3)
     return save_figure(figure, path)
+
+
+def plot_eval_samples(
+    loaded: list[LoadedSample], protocols: list[str], classes: list[str], path: Path
+) -> Path | None:
+    """A grid of the saved validation images: image | ground truth | each protocol.
+
+    One row per sample; class ids in the VOC palette (`pictures.PALETTE`), drawn
+    pixel for pixel (nearest neighbour), with a legend of the classes present.
+
+    Args:
+        loaded: The samples (`pictures.load_samples`).
+        protocols: The prediction columns, eval.json keys in the index's order.
+        classes: Class names in id order, for the legend.
+        path: The PNG to write.
+
+    Returns:
+        `path`, or None when there is no sample.
+    """
+    if not loaded:
+        return None
+    columns = [("image", "image"), ("label", "ground truth")]
+    columns += [(key, protocol_title(key)) for key in protocols]
+    aspect = max(_height_over_width(sample) for sample in loaded)
+    width = SAMPLE_CELL_INCHES * len(columns)
+    legend = _legend_handles(loaded, classes)
+    longest = max((len(handle.get_label()) for handle in legend), default=0)
+    legend_columns = max(1, min(len(legend), int(width / (0.5 + LEGEND_CHAR_INCHES * longest))))
+    legend_rows = math.ceil(len(legend) / legend_columns)
+    figure = Figure(
+        figsize=(width, SAMPLE_CELL_INCHES * aspect * len(loaded) + 0.25 * legend_rows + 0.6),
+        layout="constrained",
+    )
+    grid = figure.subplots(len(loaded), len(columns), squeeze=False)
+    for row, sample in enumerate(loaded):
+        for column, (key, title) in enumerate(columns):
+            axes = grid[row][column]
+            axes.set_xticks([])
+            axes.set_yticks([])
+            pixels = _cell_pixels(sample, key)
+            if pixels is None:
+                axes.text(0.5, 0.5, "not saved", ha="center", va="center", color="0.4")
+            else:
+                axes.imshow(pixels, interpolation="nearest")
+            if row == 0:
+                axes.set_title(title, fontsize=10)
+            if column == 0:
+                axes.set_ylabel(sample.key[-28:], fontsize=8)
+    if legend:
+        figure.legend(
+            handles=legend,
+            loc="outside lower center",
+            ncols=legend_columns,
+            fontsize="small",
+            frameon=False,
+        )
+    figure.suptitle("scored validation images")
+    return save_figure(figure, path)
+
+
+def _cell_pixels(sample: LoadedSample, key: str) -> np.ndarray | None:
+    """The RGB array of one cell: the image as stored, id maps in palette colours."""
+    if key == "image":
+        return sample.image
+    ids = sample.label if key == "label" else sample.predictions.get(key)
+    return None if ids is None else colour_ids(ids)
+
+
+def _height_over_width(sample: LoadedSample) -> float:
+    for pixels in (sample.label, sample.image):
+        if pixels is not None and pixels.shape[1] > 0:
+            return min(3.0, max(1 / 3, pixels.shape[0] / pixels.shape[1]))
+    return 1.0
+
+
+def _legend_handles(loaded: list[LoadedSample], classes: list[str]) -> list[Patch]:
+    present = classes_present(loaded)[:MAX_NAMED_CLASSES]
+    handles = [
+        Patch(
+            facecolor=PALETTE[index] / 255,
+            edgecolor="0.5",
+            label=f"{index} {class_name(index, classes)}",
+        )
+        for index in present
+    ]
+    if has_ignore(loaded):
+        handles.append(Patch(facecolor=PALETTE[IGNORE_ID] / 255, edgecolor="0.5", label="ignore"))
+    return handles
