@@ -1,13 +1,21 @@
-"""`cseg eval RUN_OR_CHECKPOINT --data SEG_SHARDS`: score frozen features (CONTRACTS.md §3)."""
+"""`cseg eval RUN_OR_CHECKPOINT [eval.KEY=VALUE ...]`: score frozen features (CONTRACTS.md §3)."""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from raycseg.config import EVAL_PROTOCOLS
+from raycseg.errors import FoundProblems
+
 from .console import err, out
+
+Protocol = Enum("Protocol", {name: name for name in EVAL_PROTOCOLS}, type=str)
+Baseline = Enum("Baseline", {name: name for name in ("random", "none")}, type=str)
 
 
 def evaluate(
@@ -16,41 +24,69 @@ def evaluate(
         help="A run directory, a checkpoint (state.pt or its folder), or plain backbone weights "
         "(torchvision, MoCo, DenseCL) with --recipe.",
     ),
+    overrides: list[str] = typer.Argument(
+        None,
+        metavar="[eval.KEY=VALUE]...",
+        help="Overrides of the run's eval section, as in recipes: eval.image_size=256 "
+        "eval.linear_probe.epochs=10.",
+    ),
     recipe: str = typer.Option(
         None, "--recipe", help="For plain weights: the recipe whose model and eval sections apply."
     ),
     data: str = typer.Option(
         None, "--data", help="Segmentation shards (default: the recipe's eval.data)."
     ),
-    protocol: list[str] = typer.Option(
+    split: str = typer.Option("val", "--split", help="The split to score (no other stands in)."),
+    num_classes: int = typer.Option(
+        None,
+        "--num-classes",
+        min=2,
+        help="Classes (default: the eval section's, else the shards').",
+    ),
+    protocol: list[Protocol] = typer.Option(
         None,
         "--protocol",
         "-p",
-        help="Repeatable: linear-probe, kmeans, maskcontrast-kmeans, segmentation (a reco "
-        "checkpoint's own predictions) (default: linear-probe and kmeans).",
+        help="Repeatable; segmentation scores a reco checkpoint's own predictions "
+        "(default: the eval section's, else linear-probe and kmeans).",
     ),
-    baseline: str = typer.Option(
-        None, "--baseline", help="`random`: also score the random-init backbone."
+    baseline: Baseline = typer.Option(
+        None,
+        "--baseline",
+        help="random: also score the random-init backbone; none: do not (default: the recipe's).",
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="Print this evaluation's scores as JSON on stdout."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of eval.json."),
 ) -> None:
-    """Evaluate a pretrained backbone and merge the scores into eval.json."""
+    """Evaluate a pretrained backbone and merge the scores into eval.json.
+
+    A requested protocol that cannot run on the data says why and exits 1.
+    """
+    from raycseg.train.preflight import check_eval_inputs
+
+    check_eval_inputs(target, overrides or [], data, split)  # before torch: fast failures
     from raycseg.train.evaluation import evaluate_target
 
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     scores, path = evaluate_target(
-        target, recipe=recipe, data=data, protocols=protocol or None, baseline=baseline,
-        on_message=say,
+        target, recipe=recipe, overrides=overrides or [], data=data, split=split,
+        num_classes=num_classes, protocols=[p.value for p in protocol or []] or None,
+        baseline=baseline.value if baseline else None, on_message=say,
     )  # fmt: skip
     if quiet:
         out.print(str(path.resolve()), markup=False)
-        return
-    print_eval_table(scores)
-    out.print(f"wrote {path.resolve()}", markup=False)
+    elif json_output:
+        out.print_json(json.dumps(scores))
+    else:
+        print_eval_table(scores)
+        out.print(f"wrote {path.resolve()}", markup=False)
+    raise_if_skipped(scores)
 
 
 def print_eval_table(scores: dict) -> None:
-    """A protocol x (pretrained, random) mIoU table on stdout."""
+    """A protocol x (pretrained, random) mIoU table on stdout, and the data that was scored."""
     baseline = scores.get("baseline_random", {})
     table = Table("protocol", "pretrained mIoU", "random-init mIoU", "gain", title="evaluation")
     for name, result in scores.items():
@@ -61,3 +97,18 @@ def print_eval_table(scores: dict) -> None:
         random_text = "" if random_miou is None else f"{random_miou:.3f}"
         table.add_row(name, f"{result['miou']:.3f}", random_text, gain)
     out.print(table)
+    data = scores.get("data")
+    if data:
+        out.print(
+            f"scored: {data['shards']} split {data['split']}, {data['images']} images, "
+            f"{len(data['classes'])} classes",
+            markup=False,
+        )
+
+
+def raise_if_skipped(scores: dict | None) -> None:
+    """Exit 1 (after the results are out) when a requested protocol could not run."""
+    skipped = (scores or {}).get("skipped") or {}
+    if skipped:
+        reasons = "; ".join(f"{key}: {reason}" for key, reason in skipped.items())
+        raise FoundProblems(f"{len(skipped)} requested protocol(s) could not run ({reasons})")

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from raycseg.config import load_recipe, recipe_to_yaml
 
 from .console import err, out
-from .eval import print_eval_table
+from .eval import print_eval_table, raise_if_skipped
 
 
 def pretrain(
@@ -41,41 +41,52 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the run directory."),
 ) -> None:
     """Pretrain: run every stage of RECIPE in order (default: the quickstart on generated data)."""
-    from raycseg.train.launch import run_pretrain
+    from raycseg.train.preflight import check_run_data
 
-    loaded = load_recipe(recipe, overrides or [], cluster=cluster, check_files=not dry_run)
+    loaded = load_recipe(recipe, overrides or [], cluster=cluster)
+    check_run_data(loaded)  # before Ray, torch or generated data: fast failures
     if dry_run or print_config:
         out.print(recipe_to_yaml(loaded), markup=False)
         if dry_run:
             return
+    from raycseg.train.launch import run_pretrain
+
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     total = sum(stage.steps for stage in loaded.stages)
     # Ray and its workers print to stdout; keep stdout for results (CONTRACTS.md §2).
-    with _progress_display(total, quiet) as on_metrics, contextlib.redirect_stdout(sys.stderr):
+    with _progress_display(total, quiet) as display, contextlib.redirect_stdout(sys.stderr):
         result = run_pretrain(
             loaded,
             address=address,
             resume=resume,
             new=new,
-            on_metrics=on_metrics,
+            on_metrics=display.update,
             on_message=say,
             quiet=quiet,
+            on_phase=display.phase,
         )
     if quiet:
         out.print(str(result.run_dir.resolve()), markup=False)
-        return
-    if result.eval:
-        print_eval_table(result.eval)
-    out.print(f"run directory: {result.run_dir.resolve()}", markup=False)
+    else:
+        if result.eval:
+            print_eval_table(result.eval)
+        out.print(f"run directory: {result.run_dir.resolve()}", markup=False)
+    raise_if_skipped(result.eval)
 
 
 class _progress_display:
-    """A rich progress bar of step, loss and throughput; plain lines when stderr is not a TTY."""
+    """A rich progress bar of step, loss and throughput; plain lines when stderr is not a TTY.
+
+    Until a stage's first logged step, the bar names what the run waits on
+    (`phase`: "starting Ray", "starting 2 workers", "waiting for the first
+    batch", ...); off a TTY each phase is one line, printed once.
+    """
 
     def __init__(self, total: int, quiet: bool):
         self.total, self.quiet = total, quiet
         self.progress = None
         self.last_line = 0.0
+        self.last_phase: str | None = None
 
     def __enter__(self):
         if not self.quiet and err.is_terminal:
@@ -83,26 +94,35 @@ class _progress_display:
                 TextColumn("[bold]{task.fields[stage]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.1f} samples/s"),
+                TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
                 console=err,
             )
             self.progress.start()
             self.task = self.progress.add_task(
-                "train", total=self.total, stage="starting", loss=float("nan"), rate=0.0
+                "train", total=self.total, stage="preparing", detail=""
             )
-        return self.update
+        return self
+
+    def phase(self, text: str) -> None:
+        if self.quiet or text == self.last_phase:
+            return
+        self.last_phase = text
+        if self.progress is not None:
+            self.progress.update(self.task, stage=text)
+        else:
+            err.print(text, markup=False, highlight=False)
 
     def update(self, record: dict) -> None:
         if self.quiet:
             return
+        self.last_phase = None
         if self.progress is not None:
             self.progress.update(
                 self.task,
                 completed=record["step"],
                 stage=record["stage"],
-                loss=record["loss"],
-                rate=record["samples_per_s"],
+                detail=f"loss {record['loss']:.4f}  {record['samples_per_s']:.1f} samples/s",
             )
         elif time.monotonic() - self.last_line >= 5 or record["step"] == self.total:
             self.last_line = time.monotonic()

@@ -9,20 +9,26 @@ shards without --overwrite.
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
 
 from raycseg.errors import DataError, FoundProblems
 
-from .console import StageProgress, err, out
+from .console import StageProgress, err, out, print_json
 
 app = typer.Typer(
-    help="Build, generate, inspect and verify webdataset shards.", no_args_is_help=True
+    help="Build, generate, inspect and verify webdataset shards.",
+    epilog="""Examples:
+
+cseg shards synthetic data/synthetic   # generated video, masks, saliency
+cseg shards build --kind video ~/videos data/video
+cseg shards verify data/video""",
+    no_args_is_help=True,
 )
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
@@ -53,14 +59,23 @@ def _human(num_bytes: int) -> str:
     return str(num_bytes)
 
 
-@app.command("build")
+@app.command(
+    "build",
+    epilog="""Examples:
+
+cseg shards build --kind video ~/kinetics/train data/k400
+cseg shards build --kind segmentation --layout cityscapes ~/cityscapes cs
+cseg shards build --kind saliency --images ~/voc/JPEGImages --compute sal""",
+)
 def build(
     paths: list[Path] = typer.Argument(
         ..., metavar="[SRC] OUT", help="Source (omit with --images) and output folder."
     ),
-    kind: str = typer.Option(..., "--kind", help="video, image, segmentation or saliency."),
-    layout: str = typer.Option(
-        "voc", "--layout", help="Segmentation layout: voc, cityscapes or ade20k."
+    kind: Literal["video", "image", "segmentation", "saliency"] = typer.Option(
+        ..., "--kind", help="What the source holds."
+    ),
+    layout: Literal["voc", "cityscapes", "ade20k"] = typer.Option(
+        "voc", "--layout", help="Segmentation: the dataset tree's layout."
     ),
     images: Path = typer.Option(
         None, "--images", help="Saliency: the image folder (instead of SRC)."
@@ -139,7 +154,13 @@ def build(
         )
 
 
-@app.command("synthetic")
+@app.command(
+    "synthetic",
+    epilog="""Examples:
+
+cseg shards synthetic data/synthetic
+cseg shards synthetic data/tiny --num-clips 8 --val-clips 2 --image-size 32""",
+)
 def synthetic(
     dest: Path = typer.Argument(
         ..., metavar="OUT", help="Output folder: OUT/video, OUT/segmentation, OUT/saliency."
@@ -189,7 +210,13 @@ def synthetic(
     out.print(table)
 
 
-@app.command("inspect")
+@app.command(
+    "inspect",
+    epilog="""Examples:
+
+cseg shards inspect data/synthetic/video
+cseg shards inspect data/voc --json""",
+)
 def inspect(
     root: Path = typer.Argument(
         ..., metavar="DIR", help="A shard set (folder with manifest.json)."
@@ -201,7 +228,7 @@ def inspect(
 
     summary = inspect_shards(root)
     if as_json:
-        out.print(json.dumps(summary, indent=2), markup=False, highlight=False)
+        print_json(summary)
         return
     table = Table(
         "split", "samples", "shards", "size", title=f"{summary['kind']} shards in {summary['root']}"
@@ -237,13 +264,22 @@ def inspect(
         out.print("selection: " + ", ".join(f"{k}={v}" for k, v in chosen.items()), markup=False)
 
 
-@app.command("verify")
+@app.command(
+    "verify",
+    epilog="""Examples:
+
+cseg shards verify data/synthetic/video
+cseg shards verify data/k400 --procs 4""",
+)
 def verify(
     root: Path = typer.Argument(
         ..., metavar="DIR", help="A shard set (folder with manifest.json)."
     ),
     procs: int = typer.Option(None, "--procs", min=1, help="Worker processes (default: all CPUs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the findings as JSON (the exit code is the same)."
+    ),
 ) -> None:
     """Check checksums and decode every stored sample; exit 1 if anything is corrupt."""
     from raycseg.data.shards import verify_shards
@@ -252,24 +288,73 @@ def verify(
         report = verify_shards(
             root, StageProgress(stack, quiet).stage("verifying"), num_procs=procs
         )
-    out.print(
-        f"{report.samples} samples in {report.shards} shards checked in {report.root}", markup=False
-    )
-    if report.skipped:
-        _print_problems(
-            "inputs skipped at build (from the manifest)",
-            [(s["path"], s["reason"]) for s in report.skipped],
+    problems = _verify_problems(report)
+    skipped = [{**s, "reason": clean_reason(s["reason"])} for s in report.skipped]
+    if as_json:
+        print_json(
+            {
+                "root": str(report.root),
+                "ok": not problems,
+                "samples": report.samples,
+                "shards": report.shards,
+                "problems": problems,
+                "skipped_at_build": skipped,
+            }
         )
-    problems = [(f"{c['shard']}:{c['key']}", c["reason"]) for c in report.corrupt]
-    problems += [(name, "sha256 differs from the manifest") for name in report.checksum_mismatches]
-    problems += [(name, "shard file is missing") for name in report.missing_shards]
-    problems += [(text, "sample count differs") for text in report.count_mismatches]
+    else:
+        out.print(
+            f"{report.samples} samples in {report.shards} shards checked in {report.root}",
+            markup=False,
+        )
+        if skipped:
+            _print_problems(
+                "inputs skipped at build (from the manifest)",
+                [(s["path"], s["reason"]) for s in skipped],
+            )
+        if problems:
+            _print_problems("corrupt", [(_where(p), p["reason"]) for p in problems])
     if problems:
-        _print_problems("corrupt", problems)
         raise FoundProblems(
             f"{len(problems)} problems in {report.root}; rebuild the shards with `cseg shards build --overwrite`"
         )
-    out.print("ok: every checksum matches and every sample decodes", markup=False)
+    if not as_json:
+        out.print("ok: every checksum matches and every sample decodes", markup=False)
+
+
+def _verify_problems(report) -> list[dict]:
+    """One entry per problem that verify found: shard, key (None: the whole shard), what, why."""
+
+    def problem(shard: str, key: str | None, what: str, reason: str) -> dict:
+        return {"shard": shard, "key": key, "problem": what, "reason": clean_reason(reason)}
+
+    problems = [problem(c["shard"], c["key"], "corrupt", c["reason"]) for c in report.corrupt]
+    problems += [
+        problem(name, None, "checksum", "sha256 differs from the manifest")
+        for name in report.checksum_mismatches
+    ]
+    problems += [
+        problem(name, None, "missing", "shard file is missing") for name in report.missing_shards
+    ]
+    for text in report.count_mismatches:  # "<shard>: 0 samples, manifest says 2"
+        name, _, counts = text.partition(": ")
+        problems.append(problem(name, None, "count", counts))
+    return problems
+
+
+def _where(problem: dict) -> str:
+    return f"{problem['shard']}:{problem['key']}" if problem["key"] else problem["shard"]
+
+
+_OBJECT_REPR = re.compile(r"\s*@?\s*<[\w.]+ (?:name=[^>]*|object at 0x[0-9a-fA-F]+)>")
+
+
+def clean_reason(reason: str) -> str:
+    """A problem's reason without the Python object reprs some libraries append to errors.
+
+    e.g. "unexpected end of data @ <_io.BufferedReader name='/x/a.tar'>" (the shard
+    is named beside it) or "cannot identify image file <_io.BytesIO object at 0x7f...>".
+    """
+    return _OBJECT_REPR.sub("", str(reason)).strip()
 
 
 def _print_selection(selection: dict) -> None:

@@ -15,9 +15,12 @@ at once as one `RecipeError`, each with its key path, before Ray starts.
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
+import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -200,7 +203,9 @@ class RecoStage(StageBase):
         "semi",
         description="partial: semi on sparsely labelled images (`cseg shards split --partial`)",
     )
-    num_classes: int = Field(ge=2)
+    num_classes: int | None = Field(
+        None, ge=2, description="default: the class count of data.train's manifest"
+    )
     decoder: Literal["deeplabv3p", "deeplabv2"] = "deeplabv3p"
     rep_dim: int = Field(256, ge=8)
     strong_threshold: float = Field(0.97, gt=0.0, le=1.0)
@@ -264,14 +269,18 @@ class LinearProbeSection(Section):
     select_best: bool = Field(True, description="score the best epoch on the scored split")
 
 
+EvalProtocol = Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation"]
+EVAL_PROTOCOLS: tuple[str, ...] = get_args(EvalProtocol)
+
+
 class EvalSection(Section):
     """The evaluation `cseg pretrain` runs at the end (CONTRACTS.md §3)."""
 
-    data: str
-    num_classes: int = Field(ge=2)
-    protocols: list[Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation"]] = (
-        Field(default_factory=lambda: ["linear-probe", "kmeans"])
+    data: str | None = Field(None, description="segmentation shards; null: no evaluation")
+    num_classes: int | None = Field(
+        None, ge=2, description="default: the class count of the data's manifest"
     )
+    protocols: list[EvalProtocol] = Field(default_factory=lambda: ["linear-probe", "kmeans"])
     baseline: Literal["random"] | None = None
     image_size: int = Field(
         512,
@@ -306,6 +315,8 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
+        if self.eval is not None and self.eval.data is None:
+            self.eval = None  # `eval.data=null` turns evaluation off, as `eval=null` does
         names = [stage.name for stage in self.stages]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -375,31 +386,90 @@ def _walk(node, prefix: str = ""):
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
-    """Resolve a file path or a shipped recipe name (`quickstart`, `cacl/debug`)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
+    """Resolve a file path or a shipped recipe name (`quickstart`, `cacl/debug`).
+
+    Raises:
+        RecipeError: neither exists; a shipped name close to it is suggested.
+    """
+    text = str(name_or_path)
+    try:
+        path = Path(name_or_path).expanduser()
+    except RuntimeError:  # `~name` where no user is called name
+        path = Path(name_or_path)
+    if _is_file(path):
         return path.resolve()
-    name = str(name_or_path).removeprefix("recipes/").removesuffix(RECIPE_SUFFIX)
+    name = text.removeprefix("recipes/").removesuffix(RECIPE_SUFFIX)
     shipped = importlib.resources.files("raycseg.recipes").joinpath(name + RECIPE_SUFFIX)
-    if shipped.is_file():
+    if _is_file(shipped):
         return Path(str(shipped))
     raise RecipeError(
-        f"no recipe file or shipped recipe named {str(name_or_path)!r}; "
-        "list shipped recipes with `cseg recipes ls`"
+        f"no recipe file or shipped recipe named {text!r}; "
+        f"{_did_you_mean(name, shipped_recipes())}list shipped recipes with `cseg recipes ls`"
     )
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning syntax errors into a one-line RecipeError."""
+def _is_file(path: Any) -> bool:
+    """`path.is_file()`, False for names the OS rejects (too long, NUL bytes, no access)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}: invalid YAML{where}; fix the syntax") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: expected a mapping of recipe sections at the top level")
-    return data
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    """`did you mean X? ` for the choice closest to a misspelt `word`, else ``""``."""
+    matches = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean {matches[0]}? " if matches else ""
+
+
+MAX_YAML_BYTES = 10 << 20  # recipes, spaces and overlays are a few KiB
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping (a recipe, a space, an overlay).
+
+    Raises:
+        RecipeError: one line naming the fix when the file cannot be read, is not
+            UTF-8 YAML text, or does not hold a mapping at the top level.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise RecipeError(
+                f"{path}: {size / 2**20:.0f} MiB is not a recipe; give a YAML file of key: value lines"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RecipeError(f"{path}: cannot read it ({reason}); check the path") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {error.start}); give a YAML file saved as UTF-8"
+        ) from None
+    try:
+        loaded = yaml.safe_load(text)
+    except Exception as error:  # PyYAML raises ValueError, KeyError, RecursionError too
+        raise RecipeError(f"{path}: invalid YAML{_yaml_problem(error)}; fix the syntax") from None
+    if not isinstance(loaded, dict):
+        found = "nothing" if loaded is None else f"a {type(loaded).__name__}"
+        raise RecipeError(
+            f"{path}: expected a mapping of key: value lines at the top level, found {found}"
+        )
+    return loaded
+
+
+def _yaml_problem(error: Exception) -> str:
+    """Where and what PyYAML found wrong, e.g. ` at line 3 (mapping values are not allowed here)`."""
+    if isinstance(error, RecursionError):
+        return " (nested too deeply)"
+    if not isinstance(error, yaml.YAMLError):
+        return f" ({type(error).__name__} while building a value)"
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or getattr(error, "reason", None)
+    return f"{where} ({problem})" if problem else where
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
@@ -408,19 +478,39 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) 
     Stages are addressed by name (`stages.cacl.lambda_cycle`) or index
     (`stages.0.steps`). Unknown keys are set anyway, so that validation
     reports them with their path alongside every other error.
+
+    Raises:
+        RecipeError: an override is not `key=value`, its value is not YAML, or
+            its path runs through something that is not a section.
     """
     if isinstance(overrides, dict):
-        pairs = list(overrides.items())
+        pairs = [(str(key), value) for key, value in overrides.items()]
     else:
-        pairs = []
-        for item in overrides:
-            key, sep, text = item.partition("=")
-            if not sep or not key:
-                raise RecipeError(f"override {item!r} is not key=value, e.g. stages.cacl.steps=100")
-            pairs.append((key.strip(), yaml.safe_load(text) if text.strip() else None))
+        pairs = [_parse_override(str(item)) for item in overrides]
     for key, value in pairs:
         _set_path(raw, key, value)
     return raw
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """Split `a.b=value` and read the value as YAML (empty: None)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError(f"override {item!r} is not key=value, e.g. stages.cacl.steps=100")
+    if not all(part.strip() for part in key.split(".")):
+        raise RecipeError(
+            f"override {item!r}: {key!r} has an empty part; write keys like stages.cacl.steps"
+        )
+    if not text.strip():
+        return key, None
+    try:
+        return key, yaml.safe_load(text)
+    except Exception as error:  # PyYAML raises ValueError, KeyError, RecursionError too
+        raise RecipeError(
+            f"override {item!r}: the value is not YAML{_yaml_problem(error)}; "
+            f"""quote a string value, e.g. {key}='"text"'"""
+        ) from None
 
 
 def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -429,6 +519,11 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
     for depth, part in enumerate(parts[:-1]):
         if depth == 0 and part == "stages":
             node = raw.setdefault("stages", [])
+            if not isinstance(node, list):
+                raise RecipeError(
+                    f"override {dotted}: the recipe's stages is not a list; "
+                    "write stages as a list of `- method: ...` entries"
+                )
             continue
         if isinstance(node, list):
             node = node[_stage_index(node, part, dotted)]
@@ -445,13 +540,21 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _stage_index(stages: list[Any], part: str, dotted: str) -> int:
-    if part.isdigit() and int(part) < len(stages):
-        return int(part)
+    """The index of the stage named (or numbered) `part`; only mappings count as stages."""
+    if part.isascii() and part.isdigit() and int(part) < len(stages):
+        index = int(part)
+        if isinstance(stages[index], dict):
+            return index
     for index, stage in enumerate(stages):
         if isinstance(stage, dict) and (stage.get("name") or stage.get("method")) == part:
             return index
-    known = [s.get("name") or s.get("method") for s in stages if isinstance(s, dict)]
-    raise RecipeError(f"override {dotted}: no stage named {part!r}; stages are {known}")
+    known = [str(s.get("name") or s.get("method")) for s in stages if isinstance(s, dict)]
+    if not known:
+        raise RecipeError(f"override {dotted}: the recipe has no stages; add one under `stages:`")
+    raise RecipeError(
+        f"override {dotted}: no stage named {part!r}; {_did_you_mean(part, known)}"
+        f"stages are {known} (or their indexes from 0)"
+    )
 
 
 def find_cluster_overlay(name_or_path: str | Path) -> Path:
@@ -504,22 +607,80 @@ def _error_path(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
     while index < len(loc):
         part = loc[index]
         if parts == ["stages"] and isinstance(part, int):
-            stages = raw.get("stages") or []
+            stages = raw.get("stages")
+            stages = stages if isinstance(stages, list) else []
             stage = stages[part] if part < len(stages) and isinstance(stages[part], dict) else {}
-            parts.append(str(stage.get("name") or stage.get("method") or part))
+            parts.append(_path_part(stage.get("name") or stage.get("method") or part))
             # pydantic puts the discriminator tag (the method) after the index
             if index + 1 < len(loc) and loc[index + 1] == stage.get("method"):
                 index += 1
         else:
-            parts.append(str(part))
+            parts.append(_path_part(part))
         index += 1
     return ".".join(parts) or "recipe"
 
 
+def _path_part(part: Any) -> str:
+    """A key as written in a dotted path; quoted when it has dots, spaces or odd characters."""
+    text = str(part)
+    plain = text and text.isprintable() and not any(c in text for c in ". \t'\"")
+    return text if plain else repr(text)
+
+
 def _error_message(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
+        loc = error["loc"]
+        hint = _did_you_mean(str(loc[-1]), _schema_fields(loc[:-1])) if loc else ""
+        if hint:
+            return f"unknown key; {hint.strip()}"
         return "unknown key (check the spelling; `cseg recipes show` lists the schema)"
     return error["msg"].removeprefix("Value error, ")
+
+
+def _schema_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the recipe section at a pydantic location (for "did you mean")."""
+    node: Any = Recipe
+    for part in loc:
+        node = _schema_child(node, part)
+        if node is None:
+            return []
+    node = _strip_optional(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _schema_child(node: Any, part: Any) -> Any:
+    """The type found at `part` inside the type `node`, or None."""
+    node = _strip_optional(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        field = node.model_fields.get(part) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    origin = get_origin(node)
+    if origin is list and isinstance(part, int):
+        return get_args(node)[0]
+    if origin is dict:
+        return get_args(node)[1]
+    if origin in (Union, UnionType):  # the stage union: pydantic adds the method tag to loc
+        for member in get_args(node):
+            method = getattr(member, "model_fields", {}).get("method")
+            if method is not None and part in get_args(method.annotation):
+                return member
+    return None
+
+
+def _strip_optional(node: Any) -> Any:
+    """`X` for `Annotated[X, ...]` and `X | None`."""
+    while True:
+        if get_origin(node) is Annotated:
+            node = get_args(node)[0]
+        elif get_origin(node) in (Union, UnionType) and type(None) in get_args(node):
+            members = [arg for arg in get_args(node) if arg is not type(None)]
+            if len(members) != 1:
+                return node
+            node = members[0]
+        else:
+            return node
 
 
 def load_recipe(
@@ -586,8 +747,12 @@ def resolve_paths(recipe: Recipe) -> None:
     An init_from that names torchvision weights (``torchvision:resnet50``) stays as it is.
 
     Raises:
-        RecipeError: such a name is unknown, or its weights are of another backbone.
+        RecipeError: such a name is unknown, or its weights are of another backbone,
+            or a local path is one the OS cannot use.
     """
+    unusable = _unusable_local_paths(recipe)
+    if unusable:
+        raise RecipeError("; ".join(unusable))
     root = (
         recipe.data.root
         if is_url(recipe.data.root)
@@ -621,6 +786,38 @@ def resolve_paths(recipe: Recipe) -> None:
     _check_torchvision_weights(recipe)
 
 
+def _unusable_local_paths(recipe: Recipe) -> list[str]:
+    """Local paths the OS cannot use, each with its key.
+
+    A NUL byte, a character the file system cannot encode (a lone surrogate), or
+    `~name` for a user that does not exist here.
+    """
+    values = {
+        "data.root": recipe.data.root,
+        "model.init_from": recipe.model.init_from,
+        "storage.path": recipe.storage.path,
+        **data_paths(recipe),
+        **{f"stages.{stage.name}.init_from": stage.init_from for stage in recipe.stages},
+    }
+    problems = []
+    for key, value in values.items():
+        if value is None or is_url(value) or is_torchvision_weights(value):
+            continue
+        if "\x00" in value:
+            problems.append(f"{key}: {value!r} holds a NUL byte; fix the path")
+            continue
+        try:
+            os.fsencode(value)
+        except UnicodeError:
+            problems.append(f"{key}: {value!r} holds a character no path can; fix the path")
+            continue
+        try:
+            Path(value).expanduser()
+        except RuntimeError:
+            problems.append(f"{key}: {value!r} names no user here after ~; write the path out")
+    return problems
+
+
 def _check_torchvision_weights(recipe: Recipe) -> None:
     """Every ``torchvision:`` init_from names known weights of the recipe's backbone."""
     model = recipe.model
@@ -644,11 +841,33 @@ def _check_torchvision_weights(recipe: Recipe) -> None:
         raise RecipeError("; ".join(problems))
 
 
+def data_paths(recipe: Recipe) -> dict[str, str]:
+    """Every shard set the run reads, by key (`stages.cacl.data.train`, `eval.data`)."""
+    paths = {}
+    for stage in recipe.stages:
+        for field in ("train", "val", "unlabelled"):
+            value = getattr(stage.data, field)
+            if value is not None:
+                paths[f"stages.{stage.name}.data.{field}"] = value
+    if recipe.eval is not None:
+        paths["eval.data"] = recipe.eval.data
+    return paths
+
+
 def synthetic_dir(recipe: Recipe) -> str | None:
-    """The folder where the recipe's generated data lives, if it uses generated data."""
+    """The folder of the recipe's generated data, when the run reads from it.
+
+    Generated data is built only when a data path the run reads points into it: a
+    recipe whose paths all point at the user's own shards never builds it, even with
+    its `data.synthetic` section still there.
+    """
     if recipe.data.synthetic is None:
         return None
-    return f"{recipe.data.root}/{recipe.data.synthetic.name}"
+    folder = f"{recipe.data.root}/{recipe.data.synthetic.name}"
+    reads = any(
+        path == folder or path.startswith(folder + "/") for path in data_paths(recipe).values()
+    )
+    return folder if reads else None
 
 
 def missing_inputs(recipe: Recipe) -> list[str]:
@@ -666,12 +885,10 @@ def missing_inputs(recipe: Recipe) -> list[str]:
 
     shards_fix = "build shards with `cseg shards build` (or `cseg shards synthetic`)"
     weights_fix = "give an existing checkpoint file, or torchvision weights (torchvision:resnet50)"
+    for key, path in data_paths(recipe).items():
+        check(key, path, shards_fix)
     for stage in recipe.stages:
-        for field in ("train", "val", "unlabelled"):
-            check(f"stages.{stage.name}.data.{field}", getattr(stage.data, field), shards_fix)
         check(f"stages.{stage.name}.init_from", stage.init_from, weights_fix)
-    if recipe.eval is not None:
-        check("eval.data", recipe.eval.data, shards_fix)
     check("model.init_from", recipe.model.init_from, weights_fix)
     return problems
 

@@ -196,3 +196,9 @@ def test_gradient_clipping_is_off_unless_a_recipe_sets_it(tmp_path):
         ).optim.grad_clip
         == 3
     )
+
+
+def test_evaluation_is_turned_off_by_eval_null_or_eval_data_null(tmp_path):
+    for off in ("eval=null", "eval.data=null"):
+        assert load_recipe("quickstart", [off], check_files=False).eval is None
+    assert load_recipe("quickstart", check_files=False).eval is not None

@@ -143,8 +143,14 @@ class SegmentationDecoder:
 
 
 def decode_image_and_label(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 image [3, H, W] and uint8 label [H, W] of a segmentation sample."""
+    """uint8 image [3, H, W] and uint8 label [H, W] of a segmentation sample.
+
+    An image sample (no mask: ReCo's unlabelled stream may read image shards) gets a
+    label of 255 (ignore) everywhere.
+    """
     image = image_tensor(decode_image(sample["jpg"]))
+    if "png" not in sample:
+        return image, torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
     label = torch.from_numpy(decode_mask(sample["png"]))
     if label.shape != image.shape[-2:]:
         raise ValueError("mask and image sizes differ")

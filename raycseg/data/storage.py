@@ -1,8 +1,9 @@
-"""Where shard sets live: the only code that reads or writes shard and manifest files.
+"""Where shard sets live: the only code that reads or writes shard files.
 
-Everything else in raycseg goes through these functions (`read_manifest`,
-`list_shard_urls`, `count_samples`, `open_shard`, `iter_shard_samples`,
-`ShardWriter`, `write_manifest`). Reading works on a local folder or a URL
+Everything else in raycseg goes through these functions (`open_shard`,
+`iter_shard_samples`, `ShardWriter`) and the manifest's (`raycseg.data.manifest`:
+`read_manifest`, `list_shard_urls`, `count_samples`, `write_manifest`, re-exported
+here). Reading works on a local folder or a URL
 (s3://bucket/shards, gs://...) through `raycseg.remote`: the manifest is read
 whole and shards are streamed, so training and evaluation read shard sets in
 an object store directly. Building writes local folders; copy a built set to
@@ -17,7 +18,6 @@ complete; the manifest is written through a temporary name too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +27,15 @@ from webdataset import TarWriter
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from raycseg import remote
-from raycseg.errors import DataError
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+from .manifest import (  # noqa: F401 (the manifest side of a shard set, re-exported)
+    MANIFEST,
+    SCHEMA_VERSION,
+    count_samples,
+    list_shard_urls,
+    read_manifest,
+    write_manifest,
+)
 
 
 class ShardWriter:
@@ -98,66 +103,6 @@ def file_sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_manifest(root: Path, manifest: dict) -> Path:
-    """Write `root/manifest.json` through a temporary file and an atomic rename."""
-    root.mkdir(parents=True, exist_ok=True)
-    temp = root / f".{MANIFEST}.tmp"
-    temp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(temp, root / MANIFEST)
-    return root / MANIFEST
-
-
-def read_manifest(root: Path | str) -> dict:
-    """Read a shard set's manifest (`root` is a local folder or a URL).
-
-    Raises:
-        DataError: no readable manifest under `root`.
-    """
-    path = remote.join(root, MANIFEST)
-    if not remote.is_file(path):
-        raise DataError(
-            f"no {MANIFEST} in {root}; build shards with `cseg shards build` or `cseg shards synthetic`"
-        )
-    try:
-        manifest = json.loads(remote.read_text(path))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON ({error}); rebuild with --overwrite") from error
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(
-            f"{path} has schema version {manifest.get('schema_version')}, expected {SCHEMA_VERSION}; rebuild"
-        )
-    return manifest
-
-
-def list_shard_urls(root: Path | str, split: str) -> list[str]:
-    """Shard paths (or URLs, for a shard set at a URL) of one split, in manifest order.
-
-    Raises:
-        DataError: the split does not exist in this shard set.
-    """
-    manifest = read_manifest(root)
-    if split not in manifest["splits"]:
-        raise DataError(
-            f"{root} has no split {split!r} (it has {', '.join(manifest['splits'])}); choose one of those"
-        )
-    return [str(remote.join(root, shard["name"])) for shard in manifest["splits"][split]["shards"]]
-
-
-def count_samples(root: Path | str, split: str) -> int:
-    """Number of samples in one split of a shard set, from its manifest.
-
-    Raises:
-        DataError: no manifest, or no such split.
-    """
-    manifest = read_manifest(root)
-    if split not in manifest["splits"]:
-        raise DataError(
-            f"{root} has no split {split!r} (it has {', '.join(manifest['splits'])}); "
-            "choose one of those"
-        )
-    return int(manifest["splits"][split]["count"])
 
 
 def open_shard(url: str) -> BinaryIO:

@@ -28,9 +28,9 @@ def require_split(root: str, split: str, *, key: str = "--data") -> str:
     splits = sorted(read_manifest(root).get("splits", {}))
     if split not in splits:
         raise DataError(
-            f"{root} has no {split!r} split (it has {', '.join(splits) or 'none'}); point {key} "
-            f"at segmentation shards with a {split} split (`cseg shards build` makes one from the "
-            "dataset's split lists, `cseg shards split` from a labelled set)"
+            f"{root} has no {split!r} split (it has {', '.join(splits) or 'none'}); choose one "
+            f"with --split, or point {key} at segmentation shards with a {split} split "
+            "(`cseg shards build` makes one from the dataset's split lists)"
         )
     return split
 

@@ -151,6 +151,7 @@ def run_kmeans_protocol(
     seed: int = KMEANS_SEED,
     restarts: int = KMEANS_RESTARTS,
     iters: int = KMEANS_ITERS,
+    keep_samples: int = 0,
 ) -> dict:
     """Pixel k-means on frozen features, pinned by CONTRACTS.md §3 (the project's own protocol).
 
@@ -161,7 +162,8 @@ def run_kmeans_protocol(
     (pixel counts at that size).
 
     Returns:
-        ``{"miou", "per_class_iou", "pixels_scored", "seed"}``.
+        ``{"miou", "per_class_iou", "pixels_scored", "seed"}``; plus ``"samples"`` (the
+        first `keep_samples` images' matched clusters, `raycseg.eval.scoring.EvalSample`s).
 
     Raises:
         ProtocolSkipped: fewer pixels than classes.
@@ -181,11 +183,12 @@ def run_kmeans_protocol(
     result = kmeans(torch.cat(pixels).to(device), num_classes, restarts=restarts, iters=iters,
                     seed=seed)  # fmt: skip
     ids = result.assignments.split([b * h * w for b, h, w in grids])
-    score = SplitScore(num_classes, device)  # the batches again: only their labels are read
+    score = SplitScore(num_classes, device, keep_samples)  # the batches again: their labels
     for batch, batch_ids, grid in zip(val_batches, ids, grids, strict=True):
         score.add_batch(batch_ids.view(grid), batch)
     score.rename_predictions(hungarian_match(score.confusion))
-    return {**score.result(), "seed": seed}
+    samples = {"samples": score.samples} if keep_samples else {}
+    return {**score.result(), "seed": seed, **samples}
 
 
 EmbedFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

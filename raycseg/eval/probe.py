@@ -46,6 +46,7 @@ def run_linear_probe(
     seed: int = 0,
     feature_fn: FeatureFn | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    keep_samples: int = 0,
 ) -> dict:
     """Train a 1×1 conv on frozen features and score it on the validation split.
 
@@ -59,10 +60,12 @@ def run_linear_probe(
         seed: seeds the probe's initial weights.
         feature_fn: maps normalised images to the features to probe (default: `backbone`).
         cache_bytes: keep the validation features when they fit in this many bytes.
+        keep_samples: also return the kept epoch's predictions of this many images.
 
     Returns:
         ``{"miou", "per_class_iou", "pixels_scored", "epoch", "miou_per_epoch"}``:
-        the scores of the kept epoch (1-based), and every scored epoch's mIoU.
+        the scores of the kept epoch (1-based), and every scored epoch's mIoU; plus
+        ``"samples"`` (`raycseg.eval.scoring.EvalSample`s) with `keep_samples`.
     """
     device = torch.device(device)
     require_reiterable(val_batches, "val_batches")
@@ -81,7 +84,7 @@ def run_linear_probe(
             _set_lr(optimizer, settings.lr * LR_DECAY ** _decays_before(epoch, settings))
             _train_epoch(classifier, optimizer, extract, train.batches(epoch), num_classes, device)
             if settings.select_best or epoch + 1 == settings.epochs:
-                history.append((epoch + 1, val.score(classifier, num_classes)))
+                history.append((epoch + 1, val.score(classifier, num_classes, keep_samples)))
     epoch, kept = (
         max(history, key=lambda item: item[1]["miou"]) if settings.select_best else history[-1]
     )
@@ -163,14 +166,14 @@ class _ValidationFeatures:
         return ((self._features(batch), batch) for batch in self.batches)
 
     @torch.no_grad()
-    def score(self, classifier: nn.Conv2d, num_classes: int) -> dict:
-        """The classifier's scores at the labels' own resolution."""
-        score = SplitScore(num_classes, self.device)
+    def score(self, classifier: nn.Conv2d, num_classes: int, keep_samples: int) -> dict:
+        """The classifier's scores at the labels' own resolution (and kept samples)."""
+        score = SplitScore(num_classes, self.device, keep_samples)
         for features, batch in self._pairs():
             input_size = batch["image"].shape[-2:]
             predictions = upsampled_argmax(classifier(features), input_size, align_corners=False)
             score.add_batch(predictions, batch)
-        return score.result()
+        return score.result() | ({"samples": score.samples} if keep_samples else {})
 
 
 def bilinear_matrix(size_in: int, size_out: int, device: torch.device) -> torch.Tensor:

@@ -79,6 +79,7 @@ def evaluate_backbone(
     feature_source: str = "backbone",
     embed_fn: EmbedFn | None = None,
     segment_fn: SegmentFn | None = None,
+    keep_samples: int = 0,
 ) -> dict:
     """Score a frozen backbone with each protocol.
 
@@ -100,6 +101,8 @@ def evaluate_backbone(
             `MaskContrastHead` as both `backbone` and `embed_fn`).
         segment_fn: class logits of normalised images for ``segmentation`` (a trained
             segmenter); like `embed_fn`, it runs with `backbone` frozen.
+        keep_samples: the linear probe and k-means also return their predictions of
+            this many images under ``"samples"`` (not JSON: pop them before writing).
 
     Returns:
         ``{"linear_probe": {...}, "kmeans": {...}, ...}`` plus ``"skipped":
@@ -110,9 +113,19 @@ def evaluate_backbone(
     device = torch.device(device)
     runners = {
         "linear_probe": lambda: _linear_probe(
-            backbone, probe, val_batches, num_classes, probe_settings, device, seed, probe_features
+            backbone,
+            probe,
+            val_batches,
+            num_classes,
+            probe_settings,
+            device,
+            seed,
+            probe_features,
+            keep_samples,
+        ),  # fmt: skip
+        "kmeans": lambda: run_kmeans_protocol(
+            backbone, val_batches, num_classes, device=device, keep_samples=keep_samples
         ),
-        "kmeans": lambda: run_kmeans_protocol(backbone, val_batches, num_classes, device=device),
         "maskcontrast_kmeans": lambda: _maskcontrast_kmeans(
             backbone, embed_fn, val_batches, num_classes, device
         ),
@@ -203,7 +216,9 @@ def segmentation_record() -> dict:
     }
 
 
-def _linear_probe(backbone, probe, val_batches, num_classes, settings, device, seed, features):
+def _linear_probe(
+    backbone, probe, val_batches, num_classes, settings, device, seed, features, keep_samples
+):
     if probe is None:
         raise ProtocolSkipped("the linear probe needs a labelled training split")
     return run_linear_probe(
@@ -215,6 +230,7 @@ def _linear_probe(backbone, probe, val_batches, num_classes, settings, device, s
         device=device,
         seed=seed,
         feature_fn=features,
+        keep_samples=keep_samples,
     )
 
 

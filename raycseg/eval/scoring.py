@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 
 import torch
@@ -99,15 +100,38 @@ def upsampled_argmax(
     return upsampled.argmax(dim=1)
 
 
-class SplitScore:
-    """One confusion matrix over a whole split, and the number of pixels it scored."""
+@dataclass
+class EvalSample:
+    """One scored image for the report: all uint8 on the CPU, at its mask's own size.
 
-    def __init__(self, num_classes: int, device: torch.device | str):
+    Attributes:
+        key: the sample's key in the shards.
+        image: [3, H, W], the model's input brought back to the mask's grid.
+        label: [H, W], the mask (255 = ignore).
+        prediction: [H, W], the predicted class of every pixel.
+    """
+
+    key: str
+    image: torch.Tensor
+    label: torch.Tensor
+    prediction: torch.Tensor
+
+
+class SplitScore:
+    """One confusion matrix over a whole split, the pixels it scored, and a few samples.
+
+    With `keep_samples` > 0 the first images scored are kept as `EvalSample`s (for the
+    report's pictures); `rename_predictions` renames their predictions too.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str, keep_samples: int = 0):
         self.num_classes = num_classes
         self.confusion = torch.zeros(
             num_classes, num_classes, dtype=torch.long, device=torch.device(device)
         )
         self.pixels_scored = 0
+        self.keep_samples = keep_samples
+        self.samples: list[EvalSample] = []
 
     def add(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
         """Count predictions long [B, H, W] against labels [B, H, W] (255 ignored)."""
@@ -117,11 +141,31 @@ class SplitScore:
 
     def add_batch(self, predictions: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
         """Count predictions that cover the input (`predictions_on_labels` does the mapping)."""
-        self.add(predictions_on_labels(predictions, batch), batch["label"])
+        on_labels = predictions_on_labels(predictions, batch)
+        self.add(on_labels, batch["label"])
+        if len(self.samples) < self.keep_samples:
+            self._keep(on_labels, batch)
+
+    def _keep(self, on_labels: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> None:
+        images = batch["image"]
+        keys = batch.get("key") or [f"image-{len(self.samples) + i}" for i in range(len(images))]
+        sizes, regions = label_sizes(batch).tolist(), input_regions(batch).tolist()
+        for index in range(min(len(images), self.keep_samples - len(self.samples))):
+            (height, width), (region_h, region_w) = sizes[index], regions[index]
+            image = images[index, :, :region_h, :region_w].float()
+            image = F.interpolate(image[None], size=(height, width), mode="bilinear")[0]
+            self.samples.append(EvalSample(
+                key=str(keys[index]),
+                image=image.round().clamp(0, 255).to(torch.uint8).cpu(),
+                label=batch["label"][index, :height, :width].to(torch.uint8).cpu(),
+                prediction=on_labels[index, :height, :width].to(torch.uint8).cpu(),
+            ))  # fmt: skip
 
     def rename_predictions(self, mapping: torch.Tensor) -> None:
         """Read every predicted id p as class ``mapping[p]`` (clusters matched to classes)."""
         self.confusion = remap_confusion(self.confusion, mapping)
+        for sample in self.samples:
+            sample.prediction = mapping.cpu()[sample.prediction.long()].to(torch.uint8)
 
     def result(self) -> dict:
         """``{"miou", "per_class_iou", "pixels_scored"}``."""

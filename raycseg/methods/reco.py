@@ -57,7 +57,7 @@ from torch import nn
 from ..config import DataSection, ModelSection, Recipe, RecoStage
 from ..data.pipeline import build_segmentation_loader
 from ..data.shards import count_samples, list_shard_urls
-from ..errors import DataError
+from ..errors import CsegError, DataError
 from ..eval.features import frozen
 from ..eval.metrics import IGNORE_INDEX
 from ..eval.segmentation import run_segmentation_protocol
@@ -89,6 +89,11 @@ def build_segmenter(stage: RecoStage, model: ModelSection) -> nn.Module:
     backbone's rates shrink in proportion to its smaller feature maps
     (`scale_aspp_rates`), else most taps would land in the padding.
     """
+    if stage.num_classes is None:
+        raise CsegError(
+            f"stages.{stage.name}.num_classes is not set; `cseg pretrain` takes it from the "
+            "manifest of data.train (raycseg.train.preflight.check_run_data), or set it"
+        )
     backbone = build_backbone(
         model.backbone,
         output_stride=model.output_stride,

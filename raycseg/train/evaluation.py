@@ -28,7 +28,14 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import EvalSection, Recipe, StageBase
+from ..config import (
+    EvalSection,
+    Recipe,
+    StageBase,
+    apply_overrides,
+    resolve_paths,
+    validate_recipe,
+)
 from ..errors import CsegError
 from ..eval import evaluate_backbone, protocol_key
 from ..eval.batches import (
@@ -39,11 +46,13 @@ from ..eval.batches import (
 )
 from ..eval.cluster import run_kmeans_protocol
 from ..eval.metrics import ProtocolSkipped
+from ..eval.samples import write_eval_samples
 from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
-from .checkpoint import STAGES_FILE, load_state
+from .checkpoint import STAGES_FILE, load_state, read_stages, resolve_in_run
 
 EVAL_FILE = "eval.json"
 EVAL_SPLIT = "val"
+EVAL_SAMPLES = 4  # validation images kept for the report's pictures
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
 
@@ -66,35 +75,44 @@ def evaluate_checkpoint(
     *,
     run_dir: Path | None = None,
     data: str | None = None,
+    split: str = EVAL_SPLIT,
+    num_classes: int | None = None,
     protocols: list[str] | None = None,
     baseline: str | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Score a checkpoint (and, if asked, the random-init baseline) on the `val` split.
+    """Score a checkpoint (and, if asked, the random-init baseline) on one split (`val`).
+
+    Returns this evaluation's scores (eval.json, if written, also keeps earlier ones).
 
     Args:
         checkpoint: a raycseg checkpoint (state.pt or its folder) or torchvision weights.
         recipe: the recipe that trained it (its model and eval sections are used).
         run_dir: where eval.json is merged; None writes nothing.
         data: segmentation shards; default `recipe.eval.data`.
+        split: the split to score; no other split stands in for a missing one.
+        num_classes: C; default the eval section's for its own data, else the shards'.
         protocols: CLI names (`linear-probe`, `kmeans`, `maskcontrast-kmeans`, `segmentation`);
             default the recipe's.
-        baseline: `random` to also score the initial weights; default the recipe's.
+        baseline: `random` to also score the initial weights, `none` not to; default the
+            recipe's.
     """
     data = data or (recipe.eval.data if recipe.eval else None)
     if data is None:
         raise CsegError(
             "no evaluation data: pass --data SEG_SHARDS (built with `cseg shards build --kind segmentation`)"
         )
-    # without an eval section: the papers' protocols, the classes the shards declare
-    section = recipe.eval or EvalSection(data=data, num_classes=num_classes_of(data))
+    # without an eval section: the papers' protocols
+    section = recipe.eval or EvalSection(data=data)
+    own_data = recipe.eval is not None and data == recipe.eval.data
+    num_classes = num_classes or (section.num_classes if own_data else None)
+    num_classes = num_classes or num_classes_of(data)
     keys = list(dict.fromkeys(map(protocol_key, protocols or section.protocols)))
-    baseline = baseline or section.baseline
-    num_classes = section.num_classes
+    baseline = (baseline or section.baseline) if baseline != "none" else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = recipe.data.loader_workers
     resized = evaluation_batches(
-        data, EVAL_SPLIT, input_policy="resize", input_size=section.image_size, num_workers=workers
+        data, split, input_policy="resize", input_size=section.image_size, num_workers=workers
     )
     state = _raycseg_state(checkpoint)
     on_message(f"evaluating {checkpoint} with {', '.join(keys)}")
@@ -106,11 +124,15 @@ def evaluate_checkpoint(
     common = {"num_classes": num_classes, "device": device, "probe": probe,
               "probe_settings": section.linear_probe, "seed": recipe.seed}  # fmt: skip
     backbone_keys = [key for key in keys if key in ("linear_probe", "kmeans")]
-    scores = _backbone_scores(backbone, state, resized, backbone_keys, common)
+    keep = EVAL_SAMPLES if run_dir is not None else 0
+    scores = _backbone_scores(
+        backbone, state, resized, backbone_keys, {**common, "keep_samples": keep}
+    )
+    samples = {key: scores[key].pop("samples", []) for key in backbone_keys if key in scores}
     if MASKCONTRAST_KMEANS in keys:
         _merge(scores, _maskcontrast_kmeans(state, resized, common))
     if SEGMENTATION in keys:
-        _merge(scores, _segmentation(state, data, workers, common))
+        _merge(scores, _segmentation(state, data, split, workers, common))
     inputs = {key: _resize_input(section.image_size) for key in keys}
     if SEGMENTATION in scores:
         inputs[SEGMENTATION] = _pad_input(_reco_stage(state))
@@ -124,11 +146,12 @@ def evaluate_checkpoint(
         )
         _add_inputs(scores["baseline_random"], inputs)
     _add_inputs(scores, inputs)
-    scores["data"] = data_record(data, EVAL_SPLIT)
+    scores["data"] = data_record(data, split)
     for key, reason in scores.get("skipped", {}).items():
         on_message(f"{key} skipped: {reason}")
     if run_dir is not None:
-        scores = merge_eval_json(Path(run_dir) / EVAL_FILE, scores)
+        merge_eval_json(Path(run_dir) / EVAL_FILE, scores)
+        write_eval_samples(Path(run_dir), samples, scores["data"]["classes"])
     return scores
 
 
@@ -204,7 +227,7 @@ def _maskcontrast_kmeans(state, batches, common) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def _segmentation(state, data, workers, common) -> dict[str, Any]:
+def _segmentation(state, data, split, workers, common) -> dict[str, Any]:
     """ReCo's segmentation protocol on full-resolution, padded inputs."""
     from ..methods.reco import load_segmenter  # noqa: PLC0415
 
@@ -213,7 +236,7 @@ def _segmentation(state, data, workers, common) -> dict[str, Any]:
     except ProtocolSkipped as reason:
         return {"skipped": {SEGMENTATION: str(reason)}}
     batches = evaluation_batches(
-        data, EVAL_SPLIT, input_policy="pad", input_size=_reco_stage(state).data.val_pad_to,
+        data, split, input_policy="pad", input_size=_reco_stage(state).data.val_pad_to,
         num_workers=workers,
     )  # fmt: skip
     return evaluate_backbone(
@@ -263,10 +286,14 @@ def _merge(scores: dict[str, Any], more: dict[str, Any]) -> None:
 def run_checkpoint(run_dir: Path, stage: str | None = None) -> tuple[Recipe, str]:
     """A run directory's recipe and the final checkpoint of `stage` (default: the last).
 
+    The checkpoint is stored relative to the run directory (an older run's absolute
+    path or URL is found inside it once the run was copied or moved), and returned
+    as a location under `run_dir`.
+
     Raises:
-        CsegError: the stage is unknown or not finished yet.
+        CsegError: the stage is unknown or not finished yet, or its checkpoint is missing.
     """
-    stages = json.loads((run_dir / STAGES_FILE).read_text())
+    stages = read_stages(run_dir)
     recipe = Recipe.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
     names = [s.name for s in recipe.stages]
     name = stage or names[-1]
@@ -277,21 +304,27 @@ def run_checkpoint(run_dir: Path, stage: str | None = None) -> tuple[Recipe, str
             f"stage {name!r} of {run_dir} has not finished yet; finish it with "
             "`cseg pretrain --resume`"
         )
-    return recipe, stages[name]["checkpoint"]
+    checkpoint = resolve_in_run(run_dir, stages[name]["checkpoint"], f"stage {name}'s checkpoint")
+    return recipe, str(checkpoint)
 
 
 def evaluate_target(
     target: Path,
     *,
     recipe: str | None = None,
+    overrides: list[str] | None = None,
     data: str | None = None,
+    split: str = EVAL_SPLIT,
+    num_classes: int | None = None,
     protocols: list[str] | None = None,
     baseline: str | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, Any], Path]:
     """`cseg eval`: evaluate a run directory (its last stage), a raycseg checkpoint, or plain
     backbone weights (a torchvision, MoCo or DenseCL file) with `recipe`'s model and eval
-    sections; return the scores and the eval.json they were merged into (next to a file)."""
+    sections; return the scores and the eval.json they were merged into (next to a file).
+    `overrides` are `eval.KEY=VALUE` strings (`with_eval_overrides`); the other arguments
+    are `evaluate_checkpoint`'s."""
     target = Path(target).expanduser().resolve()
     if (target / STAGES_FILE).exists():
         trained, checkpoint = run_checkpoint(target)
@@ -304,9 +337,11 @@ def evaluate_target(
     data = str(Path(data).expanduser().resolve()) if data and "://" not in data else data
     scores = evaluate_checkpoint(
         checkpoint,
-        trained,
+        with_eval_overrides(trained, overrides or [], data),
         run_dir=run_dir,
         data=data,
+        split=split,
+        num_classes=num_classes,
         protocols=protocols,
         baseline=baseline,
         on_message=on_message,
@@ -329,6 +364,26 @@ def _recipe_of_weights(target: Path, recipe: str | None) -> Recipe:
     loaded = load_recipe(recipe, check_files=False)
     # the weights are the backbone: the recipe's own init is not read (the baseline is random)
     return loaded.model_copy(update={"model": loaded.model.model_copy(update={"init_from": None})})
+
+
+def with_eval_overrides(recipe: Recipe, overrides: list[str], data: str | None) -> Recipe:
+    """`recipe` with `eval.KEY=VALUE` overrides of its eval section (as in recipes).
+
+    A recipe without an eval section gets one for `data`. Only `eval.` keys are taken
+    (`raycseg.train.preflight.check_eval_inputs`): evaluation cannot change how a run
+    trained.
+
+    Raises:
+        RecipeError: a value the schema refuses.
+    """
+    if not overrides:
+        return recipe
+    raw = recipe.model_dump(mode="json")
+    if raw.get("eval") is None:
+        raw["eval"] = {"data": data} if data else {}
+    overridden = validate_recipe(apply_overrides(raw, overrides), source="cseg eval overrides")
+    resolve_paths(overridden)
+    return overridden
 
 
 def merge_eval_json(path: Path, scores: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,19 @@ Run directory (CONTRACTS.md §2), `<storage.path>/<name>/`:
     metrics.jsonl    one line per logged step (rank 0 writes it)
     workers.jsonl    which process ran which rank
     <stage>/         Ray Train's run folder for that stage: its checkpoints
-    stages.json      finished stages and their final checkpoints (for resume)
+    stages.json      finished stages and their final checkpoints (for resume),
+                     relative to the run directory
     eval.json        after evaluation
+    logs/ray.log     what Ray's processes printed, and local Ray's notices
+                     about itself, kept off the terminal (see `ray_logs`)
 
 Running again with the same name and storage resumes: finished stages are
 skipped, and Ray Train restores the unfinished stage from its latest
-registered checkpoint.
+registered checkpoint (local mode: from the newest folder in
+`<stage>/local_checkpoints`). Every path the run stores into itself is
+relative to it, and Ray Train's snapshot names its checkpoints by folder
+name, so a run copied or moved elsewhere (also from a bucket to a disk)
+resumes, evaluates and exports from its new place.
 
 `storage.path` may be a URL (s3://bucket/runs, gs://...): Ray Train writes the
 checkpoints there itself, the driver writes config.yaml, stages.json and
@@ -22,7 +29,7 @@ checkpoint (see `MetricsLog`). Such runs need Ray Train workers
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import queue as queue_module
 import tempfile
@@ -37,7 +44,13 @@ from .. import remote
 from ..config import Recipe, ScalingSection, is_url, recipe_to_yaml
 from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
-from .checkpoint import STAGES_FILE, STATE_FILE
+from .checkpoint import (
+    STATE_FILE,
+    latest_local_checkpoint,
+    read_stages,
+    resolve_in_run,
+    write_stages,
+)
 from .preflight import check_run_data
 
 
@@ -101,6 +114,7 @@ def run_pretrain(
     on_metrics: Callable[[dict[str, Any]], None] | None = None,
     on_message: Callable[[str], None] = lambda _: None,
     quiet: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> PretrainResult:
     """Run every stage of `recipe` on Ray Train, then its eval section.
 
@@ -112,6 +126,9 @@ def run_pretrain(
         on_metrics: called in the driver with every metrics record rank 0 logs.
         on_message: called with progress messages for the user.
         quiet: keep Ray's own logs out of the output (errors only).
+        on_phase: called in the driver with what each stage waits on before its first
+            step: "starting Ray", "starting 2 workers", "waiting for the first batch",
+            "running the first step".
     """
     if is_url(recipe.storage.path) and recipe.scaling.num_workers == 0:
         raise RecipeError(
@@ -127,9 +144,15 @@ def run_pretrain(
 
     result = PretrainResult(run_dir=run_dir, resumed=resumed)
     if recipe.scaling.num_workers:
-        start_ray(address, recipe.scaling, quiet=quiet)
+        log_dir = None if is_url(str(run_dir)) else Path(run_dir) / "logs"
+        start_ray(address, recipe.scaling, quiet=quiet, log_dir=log_dir, on_phase=on_phase)
     result.checkpoints = run_stages(
-        recipe, run_dir, address=address, on_metrics=on_metrics, on_message=on_message
+        recipe,
+        run_dir,
+        address=address,
+        on_metrics=on_metrics,
+        on_message=on_message,
+        on_phase=on_phase,
     )
     if recipe.eval is not None:
         on_message("evaluating the pretrained backbone")
@@ -173,24 +196,31 @@ def run_stages(
     trainer_callbacks: list | None = None,
     on_metrics: Callable[[dict[str, Any]], None] | None = None,
     on_message: Callable[[str], None] = lambda _: None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, str]:
     """Fit the recipe's stages in order, each from the previous stage's checkpoint.
 
     Stages listed as finished in `run_dir/stages.json` are skipped, so calling
-    this again on the same `run_dir` (a local path or a URL) resumes.
+    this again on the same `run_dir` (a local path or a URL) resumes; their
+    checkpoints are found relative to `run_dir`, wherever the run now lies.
     `trainer_callbacks` go to every stage's `ray.train.RunConfig` (a Tune trial
     passes `TuneReportCallback`).
 
     Returns:
         stage name -> location (path or URL) of the stage's final checkpoint state file.
     """
-    finished = _read_stages(run_dir)
+    finished = read_stages(run_dir)
     checkpoints: dict[str, str] = {}
     previous_checkpoint = None
     step_offset = 0
     for index, stage in enumerate(recipe.stages):
         if stage.name in finished:
-            previous_checkpoint = finished[stage.name]["checkpoint"]
+            previous_checkpoint = str(
+                resolve_in_run(
+                    run_dir, finished[stage.name]["checkpoint"], f"stage {stage.name}'s checkpoint"
+                )
+            )
+            finished[stage.name]["checkpoint"] = previous_checkpoint  # an older run's, found here
             on_message(f"stage {stage.name}: already finished, skipping")
         else:
             previous_checkpoint = _run_stage(
@@ -203,21 +233,32 @@ def run_stages(
                 trainer_callbacks or [],
                 on_metrics,
                 on_message,
+                on_phase,
             )
             finished[stage.name] = {
                 "checkpoint": previous_checkpoint,
                 "last_step": step_offset + stage.steps,
             }
-            remote.write_text(remote.join(run_dir, STAGES_FILE), json.dumps(finished, indent=2))
+            write_stages(run_dir, finished)  # relative to the run directory
         checkpoints[stage.name] = previous_checkpoint
         step_offset += stage.steps
     return checkpoints
 
 
 def _run_stage(
-    recipe, index, step_offset, run_dir, init_from, address, callbacks, on_metrics, on_message
+    recipe,
+    index,
+    step_offset,
+    run_dir,
+    init_from,
+    address,
+    callbacks,
+    on_metrics,
+    on_message,
+    on_phase=None,
 ) -> str:
-    """Fit one stage with a TorchTrainer; return the path of its final checkpoint's state file."""
+    """Fit one stage with a TorchTrainer; return the location (a path or a URL, inside
+    `run_dir`) of its final checkpoint's state file."""
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -227,11 +268,17 @@ def _run_stage(
     stage = recipe.stages[index]
     scaling = recipe.scaling
     local_mode = scaling.num_workers == 0
+    train_logger = logging.getLogger("ray.train")
+    if local_mode and train_logger.level == logging.NOTSET:
+        # Ray Train's INFO notes in this process ("Running in local mode...", "Moving
+        # model to device: cpu") say nothing about the run; a level set by the user stays.
+        train_logger.setLevel(logging.WARNING)
     progress = None
     if not local_mode:
-        start_ray(address, scaling)
-    if not local_mode and on_metrics is not None:
-        progress = _progress_queue()
+        start_ray(address, scaling, on_phase=on_phase)
+    if on_metrics is not None or on_phase is not None:
+        # local mode: the loop runs in this process, and a plain queue reaches it
+        progress = queue_module.Queue() if local_mode else _progress_queue()
     on_message(
         f"stage {stage.name}: {stage.steps} steps on {max(scaling.num_workers, 1)} worker(s)"
     )
@@ -259,14 +306,23 @@ def _run_stage(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    with _streamed(progress, on_metrics):
+    workers = scaling.num_workers
+    plural = "s" * (workers != 1)
+    _say(
+        on_phase, f"starting {workers} worker{plural}" if workers else "starting the training loop"
+    )
+    with _streamed(progress, on_metrics, on_phase):
         outcome = trainer.fit()
     summary = outcome.return_value or {}
     if summary.get("error"):
         raise CsegError(summary["error"])
-    if outcome.checkpoint is None:
+    if outcome.checkpoint is not None:
+        location = remote.url_of(outcome.checkpoint.filesystem, outcome.checkpoint.path)
+    elif local_mode and latest_local_checkpoint(run_dir, stage.name) is not None:
+        # resumed from its final checkpoint: nothing left to train, so nothing reported
+        location = str(latest_local_checkpoint(run_dir, stage.name))
+    else:
         raise CsegError(f"stage {stage.name} finished without a checkpoint; see the Ray logs above")
-    location = remote.url_of(outcome.checkpoint.filesystem, outcome.checkpoint.path)
     return str(remote.join(location, STATE_FILE))
 
 
@@ -297,26 +353,41 @@ def build_scaling_config(scaling: ScalingSection):
 PREEMPTION_WATCHER_VARIABLE = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train 2.60
 
 
-def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
+def start_ray(
+    address: str | None,
+    scaling,
+    *,
+    quiet: bool = False,
+    log_dir: Path | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> None:
     """Join `address` (or RAY_ADDRESS), else start local Ray with this machine's CPUs.
 
     Local services (the dashboard) bind to 127.0.0.1, and Ray Train's preemption
     watcher is off there. `quiet` keeps the workers' logs out of the driver's
-    output and shows only Ray's errors.
+    output and shows only Ray's errors. The workers' lines reach stderr, never
+    stdout; local Ray's notices about itself go to `log_dir/ray.log` instead
+    (see `ray_logs`). `on_phase` hears "starting Ray" (or "joining Ray at ...").
     """
     import ray
+
+    from .ray_logs import route_driver_notices, route_worker_output
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     logging_config = ray.LoggingConfig(log_level="ERROR" if quiet else "WARNING")
     if address:
+        _say(on_phase, f"joining Ray at {address}")
         ray.init(address=address, logging_config=logging_config, log_to_driver=not quiet)
+        route_worker_output(log_dir, local=False)
         return
     # One machine has no spot preemptions to watch; Ray Train's watcher actor would only
     # print a core-worker error line at each stage start. Set by the user, it stays.
     os.environ.setdefault(PREEMPTION_WATCHER_VARIABLE, "0")
     needed = scaling.num_workers * scaling.cpus_per_worker
+    route_driver_notices(log_dir)
+    _say(on_phase, "starting Ray")
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
@@ -324,6 +395,7 @@ def start_ray(address: str | None, scaling, *, quiet: bool = False) -> None:
         logging_config=logging_config,
         log_to_driver=not quiet,
     )
+    route_worker_output(log_dir, local=True)
 
 
 def _progress_queue():
@@ -340,16 +412,22 @@ def _progress_queue():
     return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
 
 
-class _streamed:
-    """Drain the workers' metrics queue into `on_metrics` in a thread while fit() runs."""
+def _say(on_phase: Callable[[str], None] | None, phase: str) -> None:
+    if on_phase is not None:
+        on_phase(phase)
 
-    def __init__(self, progress, on_metrics):
-        self.progress, self.on_metrics = progress, on_metrics
+
+class _streamed:
+    """Drain the workers' queue in a thread while fit() runs: metrics records into
+    `on_metrics`, rank 0's `{"phase": ...}` records (before its first step) into `on_phase`."""
+
+    def __init__(self, progress, on_metrics, on_phase=None):
+        self.progress, self.on_metrics, self.on_phase = progress, on_metrics, on_phase
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._drain, daemon=True)
 
     def __enter__(self):
-        if self.progress is not None and self.on_metrics is not None:
+        if self.progress is not None:
             self.thread.start()
         return self
 
@@ -369,9 +447,7 @@ class _streamed:
                 continue
             except Exception:  # noqa: BLE001 (the queue's actor is gone: nothing more comes)
                 return
-            self.on_metrics(record)
-
-
-def _read_stages(run_dir: Path | str) -> dict[str, Any]:
-    path = remote.join(run_dir, STAGES_FILE)
-    return json.loads(remote.read_text(path)) if remote.is_file(path) else {}
+            if "phase" in record:
+                _say(self.on_phase, record["phase"])
+            elif self.on_metrics is not None:
+                self.on_metrics(record)

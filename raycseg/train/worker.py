@@ -36,7 +36,16 @@ from ..config import OptimSection, Recipe, is_torchvision_weights, is_url
 from ..data.synthetic import prepare_data
 from ..methods import build_method, build_stage_loader
 from ..models import load_backbone_weights
-from .checkpoint import STATE_FILE, MetricsLog, load_ray_checkpoint, new_checkpoint_dir, save_state
+from .checkpoint import (
+    LOCAL_CHECKPOINTS,
+    STATE_FILE,
+    MetricsLog,
+    latest_local_checkpoint,
+    load_ray_checkpoint,
+    load_state,
+    new_checkpoint_dir,
+    save_state,
+)
 from .schedules import build_lr_schedule
 
 METRICS_FILE = "metrics.jsonl"
@@ -83,9 +92,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     # 4. Resume from the latest registered checkpoint ------------------------------------
     start_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = load_ray_checkpoint(checkpoint, map_location=device)
+    state = _restored_state(config, stage.name, device)
+    if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_step = state["stage_step"]
@@ -104,6 +112,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         start_batch=start_step,
     )
     batches = iter(loader)
+    if rank == 0:
+        _phase(config, "waiting for the first batch")
 
     # 6. The loop ------------------------------------------------------------------------
     model.train()
@@ -115,6 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in next(batches).items()
         }
+        if rank == 0 and stage_step == start_step:
+            _phase(config, "running the first step")
         skipped_corrupt += int(batch.pop("skipped_corrupt", 0))
         for group in optimizer.param_groups:
             group["lr"] = float(lr_schedule[stage_step])
@@ -223,7 +235,7 @@ def _report(
     latest `num_to_keep` are kept.
     """
     local_mode = config.get("local_mode", False)
-    staging = Path(config["run_dir"]) / stage_name / "local_checkpoints" if local_mode else None
+    staging = Path(config["run_dir"]) / stage_name / LOCAL_CHECKPOINTS if local_mode else None
     checkpoint = None
     is_best = (
         metrics.get("best_val_miou") is not None
@@ -259,6 +271,27 @@ def _report(
     if staging is not None and checkpoint is not None:
         for stale in sorted(staging.iterdir())[: -recipe.storage.num_to_keep]:
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _restored_state(
+    config: dict[str, Any], stage_name: str, device: torch.device
+) -> dict[str, Any] | None:
+    """The state this stage resumes from, or None for a fresh start.
+
+    That is Ray Train's latest registered checkpoint. Its snapshot
+    (`<run>/<stage>/checkpoint_manager_snapshot.json`) names checkpoints by folder
+    name under the stage's storage, so it still holds after the run was moved.
+    Local mode has no snapshot: there it is the newest complete folder in
+    `<run>/<stage>/local_checkpoints`.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        return load_ray_checkpoint(checkpoint, map_location=device)
+    if config.get("local_mode"):
+        latest = latest_local_checkpoint(config["run_dir"], stage_name)
+        if latest is not None:
+            return load_state(latest, map_location=device)
+    return None
 
 
 def _generated_data_on_this_node(recipe: Recipe, local_rank: int) -> None:
@@ -304,6 +337,16 @@ def _log(metrics: dict[str, Any], metrics_log: MetricsLog, config: dict[str, Any
         queue.put_nowait(metrics)
     except RayError:
         config["progress_queue"] = None
+
+
+def _phase(config: dict[str, Any], phase: str) -> None:
+    """Rank 0: tell the driver's progress display what the stage waits on before its first step."""
+    queue = config.get("progress_queue")
+    if queue is not None:
+        try:
+            queue.put_nowait({"phase": phase})
+        except RayError:
+            config["progress_queue"] = None
 
 
 def _validate(method, stage, recipe, device, rank) -> dict[str, float]:

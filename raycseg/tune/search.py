@@ -100,6 +100,7 @@ def run_tune(
         CsegError: `resume` with nothing to resume.
     """
     from ..data.synthetic import prepare_data
+    from ..train.preflight import check_run_data
 
     experiment_dir, plan, restorable = _prepare_experiment(
         space, recipe, overrides, cluster, name, storage_path, resume
@@ -107,6 +108,7 @@ def run_tune(
     _save_plan(plan, experiment_dir, fresh=not restorable)
     on_message(f"{'restoring' if restorable else 'experiment'} {experiment_dir}")
     prepare_data(plan.recipe, on_message)
+    check_run_data(plan.recipe)  # the shards' kinds and classes; fills the class counts
     _connect_ray(address, plan.recipe, verbose)
 
     with _environment(**TUNE_ENVIRONMENT):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,22 @@ def _window_of(full: torch.Tensor, part: torch.Tensor, crop: int) -> tuple[int, 
             if torch.equal(full[:, top : top + crop, left : left + crop], part):
                 return top, left
     return None
+
+
+def test_image_shards_stream_as_unlabelled_images_with_no_label(tmp_path):
+    """ReCo's unlabelled stream may read image shards: every pixel is 255, nothing is corrupt."""
+    from raycseg.data.images import encode_jpeg
+    from raycseg.data.shards import build_shards
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"{index}.jpg").write_bytes(
+            encode_jpeg(np.full((20, 24, 3), 50 * index, np.uint8))
+        )
+    build_shards("image", folder, tmp_path / "shards", num_procs=1)
+    urls = list_shard_urls(tmp_path / "shards", "all")
+    loader = build_segmentation_loader(urls, batch_size=3, crop_size=16, crop_only=True)
+    (batch,) = first(loader)
+    assert batch["image"].shape == (3, 3, 16, 16) and batch["skipped_corrupt"] == 0
+    assert bool((batch["label"] == 255).all())

@@ -143,7 +143,13 @@ def recipe_with_generated_data(root, **synthetic):
 
     spec = {"name": "gen", "seed": 0, "num_clips": 4, "val_clips": 2, "image_size": 32,
             "frames": 3, **synthetic}  # fmt: skip
-    overrides = [f"data.root={root}", f"data.synthetic={json.dumps(spec)}"]
+    overrides = [
+        f"data.root={root}",
+        f"data.synthetic={json.dumps(spec)}",
+        "stages.cacl.data.train=gen/video",
+        "stages.cacl.data.val=gen/segmentation",
+        "eval.data=gen/segmentation",
+    ]  # fmt: skip  (generated data is built when read)
     return load_recipe("cacl/debug", overrides, check_files=False)
 
 

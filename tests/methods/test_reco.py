@@ -170,7 +170,7 @@ def test_resumed_teacher_is_not_overwritten_by_the_student():
 
 
 def test_load_segmenter_gives_the_network_that_validates():
-    recipe = load_recipe(DEBUG_RECIPE, check_files=False)
+    recipe = load_recipe(DEBUG_RECIPE, ["stages.reco.num_classes=5"], check_files=False)
     for mode, evaluated in (("semi", "teacher"), ("partial", "teacher"), ("supervised", "student")):
         stage = recipe.stages[0].model_copy(update={"mode": mode})
         method = ReCo(stage, recipe.model)

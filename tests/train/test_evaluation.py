@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from raycseg.config import load_recipe
 from raycseg.data.images import decode_mask
@@ -64,6 +66,15 @@ def test_a_maskcontrast_checkpoint_is_probed_on_its_decoder_and_eval_json_says_w
         "classes": json.loads((segmentation / "manifest.json").read_text())["classes"],
     }
     assert json.loads((tmp_path / "eval.json").read_text())["data"] == scores["data"]
+    assert all("samples" not in scores[key] for key in ("linear_probe", "kmeans"))
+    index = json.loads((tmp_path / "eval_samples" / "index.json").read_text())
+    assert index["protocols"] == ["linear_probe", "kmeans"] and len(index["samples"]) == 4
+    for sample in index["samples"]:
+        label = np.array(Image.open(tmp_path / "eval_samples" / sample["label"]))
+        for key in ("image", "linear_probe", "kmeans"):
+            picture = np.array(Image.open(tmp_path / "eval_samples" / sample[key]))
+            assert picture.shape[:2] == label.shape  # every picture at the mask's own size
+        assert set(np.unique(label)) <= set(range(5)) | {255}
 
 
 def test_evaluation_scores_val_and_never_another_split(tmp_path, segmentation):
