@@ -224,7 +224,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Show counts, classes, sizes and duration/fps statistics from the manifest."""
-    from raycseg.data.shards import inspect_shards
+    from raycseg.data.manifest import inspect_shards  # reads no shard: no torch, fast
 
     summary = inspect_shards(root)
     if as_json:

@@ -121,3 +121,19 @@ def test_frozen_random_layers_are_refused_by_validate_and_dry_run(tmp_path):
         assert result.returncode == 2, args
         assert "model.init_from" in result.stdout + result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_eval_and_inspect_fail_fast_without_importing_torch(tmp_path):
+    """Their argument errors come before torch or Ray is imported (seconds, not tens)."""
+    script = (
+        "import sys\n"
+        "from cseg.main import run\n"
+        "try:\n    run()\n"
+        "except SystemExit as exit:\n"
+        "    print(exit.code, 'torch' in sys.modules, 'ray' in sys.modules)\n"
+    )
+    for args in (["eval", str(tmp_path / "missing")], ["shards", "inspect", str(tmp_path)]):
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], capture_output=True, text=True
+        )
+        assert result.stdout.split() == ["2", "False", "False"], (args, result.stderr)

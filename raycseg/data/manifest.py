@@ -77,3 +77,31 @@ def count_samples(root: Path | str, split: str) -> int:
             "choose one of those"
         )
     return int(manifest["splits"][split]["count"])
+
+
+def inspect_shards(root: Path | str) -> dict:
+    """Summarise a shard set from its manifest (no shard is read).
+
+    Returns:
+        {"root", "kind", "layout", "source", "schema_version", "classes",
+        "splits": {split: {"samples", "shards", "bytes"}}, "stats", "skipped", "dropped",
+        "selection"}.
+    """
+    manifest = read_manifest(root)
+    return {
+        "root": str(Path(root).resolve()),
+        "kind": manifest["kind"],
+        "layout": manifest.get("layout"),
+        "source": manifest["source"],
+        "schema_version": manifest["schema_version"],
+        "classes": manifest["classes"],
+        "mask_classes": manifest.get("mask_classes"),
+        "splits": {
+            split: {"samples": e["count"], "shards": len(e["shards"]), "bytes": e["bytes"]}
+            for split, e in manifest["splits"].items()
+        },
+        "stats": manifest.get("stats", {}),
+        "skipped": len(manifest.get("skipped", [])),
+        "dropped": len(manifest.get("dropped", [])),
+        "selection": manifest.get("selection"),
+    }

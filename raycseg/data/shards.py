@@ -39,6 +39,7 @@ from raycseg import __version__
 from raycseg.errors import DataError
 
 from .labels import IGNORE_INDEX
+from .manifest import inspect_shards
 from .samples import MaskRules, PreparedSample, PrepareOptions, prepare_sample
 from .sources import LeftOut, SourceItem, SourceListing, list_sources
 from .split_lists import load_split_lists, select_by_stem
@@ -357,29 +358,3 @@ def summarise_metas(kind: str, metas: list[dict]) -> dict:
     return stats
 
 
-def inspect_shards(root: Path | str) -> dict:
-    """Summarise a shard set from its manifest (no shard is read).
-
-    Returns:
-        {"root", "kind", "layout", "source", "schema_version", "classes",
-        "splits": {split: {"samples", "shards", "bytes"}}, "stats", "skipped", "dropped",
-        "selection"}.
-    """
-    manifest = read_manifest(root)
-    return {
-        "root": str(Path(root).resolve()),
-        "kind": manifest["kind"],
-        "layout": manifest.get("layout"),
-        "source": manifest["source"],
-        "schema_version": manifest["schema_version"],
-        "classes": manifest["classes"],
-        "mask_classes": manifest.get("mask_classes"),
-        "splits": {
-            split: {"samples": e["count"], "shards": len(e["shards"]), "bytes": e["bytes"]}
-            for split, e in manifest["splits"].items()
-        },
-        "stats": manifest.get("stats", {}),
-        "skipped": len(manifest.get("skipped", [])),
-        "dropped": len(manifest.get("dropped", [])),
-        "selection": manifest.get("selection"),
-    }
