@@ -1,4 +1,7 @@
-"""`cseg bench data|loss`: measured throughput and memory, printed and written as JSON."""
+"""`cseg bench data|loss|reco-semi`: measured throughput, memory and accuracy.
+
+Each command prints its results as tables and, with `--json FILE`, writes them as JSON.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,12 @@ from rich.table import Table
 from .console import err, out
 
 app = typer.Typer(
-    help="Benchmarks: data decoding and loss forward+backward.",
+    help="Benchmarks: data decoding, loss forward+backward, ReCo semi vs supervised.",
     epilog="""Examples:
 
 cseg bench loss cacl
-cseg bench data data/synthetic/video --seconds 5""",
+cseg bench data data/synthetic/video --seconds 5
+cseg bench reco-semi --seeds 3 --steps 600""",
     no_args_is_help=True,
 )
 
@@ -82,9 +86,48 @@ def bench_loss(
     _show(f"loss: {name}", benchmark_loss(name, threads=threads, repeats=repeats), json_out)
 
 
+@app.command(
+    "reco-semi",
+    epilog="""Examples:
+
+cseg bench reco-semi                      # 3 seeds, 600 steps per run
+cseg bench reco-semi --seeds 5 --mode partial --json reco-semi.json""",
+)
+def bench_reco_semi(
+    seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 (model, loader and split)."),
+    steps: int = typer.Option(600, "--steps", help="Training steps per run."),
+    mode: Literal["semi", "partial"] = typer.Option(
+        "semi", "--mode", help="The semi-supervised ReCo mode compared with supervised."
+    ),
+    workdir: Path = typer.Option(
+        None, "--workdir", help="Keep the data and runs here (default: a temporary folder)."
+    ),
+    json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Best validation mIoU of supervised vs semi-supervised ReCo, per seed and overall.
+
+    Trains the debug recipe with one labelled pixel per class; reports each seed's
+    scores, their mean and std, and on how many seeds semi won.
+    """
+    from raycseg.bench.reco import benchmark_reco_semi
+
+    err.print(f"training supervised and {mode} ReCo, {seeds} seed(s) x {steps} steps", markup=False)
+    results = benchmark_reco_semi(
+        seeds,
+        steps,
+        mode=mode,
+        workdir=workdir,
+        on_message=lambda line: err.print(line, markup=False),
+    )
+    _show(f"reco: {mode} vs supervised", results, json_out)
+
+
 def _show(title: str, results: dict, json_out: Path | None) -> None:
-    """Print the results as tables: one of measures, and one per list of records (such as
-    `rounds`) with a column per record; write them to `json_out` as they are."""
+    """Print the results as tables and write them to `json_out` as they are.
+
+    One table holds the single measures; each list of records (such as `rounds`)
+    gets its own table with a column per record.
+    """
     table = Table("measure", "value", title=title)
     for key, value in _flatten({k: v for k, v in results.items() if not _is_records(v)}):
         table.add_row(key, _cell(value))

@@ -1,8 +1,8 @@
-"""`cseg cluster`: render cluster configs from options and check their fields (CONTRACTS.md §6).
+"""`cseg cluster`: render cluster configs from options and check their fields (docs/clusters.md).
 
 `render` writes a Ray cluster launcher YAML (aws, gcp) or a KubeRay manifest (RayCluster +
 RayJob) to `--out` or stdout; `check` validates a file's fields and exits 2 naming each bad one.
-The work happens in `raycseg.clusters`.
+The work happens in `raycseg.cluster.configs`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from raycseg.clusters import (
+from raycseg.cluster.configs import (
     check_cluster_config,
     infer_cluster_provider,
     load_cluster_documents,

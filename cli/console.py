@@ -1,4 +1,4 @@
-"""The two output channels of every command (CONTRACTS.md §2).
+"""The two output channels of every command.
 
 Results go to stdout (`out`); progress, messages and errors go to stderr
 (`err`). `--quiet` commands print only the artefact path to stdout, so they
@@ -68,8 +68,11 @@ err = _Console(stderr=True, soft_wrap=True)
 
 
 def print_json(data) -> None:
-    """Write `data` to stdout as one valid JSON document, as it is: no markup, emoji or
-    colour, NaN and infinities as null, paths and other objects as strings."""
+    """Write `data` to stdout as one valid JSON document, as it is.
+
+    No markup, emoji or colour; NaN and infinities become null, paths and other
+    objects strings.
+    """
     sys.stdout.write(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
@@ -113,6 +116,8 @@ class StageProgress:
         self.bars: dict[str, tuple] = {}
 
     def stage(self, name: str) -> Callable[[int, int], None]:
+        """The progress callback of stage `name`; its bar opens on the first call."""
+
         def update(done: int, total: int) -> None:
             if name not in self.bars:
                 self.bars[name] = (

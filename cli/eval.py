@@ -1,4 +1,4 @@
-"""`cseg eval RUN_OR_CHECKPOINT [eval.KEY=VALUE ...]`: score frozen features (CONTRACTS.md §3)."""
+"""`cseg eval RUN_OR_CHECKPOINT [eval.KEY=VALUE ...]`: score frozen features."""
 
 from __future__ import annotations
 

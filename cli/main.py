@@ -1,9 +1,10 @@
 """`cseg`: the root Typer app and the error table.
 
 Every known error (`raycseg.errors.CsegError`) becomes one line on stderr that
-names the fix, with the error's exit code (CONTRACTS.md §0). `CSEG_DEBUG=1`
-shows the traceback as well. The root group does this itself, so it holds for
-`cseg` run from a shell and for the app run in process (Typer's `CliRunner`).
+names the fix, with the error's exit code (2: it could not run as asked;
+1: it ran but found problems). `CSEG_DEBUG=1` shows the traceback as well.
+The root group does this itself, so it holds for `cseg` run from a shell and
+for the app run in process (Typer's `CliRunner`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class CsegCommand(TyperCommand):
     """A `cseg` command: flags without a type in --help."""
 
     def get_params(self, ctx):
+        """The command's parameters, boolean flags without a type in --help."""
         return _hide_flag_types(super().get_params(ctx))
 
 
@@ -70,9 +72,11 @@ class CsegGroup(TyperGroup):
     """
 
     def get_params(self, ctx):
+        """The group's parameters, boolean flags without a type in --help."""
         return _hide_flag_types(super().get_params(ctx))
 
     def invoke(self, ctx):
+        """Run the group; as the root, turn a `CsegError` into its line and exit code."""
         if ctx.parent is not None:
             return super().invoke(ctx)
         try:

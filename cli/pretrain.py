@@ -53,7 +53,7 @@ def pretrain(
 
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     total = sum(stage.steps for stage in loaded.stages)
-    # Ray and its workers print to stdout; keep stdout for results (CONTRACTS.md §2).
+    # Ray and its workers print to stdout; keep stdout for results (`--quiet`: the run path only).
     with _progress_display(total, quiet) as display, contextlib.redirect_stdout(sys.stderr):
         result = run_pretrain(
             loaded,

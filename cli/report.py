@@ -13,16 +13,9 @@ import typer
 from rich.table import Table
 
 from raycseg.reports import ExperimentSummary, RunSummary, write_report
+from raycseg.reports.experiment_report import next_command, ranked_trials, trial_cells
 from raycseg.reports.render import format_number
-from raycseg.reports.report import (
-    data_text,
-    eval_header,
-    eval_rows,
-    next_command,
-    ranked_trials,
-    stage_rows,
-    trial_cells,
-)
+from raycseg.reports.run_report import data_text, eval_header, eval_rows, stage_rows
 
 from .console import err, out
 
@@ -97,7 +90,3 @@ def _print_run(summary: RunSummary) -> None:
             out.print(scored.replace("`", ""), markup=False, highlight=False)
     if summary.skipped_corrupt:
         out.print(f"corrupt samples skipped: {summary.skipped_corrupt}", markup=False)
-
-
-app = typer.Typer(add_completion=False)
-app.command()(report)

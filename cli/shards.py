@@ -1,10 +1,10 @@
 """`cseg shards build|synthetic|inspect|verify`: make and check webdataset shards.
 
-Thin wrappers over `raycseg.data.shards` and `raycseg.data.synthetic`:
-results go to stdout, progress bars and problem lists to stderr. Exit codes
-follow CONTRACTS.md §5: 1 when inputs were skipped (build) or stored samples
-are corrupt (verify), 2 for usage errors, missing/empty sources and existing
-shards without --overwrite.
+Thin wrappers over `raycseg.shards` and `raycseg.data.synthetic`:
+results go to stdout, progress bars and problem lists to stderr. Exit codes:
+0 when all is well, 1 when inputs were skipped (build) or stored samples are
+corrupt (verify), 2 for usage errors, missing/empty sources and existing shards
+without --overwrite.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
 ) -> None:
     """Turn a folder, CSV or dataset tree into shards plus manifest.json."""
-    from raycseg.data.shards import build_shards
+    from raycseg.shards.build import build_shards
 
     if images is not None:
         if len(paths) != 1:
@@ -185,8 +185,8 @@ def synthetic(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
 ) -> None:
     """Generate procedural videos, masks and saliency maps (no downloads) as shards."""
-    from raycseg.data.shards import inspect_shards
     from raycseg.data.synthetic import build_synthetic
+    from raycseg.shards.manifest import inspect_shards
 
     with ExitStack() as stack:
         progress = StageProgress(stack, quiet)
@@ -224,7 +224,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Show counts, classes, sizes and duration/fps statistics from the manifest."""
-    from raycseg.data.manifest import inspect_shards  # reads no shard: no torch, fast
+    from raycseg.shards.manifest import inspect_shards  # reads no shard: no torch, fast
 
     summary = inspect_shards(root)
     if as_json:
@@ -282,7 +282,7 @@ def verify(
     ),
 ) -> None:
     """Check checksums and decode every stored sample; exit 1 if anything is corrupt."""
-    from raycseg.data.shards import verify_shards
+    from raycseg.shards.verify import verify_shards
 
     with ExitStack() as stack:
         report = verify_shards(

@@ -52,7 +52,7 @@ def split(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output folder."),
 ) -> None:
     """Split SRC into labelled and unlabelled shard sets plus a split manifest."""
-    from raycseg.data.splits import build_label_split
+    from raycseg.shards.splits import build_label_split
 
     with ExitStack() as stack:
         report = build_label_split(

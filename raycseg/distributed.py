@@ -1,7 +1,7 @@
-"""Rank helpers and the all-gathers that methods use before calling a loss.
+"""Rank helpers, the all-gathers methods run before a loss, and the loop's log reductions.
 
 Every helper works without a process group: ranks are 0 of 1 and both gathers
-are identities. Losses never communicate (CONTRACTS.md §1); a method gathers
+are identities. Losses never communicate; a method gathers
 first, then calls the loss.
 
 Gradient contract of :func:`all_gather_with_grad`. Let W ranks each hold a
@@ -22,7 +22,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["all_gather_no_grad", "all_gather_with_grad", "get_rank", "get_world_size"]
+__all__ = [
+    "all_gather_no_grad",
+    "all_gather_with_grad",
+    "finite_on_every_rank",
+    "gather_objects",
+    "get_rank",
+    "get_world_size",
+    "mean_over_ranks",
+    "sum_over_ranks",
+]
 
 
 def _has_process_group() -> bool:
@@ -118,3 +127,37 @@ def all_gather_no_grad(x: torch.Tensor, *, equal_shapes: bool = False) -> torch.
         return x.detach()
     gathered, _ = _gather_rows(x.detach(), equal_shapes)
     return gathered
+
+
+def mean_over_ranks(values: list[torch.Tensor], device: torch.device) -> list[float]:
+    """The mean over ranks of each 0-dim tensor in `values` (every rank must call it)."""
+    stacked = torch.stack([v.float() for v in values]).to(device)
+    if _has_process_group():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return stacked.tolist()
+
+
+def sum_over_ranks(value: int, device: torch.device) -> int:
+    """The sum over ranks of an integer (every rank must call it)."""
+    total = torch.tensor([value], dtype=torch.long, device=device)
+    if _has_process_group():
+        dist.all_reduce(total)
+    return int(total.item())
+
+
+def finite_on_every_rank(loss: torch.Tensor, device: torch.device) -> bool:
+    """True when the loss is finite on every rank, so that all ranks stop together."""
+    flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
+    if _has_process_group():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def gather_objects(record: object) -> list[object]:
+    """Every rank's `record`, in rank order (every rank must call it)."""
+    if not _has_process_group():
+        return [record]
+    records = [None] * dist.get_world_size()
+    dist.all_gather_object(records, record)
+    return records

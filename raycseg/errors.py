@@ -1,4 +1,9 @@
-"""Errors that the CLI turns into one line naming the fix (CONTRACTS.md §0).
+"""Errors that the CLI turns into one line naming the fix, and their exit codes.
+
+Every command exits 0 on success; 1 when it completed but found problems it
+reports (skipped inputs, corrupt samples, a failed check); 2 when it could not
+run as asked (a bad recipe, override, space, path or usage), said before Ray
+starts and with nothing written.
 
 Anything raised from here is *expected*: the user gave us something we cannot
 use. The CLI prints `str(error)` on one line and exits with `exit_code`;

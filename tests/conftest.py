@@ -7,7 +7,7 @@ stops the server afterwards. The secret key is random, so a test can search file
 logs for it.
 
 The environment variables below must be set before Ray starts; Ray Train copies
-them to its controller and workers (RAY.md §4).
+them to its controller and workers.
 """
 
 from __future__ import annotations
@@ -47,21 +47,6 @@ def real_data() -> Path:
     if not (REAL_DATA / "SOURCES.md").exists():
         pytest.skip(f"real media not found at {REAL_DATA} (../shared is absent in this checkout)")
     return REAL_DATA
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray for the in-process Ray tests of the session (RAY.md §4)."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        logging_config=ray.LoggingConfig(log_level="ERROR"),
-    )
-    yield
-    ray.shutdown()
 
 
 AWS_VARIABLES = (
@@ -117,8 +102,7 @@ class S3Bucket:
 @pytest.fixture(scope="module")
 def s3_bucket() -> Iterator[S3Bucket]:
     """A moto S3 server on 127.0.0.1 with one empty bucket; AWS variables point at it."""
-    pytest.importorskip("moto", reason="moto is a dev dependency (uv sync --group dev)")
-    from moto.server import ThreadedMotoServer
+    from moto.server import ThreadedMotoServer  # a dev dependency: scripts/setup.sh installs it
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -144,3 +128,21 @@ def s3_bucket() -> Iterator[S3Bucket]:
             yield bucket
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def raw_shard_set():
+    """`write_raw_shard_set(root, kind, shards, ...)`: write unvalidated shards plus a manifest."""
+    from shard_sets import write_raw_shard_set
+
+    return write_raw_shard_set
+
+
+@pytest.fixture(scope="session")
+def real_video_shards(real_data, tmp_path_factory) -> Path:
+    """The real clips (a flat folder) built into video shards, two samples per shard."""
+    from raycseg.shards.build import build_shards
+
+    out = tmp_path_factory.mktemp("real") / "videos"
+    build_shards("video", real_data / "videos", out, max_count=2, num_procs=2)
+    return out

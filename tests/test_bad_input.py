@@ -1,4 +1,4 @@
-"""Bad input never gives a traceback (CONTRACTS.md §0).
+"""Bad input never gives a traceback: one line that names the fix, a non-zero exit.
 
 Whatever a recipe file or an override holds, `load_recipe` returns a recipe or
 raises `RecipeError`, and `cseg` exits 0, or 2 with one line on stderr naming
@@ -38,7 +38,7 @@ from raycseg.config import (
 from raycseg.errors import RecipeError
 
 RUNNER = CliRunner()
-COMMAND = typer.main.get_command(app)  # built once: Typer rebuilds it on every invoke (~60 ms)
+COMMAND = typer.main.get_command(app)  # built once: Typer would rebuild it on every invoke
 PROPERTY = settings(
     max_examples=500,
     deadline=None,
@@ -207,6 +207,7 @@ def test_the_debug_switch_shows_the_traceback_in_process():
     )
 
 
+@pytest.mark.integration
 def test_dry_run_and_bad_input_import_neither_torch_nor_ray(tmp_path):
     (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe")
     script = f"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from gloo_ranks import run_gloo_ranks
 
@@ -44,6 +45,7 @@ def gather_worker(rank: int, world: int) -> dict:
     }
 
 
+@pytest.mark.integration
 def test_gather_forward_and_backward_on_two_gloo_ranks(tmp_path):
     ranks = run_gloo_ranks(gather_worker, tmp_path)
     everything = torch.cat([rank_rows(r) for r in range(2)])

@@ -31,6 +31,7 @@ def readme_commands(section: str) -> list[str]:
 
 @pytest.mark.real_data
 @pytest.mark.ray
+@pytest.mark.integration
 def test_the_own_data_section_runs_as_written_on_the_real_media(real_data, tmp_path):
     commands = readme_commands("Train on your own data")
     assert [shlex.split(c)[:2] for c in commands] == [

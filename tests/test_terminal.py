@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cseg.main import app
 from typer.testing import CliRunner
 
 CSEG = [sys.executable, "-c", "from cseg.main import run; run()"]
@@ -20,7 +21,13 @@ ESCAPE = "\x1b["
 runner = CliRunner()
 
 
-def cseg(*args, env=None):
+def cseg(*args):
+    """`cseg ARGS` in process on the root app: its output is not a terminal, as a pipe."""
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def cseg_process(*args, env=None):
+    """`cseg ARGS` in a fresh interpreter, its output a pipe."""
     return subprocess.run(
         [*CSEG, *map(str, args)],
         capture_output=True,
@@ -32,11 +39,9 @@ def cseg(*args, env=None):
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory):
     """A tiny synthetic video shard set under a folder with a long name."""
-    from cseg.shards import app
-
     root = tmp_path_factory.mktemp("t") / ("a-folder-with-a-long-descriptive-name-" * 3)
-    result = runner.invoke(app, ["synthetic", str(root), "--num-clips", "2", "--val-clips",
-                                 "1", "--image-size", "32", "--frames", "3", "--procs", "1"])  # fmt: skip
+    result = cseg("shards", "synthetic", root, "--num-clips", 2, "--val-clips", 1,
+                  "--image-size", 32, "--frames", 3, "--procs", 1)  # fmt: skip
     assert result.exit_code == 0, result.output
     return root / "video"
 
@@ -45,8 +50,8 @@ def shard_set(tmp_path_factory):
 
 
 def test_a_clip_decord_cannot_open_says_why_in_the_error_and_nothing_on_stderr(capfd):
-    from raycseg.data.synthetic import encode_mp4
-    from raycseg.data.video import probe_video
+    from raycseg.data.synthetic_clips import encode_mp4
+    from raycseg.media.video import probe_video
 
     clip = encode_mp4(np.zeros((4, 32, 32, 3), np.uint8), 8)
     capfd.readouterr()
@@ -60,7 +65,7 @@ def test_a_clip_decord_cannot_open_says_why_in_the_error_and_nothing_on_stderr(c
 def test_encoding_a_clip_logs_nothing_even_when_pyav_logging_is_on(caplog):
     import av.logging
 
-    from raycseg.data.synthetic import encode_mp4
+    from raycseg.data.synthetic_clips import encode_mp4
 
     # PyAV is silent by default; a library or a logging setup in the process may turn it on.
     av.logging.set_level(av.logging.INFO)
@@ -192,16 +197,18 @@ def test_repeated_worker_lines_print_once_and_without_colour_codes(ray_printer, 
     assert shown.err == "the same warning from every rank\n" and shown.out == ""
 
 
+@pytest.mark.integration
 def test_piped_output_has_no_escape_codes_even_when_colour_is_forced(shard_set):
     """Rich believes FORCE_COLOR and TTY_COMPATIBLE; then `--quiet`'s path or a `--json`
-    document would carry colour codes into the pipe that reads them."""
+    document would carry colour codes into the pipe that reads them. Rich reads them when
+    a console is made, so this takes a fresh interpreter."""
     forced = {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"}
     for args in (
         ["recipes", "ls"],
         ["shards", "inspect", shard_set],
         ["pretrain", "cacl/debug", "--dry-run"],
     ):
-        result = cseg(*args, env=forced)
+        result = cseg_process(*args, env=forced)
         assert result.returncode == 0, result.stderr
         assert ESCAPE not in result.stdout and ESCAPE not in result.stderr, args
 
@@ -225,7 +232,7 @@ def test_piped_tables_print_whole_names(shard_set, tmp_path):
     manifest = json.loads((shard_set / "manifest.json").read_text())
     (broken / "manifest.json").write_text(json.dumps(manifest))
     result = cseg("shards", "verify", broken, "--procs", "1")
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert "…" not in result.stderr and ESCAPE not in result.stderr + result.stdout
     missing = [line for line in result.stderr.splitlines() if "shard file is missing" in line]
     assert missing and "train/video-000000.tar" in missing[0]
@@ -246,7 +253,7 @@ def test_inspect_json_is_the_manifest_summary_byte_for_byte(shard_set, tmp_path)
     (odd / "manifest.json").unlink()
     (odd / "manifest.json").write_text(json.dumps(manifest))
     result = cseg("shards", "inspect", odd, "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["classes"] == manifest["classes"]
 
 
@@ -258,11 +265,7 @@ def test_json_output_is_valid_json_without_nan(capsys):
 
 
 def test_verify_json_lists_problems_by_shard_and_key_and_exits_1(shard_set, tmp_path):
-    from cseg.shards import app
-
-    from raycseg.errors import FoundProblems
-
-    result = runner.invoke(app, ["verify", str(shard_set), "--procs", "1", "--json"])
+    result = cseg("shards", "verify", shard_set, "--procs", "1", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["ok"] and report["samples"] == 2 and report["problems"] == []
@@ -273,8 +276,8 @@ def test_verify_json_lists_problems_by_shard_and_key_and_exits_1(shard_set, tmp_
     (broken / "train").mkdir()
     shard = next((shard_set / "train").glob("*.tar")).read_bytes()
     (broken / "train" / "video-000000.tar").write_bytes(shard[:1552])  # cut inside a member
-    result = runner.invoke(app, ["verify", str(broken), "--procs", "1", "--json"])
-    assert isinstance(result.exception, FoundProblems) and result.exception.exit_code == 1
+    result = cseg("shards", "verify", broken, "--procs", "1", "--json")
+    assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert not report["ok"]
     kinds = {p["problem"]: p for p in report["problems"]}
@@ -282,15 +285,13 @@ def test_verify_json_lists_problems_by_shard_and_key_and_exits_1(shard_set, tmp_
     assert kinds["corrupt"]["key"] is None and "<_io" not in kinds["corrupt"]["reason"]
     assert kinds["count"]["reason"] == "0 samples, manifest says 2"
 
-    result = runner.invoke(app, ["verify", str(broken), "--procs", "1"])
+    result = cseg("shards", "verify", broken, "--procs", "1")
     table = result.stderr
     assert ":None" not in table and "<_io" not in table and "0x" not in table
     assert "train/video-000000.tar" in table
 
 
 def test_bench_tables_show_one_value_per_cell(monkeypatch):
-    from cseg.bench import app
-
     import raycseg.bench.data
 
     results = {
@@ -303,7 +304,7 @@ def test_bench_tables_show_one_value_per_cell(monkeypatch):
         "ratio": 0.349,
     }
     monkeypatch.setattr(raycseg.bench.data, "benchmark_decoding", lambda *a, **k: results)
-    result = runner.invoke(app, ["data", "shards", "--seconds", "0.1"])
+    result = cseg("bench", "data", "shards", "--seconds", "0.1")
     assert result.exit_code == 0, result.output
     assert "{" not in result.stdout and "None" not in result.stdout
     row = next(line for line in result.stdout.splitlines() if "pipeline.clips_per_s" in line)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raycseg.data.images import encode_jpeg, encode_mask_png
-from raycseg.data.shards import build_shards
+from raycseg.media.images import encode_jpeg, encode_mask_png
+from raycseg.shards.build import build_shards
 
 
 def voc_shards(root: Path, *, train: int = 4, val: int = 2, size: int = 16) -> Path:

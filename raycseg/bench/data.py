@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from raycseg.data.pipeline import VideoPairDecoder, video_member
-from raycseg.data.storage import iter_shard_samples, list_shard_urls, read_manifest
+from raycseg.data.decoders import VideoPairDecoder, video_member
 from raycseg.data.streams import ShardStream, StreamSpec
 from raycseg.data.transforms import PairViewTransform
-from raycseg.data.video import resize_and_crop
 from raycseg.errors import DataError
+from raycseg.media.video import resize_and_crop
+from raycseg.shards.manifest import list_shard_urls, read_manifest
+from raycseg.shards.tars import iter_shard_samples
 
 
 class _ResizeCropView:

@@ -85,10 +85,10 @@ _MIB = 2**20
 _GB_IN_MIB = 1e9 / _MIB  # reference figures are quoted in (decimal) GB; the stricter reading
 REFERENCES: dict[str, dict[str, object]] = {
     "cacl-cycle": {"time_s": 1.0, "peak_mib": 300.0, "what": "target of issue 3 (not an implementation)"},
-    "crw-walk": {"time_s": 8.0, "peak_mib": 920.0, "what": "CRW T=4 walk, docs/methods/crw.md §5"},
-    "maskcontrast": {"time_s": 3.5, "peak_mib": 1.0 * _GB_IN_MIB, "what": "official loss, docs/methods/maskcontrast.md §9"},
+    "crw-walk": {"time_s": 8.0, "peak_mib": 920.0, "what": "CRW T=4 walk (docs/benchmarks.md)"},
+    "maskcontrast": {"time_s": 3.5, "peak_mib": 1.0 * _GB_IN_MIB, "what": "official loss (docs/benchmarks.md)"},
     "maskcontrast-feature": {"time_s": 3.5, "peak_mib": 1.0 * _GB_IN_MIB, "what": "official loss at full resolution"},
-    "reco": {"time_s": 13.3, "peak_mib": 2.0 * _GB_IN_MIB, "what": "official loss, docs/methods/reco.md §9"},
+    "reco": {"time_s": 13.3, "peak_mib": 2.0 * _GB_IN_MIB, "what": "official loss (docs/benchmarks.md)"},
 }  # fmt: skip
 
 
@@ -178,7 +178,7 @@ def _build_crw(batch: int, side: int, dim: int, frames: int, seed: int) -> Calla
 
 
 def _random_boxes(batch: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """bool [B, size, size] masks: one box per image covering 10-60 % of it."""
+    """Box masks, bool [B, size, size]: one box per image covering 10-60 % of it."""
     share = 0.1 + 0.5 * torch.rand(batch, generator=gen)
     aspect = torch.exp((torch.rand(batch, generator=gen) - 0.5) * 0.8)
     heights = (size * (share * aspect).sqrt()).clamp(1, size).long()
@@ -219,7 +219,7 @@ def _build_maskcontrast(
 def _voronoi_labels(
     batch: int, side: int, classes: int, per_image: int, gen: torch.Generator
 ) -> torch.Tensor:
-    """long [B, side, side]: each image split into ``per_image`` Voronoi regions of distinct classes."""
+    """Label maps, long [B, side, side]: ``per_image`` Voronoi regions of distinct classes each."""
     seeds = torch.rand(batch, per_image, 2, generator=gen) * side
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     points = torch.stack([ys, xs], -1).reshape(1, -1, 1, 2).float()

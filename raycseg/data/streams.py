@@ -57,7 +57,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from raycseg.errors import DataError
 
-from .storage import iter_shard_samples
+from ..shards.tars import iter_shard_samples
 
 Part = tuple[str, int, int]  # (url, part index j, parts per shard k)
 DecodeFn = Callable[[dict, np.random.Generator], "dict | None"]
@@ -148,7 +148,7 @@ class ShardStream(IterableDataset):
         super().__init__()
         if not spec.urls:
             raise DataError(
-                "no shard urls given; list them with raycseg.data.shards.list_shard_urls"
+                "no shard urls given; list them with raycseg.shards.manifest.list_shard_urls"
             )
         if not 0 <= spec.rank < spec.world_size:
             raise DataError(f"rank {spec.rank} is outside world size {spec.world_size}")

@@ -31,7 +31,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from .labels import IGNORE_INDEX
+from ..media.labels import IGNORE_INDEX
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -276,8 +276,10 @@ class SegmentationTrainTransform:
 
 
 def resize_image(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Resize a uint8 [3, H, W] image to exactly `size` (bicubic, as the MaskContrast
-    evaluation's fixed resize; the aspect ratio is not kept)."""
+    """Resize a uint8 [3, H, W] image to exactly `size`, not keeping its aspect ratio.
+
+    Bicubic, as the MaskContrast evaluation's fixed resize.
+    """
     return TF.resize(
         image, list(_pair(size)), interpolation=InterpolationMode.BICUBIC, antialias=True
     )
@@ -388,6 +390,7 @@ class MaskContrastViews:
         Args:
             image: uint8 [3, H, W].
             mask: uint8 or bool [H, W], non-zero = salient.
+            rng: The stream's random generator.
         """
         mask = (mask > 0).to(torch.uint8)
         query = self._view(image, mask, rng)

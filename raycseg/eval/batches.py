@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 
-from ..data.pipeline import build_segmentation_eval_loader, build_segmentation_loader
-from ..data.shards import count_samples, list_shard_urls, read_manifest
+from ..data.loaders import StreamShare, build_segmentation_eval_loader, build_segmentation_loader
 from ..data.transforms import ProbeTrainTransform
 from ..errors import CsegError, DataError
+from ..shards.manifest import count_samples, list_shard_urls, read_manifest
 
 EVAL_BATCH_SIZE = 16
 
@@ -86,11 +86,10 @@ def probe_training_epochs(
         )
     loader = build_segmentation_loader(
         list_shard_urls(root, split),
+        StreamShare(num_workers=num_workers, seed=seed),
         batch_size=batch_size,
         crop_size=image_size,
         transform=ProbeTrainTransform(image_size, augment=augment),
-        seed=seed,
-        num_workers=num_workers,
         samples_per_rank=images,
     )
     stream = iter(loader)

@@ -1,5 +1,7 @@
-"""Clustering evaluations: pixel k-means (CONTRACTS.md §3) and MaskContrast's
-prototype k-means (../shared/docs/methods/maskcontrast.md §6.2).
+"""Clustering evaluations: the project's pixel k-means and MaskContrast's prototype k-means.
+
+Both protocols are described in docs/methods/README.md#evaluation-protocols;
+MaskContrast's in docs/methods/maskcontrast.md §6.2.
 
 Both are unsupervised: the labels never influence the clusters. Cluster ids are
 brought to each mask's own resolution (nearest: `raycseg.eval.scoring`), matched
@@ -153,7 +155,7 @@ def run_kmeans_protocol(
     iters: int = KMEANS_ITERS,
     keep_samples: int = 0,
 ) -> dict:
-    """Pixel k-means on frozen features, pinned by CONTRACTS.md §3 (the project's own protocol).
+    """Pixel k-means on frozen features: the project's own protocol, pinned so that runs compare.
 
     Features are L2-normalised per pixel (not mean-centred) and clustered at the
     feature grid: K = num_classes; k-means++ with `restarts` restarts, seed `seed`
@@ -171,8 +173,8 @@ def run_kmeans_protocol(
     device = torch.device(device)
     pixels, grids = [], []
     with frozen(backbone, device):
-        for features, _ in iter_features(backbone, val_batches, device):
-            features = F.normalize(features, dim=1)
+        for raw, _ in iter_features(backbone, val_batches, device):
+            features = F.normalize(raw, dim=1)
             # gathered in host memory: the device then holds one copy of the split's pixels
             pixels.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
             grids.append((features.shape[0], *features.shape[-2:]))
@@ -272,7 +274,7 @@ def run_maskcontrast_kmeans(
     pca_dim: int = 32,
     saliency_threshold: float = SALIENCY_LOGIT_THRESHOLD,
 ) -> dict:
-    """MaskContrast's official clustering protocol (maskcontrast.md §6.2).
+    """MaskContrast's official clustering protocol (docs/methods/maskcontrast.md §6.2).
 
     One prototype per image from the raw embeddings weighted by the saliency
     logit where it exceeds `saliency_threshold` (zero without a salient pixel);

@@ -1,4 +1,4 @@
-"""Confusion matrices and mIoU (CONTRACTS.md §3).
+"""Confusion matrices and mIoU.
 
 One confusion matrix is accumulated over the whole split, then turned into
 per-class IoU. Rows are ground-truth classes, columns predictions. Pixels

@@ -1,4 +1,4 @@
-"""The linear probe: MaskContrast's linear protocol (../shared/docs/methods/maskcontrast.md §6.1).
+"""The linear probe: MaskContrast's linear protocol (docs/methods/maskcontrast.md §6.1).
 
 A 1×1 conv (weights N(0, 0.01), bias 0) reads frozen dense features: the
 backbone's, or what `feature_fn` gives (a MaskContrast checkpoint's 256-d

@@ -1,4 +1,4 @@
-"""Run the requested evaluation protocols on one backbone, in eval.json's shape (CONTRACTS.md §3).
+"""Run the requested evaluation protocols on one backbone, in eval.json's shape.
 
 CLI names are hyphenated (``linear-probe``, ``kmeans``, ``maskcontrast-kmeans``,
 ``segmentation``); the result keys are underscored (``linear_probe`` ...). Every
@@ -10,11 +10,12 @@ with a skip).
 
 Which protocol is whose:
 
-* ``linear-probe``: MaskContrast's linear protocol (maskcontrast.md §6.1) by
+* ``linear-probe``: MaskContrast's linear protocol (docs/methods/maskcontrast.md §6.1) by
   default; a recipe may shorten it, and ``protocol.differs_from_paper`` says how.
-* ``kmeans``: the project's own pixel k-means (CONTRACTS.md §3); no paper uses it.
-* ``maskcontrast-kmeans``: MaskContrast's prototype k-means (maskcontrast.md §6.2).
-* ``segmentation``: ReCo's evaluation of its own segmenter (reco.md §5).
+* ``kmeans``: the project's own pixel k-means
+  (docs/methods/README.md#evaluation-protocols); no paper uses it.
+* ``maskcontrast-kmeans``: MaskContrast's prototype k-means (docs/methods/maskcontrast.md §6.2).
+* ``segmentation``: ReCo's evaluation of its own segmenter (reco.md §7).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from raycseg.config import LinearProbeSection
+from raycseg.config.schema import DEFAULT_PROTOCOLS, LinearProbeSection
 from raycseg.errors import CsegError
 from raycseg.eval.batches import ProbeEpochs
 from raycseg.eval.cluster import (
@@ -48,7 +49,6 @@ PROTOCOLS = {
     "maskcontrast-kmeans": "maskcontrast_kmeans",
     "segmentation": "segmentation",
 }
-DEFAULT_PROTOCOLS = ("linear-probe", "kmeans")
 PAPER_PROBE = LinearProbeSection()
 
 
@@ -176,7 +176,7 @@ def linear_probe_record(settings: LinearProbeSection, features: str, seed: int) 
 
 
 def kmeans_record(num_classes: int) -> dict:
-    """What the project's pixel k-means ran (CONTRACTS.md §3)."""
+    """What the project's pixel k-means ran, for eval.json's `protocol` record."""
     return {
         "name": "raycseg pixel k-means (the project's own protocol, not a paper's)",
         "features": "backbone, L2-normalised per pixel, not centred, at the feature grid",
@@ -191,7 +191,7 @@ def kmeans_record(num_classes: int) -> dict:
 
 
 def maskcontrast_kmeans_record(num_classes: int) -> dict:
-    """What MaskContrast's prototype k-means ran (maskcontrast.md §6.2)."""
+    """What MaskContrast's prototype k-means ran (docs/methods/maskcontrast.md §6.2)."""
     return {
         "name": "MaskContrast prototype k-means (maskcontrast.md §6.2)",
         "features": "one prototype per image: saliency-logit-weighted raw embeddings",
@@ -207,9 +207,9 @@ def maskcontrast_kmeans_record(num_classes: int) -> dict:
 
 
 def segmentation_record() -> dict:
-    """What ReCo's segmentation protocol ran (reco.md §5)."""
+    """What ReCo's segmentation protocol ran (reco.md §7)."""
     return {
-        "name": "ReCo segmentation (the model's own predictions, reco.md §5)",
+        "name": "ReCo segmentation (the model's own predictions, reco.md §7)",
         "network": "the teacher in semi/partial mode, the student in supervised mode",
         "upsampling": "bilinear (align_corners) to the input size, argmax, cropped to each mask",
         "versions": package_versions(),

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from raycseg.eval.scoring import EvalSample
+from raycseg.run_directory import SAMPLES_DIR
 
-SAMPLES_DIR = "eval_samples"
 INDEX_FILE = "index.json"
 
 

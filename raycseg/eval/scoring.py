@@ -1,4 +1,4 @@
-"""Scoring at the labels' own resolution (CONTRACTS.md §3).
+"""Scoring at the labels' own resolution.
 
 Labels are never resized for scoring. An evaluation batch is
 
@@ -10,7 +10,7 @@ Labels are never resized for scoring. An evaluation batch is
                                             top-left corner, that shows the whole image;
                                             default: the whole input
 
-`raycseg.data.pipeline.build_segmentation_eval_loader` makes such batches with
+`raycseg.data.loaders.build_segmentation_eval_loader` makes such batches with
 one of two input policies: ``resize`` (every image resized to S × S, so the
 region is the whole input) or ``pad`` (every image at its own size,
 reflect-padded bottom/right, so the region is (H_b, W_b) and no pixel moves).

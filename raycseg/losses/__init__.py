@@ -1,7 +1,9 @@
-"""Loss families, one per module: CACL, MaskContrast, ReCo (CONTRACTS.md §1).
+"""Loss families, one per module: CACL, MaskContrast, ReCo.
 
-Every loss returns a 0-dim tensor, L2-normalises its own inputs and does no
-communication; methods gather across workers first (``raycseg.distributed``).
+Every loss returns a 0-dim tensor (the mean over all its anchors), L2-normalises
+its own inputs and does no communication; methods gather across workers first
+(``raycseg.distributed``). When nothing qualifies (no anchors, one class, empty
+masks) a loss returns a zero still connected to the graph, so ``backward()`` works.
 """
 
 from raycseg.losses.cacl import (

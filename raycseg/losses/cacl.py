@@ -3,7 +3,8 @@
 Paper: Pang et al., "Unsupervised Representation for Semantic Segmentation by
 Implicit Cycle-Attention Contrastive Learning", AAAI 2022
 (https://doi.org/10.1609/aaai.v36i2.20100). Spec: docs/methods/cacl.md §3, §7;
-the cycle walk is CRW's (docs/methods/crw.md).
+the cycle walk is CRW's (Jabri, Owens, Efros, "Space-Time Correspondence as a
+Contrastive Random Walk", NeurIPS 2020) cut to two frames (cacl.md §3.3).
 
 Symbols (defined once):
     B   videos in the batch; each gives two frames v and v+ (a positive pair).

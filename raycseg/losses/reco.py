@@ -77,7 +77,7 @@ class RecoSamples(NamedTuple):
 
 
 def _pixel_major(rep: torch.Tensor) -> torch.Tensor:
-    """rep [B, D, h, w] as pixel rows [B·h·w, D] (one contiguous copy, gradient kept)."""
+    """Reshape rep [B, D, h, w] to pixel rows [B·h·w, D] (one contiguous copy, gradient kept)."""
     return rep.permute(0, 2, 3, 1).reshape(-1, rep.shape[1])
 
 
@@ -91,7 +91,8 @@ def _draw_from_groups(
     """For each entry of ``wanted_groups``, one member of that group, uniformly with replacement.
 
     Args:
-        members: long [M] items; member_group: long [M] their groups in [0, num_groups).
+        members: long [M] items.
+        member_group: long [M], the group of each item, in [0, num_groups).
         num_groups: number of groups.
         wanted_groups: long tensor of group ids (each group must be non-empty).
         generator: random source.

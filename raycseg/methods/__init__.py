@@ -1,42 +1,27 @@
-"""Training methods: each builds its modules from its stage section.
+"""Training methods, one class per stage `method`, each following `StageMethod`.
 
-A method is an `nn.Module` whose `forward(batch)` returns
-`{"loss": 0-dim tensor, "terms": {name: 0-dim tensor}}` (so DDP sees the
-forward) and exposes `.backbone`. It may define `after_step(step)` for work
-after the optimizer step (EMA updates, queues) and
-`validation_metrics(stage, recipe, device)` for its periodic validation.
-Each method module also defines `build_<method>_loader`, its training stream.
+`METHODS` maps a stage's `method` name to its class; the training loop
+(`raycseg.train.worker`) builds one with `build_method` and then calls only the
+members of `raycseg.methods.interface.StageMethod`.
 """
 
 from __future__ import annotations
 
-import importlib
+from ..config import ModelSection, StageBase
+from .cacl import CACL
+from .interface import StageMethod, StepOutput
+from .maskcontrast import MaskContrast
+from .reco import ReCo
 
-from torch import nn
-
-from ..config import DataSection, ModelSection, StageBase
-
-_METHODS = {
-    "cacl": ("CACL", "build_cacl_loader"),
-    "maskcontrast": ("MaskContrast", "build_maskcontrast_loader"),
-    "reco": ("ReCo", "build_reco_loader"),
+METHODS: dict[str, type[StageMethod]] = {
+    "cacl": CACL,
+    "maskcontrast": MaskContrast,
+    "reco": ReCo,
 }
 
-
-def _method_module(stage: StageBase):
-    return importlib.import_module(f"{__name__}.{stage.method}")
+__all__ = ["METHODS", "StageMethod", "StepOutput", "build_method"]
 
 
-def build_method(stage: StageBase, model: ModelSection) -> nn.Module:
-    """The method module for `stage` (dispatch on `stage.method`)."""
-    class_name, _ = _METHODS[stage.method]
-    return getattr(_method_module(stage), class_name)(stage, model)
-
-
-def build_stage_loader(
-    stage: StageBase, data: DataSection, *, seed: int, rank: int, world_size: int, start_batch: int
-):
-    """The stage's training DataLoader, split by rank then by loader worker."""
-    _, loader_name = _METHODS[stage.method]
-    build = getattr(_method_module(stage), loader_name)
-    return build(stage, data, seed=seed, rank=rank, world_size=world_size, start_batch=start_batch)
+def build_method(stage: StageBase, model: ModelSection) -> StageMethod:
+    """The method of `stage` (its `method` names the class), built from its sections."""
+    return METHODS[stage.method](stage, model)

@@ -42,13 +42,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import CACLStage, DataSection, ModelSection
-from ..data.pipeline import build_pair_loader
+from ..config import CACLStage, ModelSection
+from ..data.loaders import StreamShare, build_pair_loader
 from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 from ..losses.cacl import CACLLoss, draw_pixel_negatives
 from ..models import DenseHead, build_backbone, normalize_images
 from ..models.global_batchnorm import convert_to_global_batchnorm
-from .common import training_urls
+from .common import backbone_kmeans_miou, training_urls
+from .interface import StepOutput
 
 
 class CACL(nn.Module):
@@ -56,6 +57,7 @@ class CACL(nn.Module):
 
     def __init__(self, stage: CACLStage, model: ModelSection):
         super().__init__()
+        self.stage = stage
         self.backbone = build_backbone(
             model.backbone,
             output_stride=model.output_stride,
@@ -88,8 +90,8 @@ class CACL(nn.Module):
         if stage.batch_norm == "global" and get_world_size() > 1:
             convert_to_global_batchnorm(self)  # backbone and heads: one BN batch of W·2B views
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
-        """One training step's loss. Returns {"loss": 0-dim tensor, "terms": {name: 0-dim tensor}}."""
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        """One training step's loss on a batch {"view_a", "view_b"} of `training_loader`."""
         views = normalize_images(torch.cat([batch["view_a"], batch["view_b"]]))
         features = self.backbone(views)
         u_a, u_b = _flatten(self.global_head(features)).chunk(2)
@@ -103,6 +105,21 @@ class CACL(nn.Module):
         g_b = all_gather_with_grad(u_b.mean(dim=2))
         total, terms = self.criterion(g_a, g_b, p_a, p_b, u_a, u_b, c_a, c_b, negatives)
         return {"loss": total, "terms": terms}
+
+    def after_step(self, step: int) -> None:
+        """Nothing: the queue is filled in `forward`."""
+
+    def training_loader(self, share: StreamShare):
+        """Pairs of frames (video mode) or of views (image mode), split by rank."""
+        return build_cacl_loader(self.stage, share)
+
+    def validation_metrics(self, device: torch.device) -> dict[str, float]:
+        """k-means mIoU of the backbone on the stage's val shards."""
+        return {"val_miou": backbone_kmeans_miou(self.backbone, self.stage.data, device)}
+
+    def is_better(self, metrics: dict[str, float]) -> bool:
+        """CACL keeps no best checkpoint: its stage ends with its last one."""
+        return False
 
     @torch.no_grad()
     def _pixel_negatives(self, p_a: torch.Tensor, p_b: torch.Tensor) -> torch.Tensor | None:
@@ -143,26 +160,9 @@ def _flatten(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(2)
 
 
-def build_cacl_loader(
-    stage: CACLStage, data: DataSection, *, seed: int, rank: int, world_size: int, start_batch: int
-):
+def build_cacl_loader(stage: CACLStage, share: StreamShare):
     """The stage's training stream: pairs of frames (video mode) or of views (image mode)."""
-    urls, samples_per_rank = training_urls(stage.data, world_size)
+    urls, samples_per_rank = training_urls(stage.data, share.world_size)
     return build_pair_loader(
-        urls,
-        mode=stage.mode,
-        batch_size=stage.data.batch_size,
-        image_size=stage.data.image_size,
-        frame_gap_s=stage.data.frame_gap_s,
-        crop_scale=stage.data.crop_scale,
-        color_jitter=stage.data.color_jitter,
-        hue_full_range=stage.data.hue_full_range,
-        grayscale_p=stage.data.grayscale_p,
-        blur_p=stage.data.blur_p,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        num_workers=data.loader_workers,
-        samples_per_rank=samples_per_rank,
-        start_batch=start_batch,
+        urls, stage.data, share, mode=stage.mode, samples_per_rank=samples_per_rank
     )

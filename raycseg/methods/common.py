@@ -1,16 +1,22 @@
-"""Pieces the methods share: which shards to train on, how many samples, and a method
-rebuilt from a checkpoint for the protocols that read its heads."""
+"""Pieces the methods share.
+
+Which shards to train on, how many samples, the backbone k-means validation, and
+a method rebuilt from a checkpoint for the protocols that read its heads.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from ..config import ModelSection, Recipe, StageBase, StageData
-from ..data.shards import count_samples, list_shard_urls, read_manifest
 from ..errors import CsegError, DataError
+from ..eval.batches import evaluation_batches, num_classes_of
+from ..eval.cluster import run_kmeans_protocol
 from ..eval.metrics import ProtocolSkipped
+from ..shards.manifest import count_samples, list_shard_urls, read_manifest
 
 
 def training_split(root: str) -> str:
@@ -33,6 +39,17 @@ def training_urls(data: StageData, world_size: int) -> tuple[list[str], int]:
             f"{data.train} has {total} samples, fewer than the {world_size} workers; add data"
         )
     return urls, per_rank
+
+
+def backbone_kmeans_miou(backbone: nn.Module, data: StageData, device: torch.device) -> float:
+    """k-means mIoU of the backbone's features on the `val` split of `data.val`.
+
+    Every stage's `val_miou` (ReCo's is its segmentation mIoU instead): each image
+    resized to `data.image_size` squared, scored at each mask's own size.
+    """
+    batches = evaluation_batches(data.val, "val", input_policy="resize", input_size=data.image_size)
+    scores = run_kmeans_protocol(backbone, batches, num_classes_of(data.val), seed=0, device=device)
+    return scores["miou"]
 
 
 def checkpoint_stage(state: dict, method: str) -> StageBase:

@@ -1,6 +1,6 @@
 """MaskContrast: salient query pixels contrasted with the key view's object prototypes.
 
-Spec: docs/methods/maskcontrast.md (../shared/docs/methods/maskcontrast.md). Per
+Spec: docs/methods/maskcontrast.md (the code's layout: docs/maskcontrast.md). Per
 step, with B images per worker and W workers:
 
     query, key            uint8 [B, 3, H, W]  two random views of each image
@@ -63,9 +63,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DataSection, MaskContrastStage, ModelSection, Recipe, StageBase
-from ..data.pipeline import build_saliency_view_loader
+from ..config import MaskContrastStage, ModelSection
+from ..data.loaders import StreamShare, build_saliency_view_loader
 from ..distributed import all_gather_no_grad, get_rank, get_world_size
+from ..eval.batches import evaluation_batches, num_classes_of
 from ..eval.cluster import run_kmeans_protocol, run_maskcontrast_kmeans
 from ..eval.features import frozen
 from ..eval.metrics import ProtocolSkipped
@@ -80,6 +81,7 @@ from ..models import (
 )
 from ..models.deeplab import MASKCONTRAST_ASPP_RATES
 from .common import method_from_checkpoint, training_urls
+from .interface import StepOutput
 
 # The official ASPP rates 12/24/36 are set for 28×28 feature maps (224 crops at stride 8).
 REFERENCE_FEATURE_SIZE = 28
@@ -102,6 +104,8 @@ class MaskContrast(nn.Module):
 
     def __init__(self, stage: MaskContrastStage, model: ModelSection):
         super().__init__()
+        self.stage = stage
+        self.find_unused_parameters = False
         backbone = build_backbone(
             model.backbone,
             output_stride=model.output_stride,
@@ -139,7 +143,7 @@ class MaskContrast(nn.Module):
                 getattr(encoder.backbone, name).eval()
         return self
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """One training step's loss.
 
         Args:
@@ -208,24 +212,26 @@ class MaskContrast(nn.Module):
         self.queue[index] = gathered.to(self.queue.dtype)
         self.queue_pointer.fill_((start + gathered.shape[0]) % self.queue_size)
 
-    def validation_metrics(
-        self, stage: StageBase, recipe: Recipe, device: torch.device
-    ) -> dict[str, float]:
+    def after_step(self, step: int) -> None:
+        """Nothing: the key encoder and the queue are updated in `forward`."""
+
+    def training_loader(self, share: StreamShare):
+        """Two views of each image with their saliency masks, split by rank."""
+        return build_maskcontrast_loader(self.stage, share)
+
+    def validation_metrics(self, device: torch.device) -> dict[str, float]:
         """Backbone pixel k-means (`val_miou`, as every stage) plus the prototype k-means.
 
-        `val_maskcontrast_miou` is the official protocol (spec §6.2) on the stage's
+        `val_maskcontrast_miou` is the official clustering protocol on the stage's
         val shards; it is left out when it cannot run (too few salient images).
         """
-        # the eval batches read shards (heavy): import them only here
-        from ..eval.batches import evaluation_batches, num_classes_of  # noqa: PLC0415
-
+        data = self.stage.data
         batches = evaluation_batches(
-            stage.data.val, "val", input_policy="resize", input_size=stage.data.image_size
+            data.val, "val", input_policy="resize", input_size=data.image_size
         )
-        num_classes = num_classes_of(stage.data.val)
-        metrics = {}
+        num_classes = num_classes_of(data.val)
         scores = run_kmeans_protocol(self.backbone, batches, num_classes, seed=0, device=device)
-        metrics["val_miou"] = scores["miou"]
+        metrics = {"val_miou": scores["miou"]}
         with frozen(self.query_encoder, device) as encoder:
             try:
                 scores = run_maskcontrast_kmeans(encoder, batches, num_classes, device=device)
@@ -233,6 +239,10 @@ class MaskContrast(nn.Module):
             except ProtocolSkipped:
                 pass
         return metrics
+
+    def is_better(self, metrics: dict[str, float]) -> bool:
+        """MaskContrast keeps no best checkpoint: its stage ends with its last one."""
+        return False
 
 
 @torch.no_grad()
@@ -254,33 +264,10 @@ def _shuffled_forward(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return encoded[row_of_image[start : start + local]]
 
 
-def build_maskcontrast_loader(
-    stage: MaskContrastStage,
-    data: DataSection,
-    *,
-    seed: int,
-    rank: int,
-    world_size: int,
-    start_batch: int,
-):
+def build_maskcontrast_loader(stage: MaskContrastStage, share: StreamShare):
     """The stage's training stream: two views of each image with their saliency masks."""
-    urls, samples_per_rank = training_urls(stage.data, world_size)
-    return build_saliency_view_loader(
-        urls,
-        batch_size=stage.data.batch_size,
-        image_size=stage.data.image_size,
-        crop_scale=stage.data.crop_scale,
-        min_mask_area=stage.data.min_mask_area,
-        max_mask_area=stage.data.max_mask_area,
-        color_jitter=stage.data.color_jitter,
-        grayscale_p=stage.data.grayscale_p,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        num_workers=data.loader_workers,
-        samples_per_rank=samples_per_rank,
-        start_batch=start_batch,
-    )
+    urls, samples_per_rank = training_urls(stage.data, share.world_size)
+    return build_saliency_view_loader(urls, stage.data, share, samples_per_rank=samples_per_rank)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -300,26 +287,3 @@ def load_query_encoder(state: dict[str, Any]) -> MaskContrastHead:
     needs = "maskcontrast-kmeans needs the embedding and saliency heads"
     method = method_from_checkpoint(state, MaskContrast, "maskcontrast", needs)
     return method.query_encoder.eval()
-
-
-def maskcontrast_kmeans_scores(
-    state: dict[str, Any], val_batches, num_classes: int, device: str | torch.device
-) -> dict:
-    """`cseg eval --protocol maskcontrast-kmeans`: the official clustering protocol.
-
-    Args:
-        state: a loaded maskcontrast checkpoint (keys "model", "recipe").
-        val_batches: re-iterable labelled batches {"image": uint8, "label": long}.
-        num_classes: K, background included (class 0).
-        device: where the encoder, PCA and k-means run.
-
-    Returns:
-        eval.json's entry: {"miou", "per_class_iou", "seeds", "miou_per_seed", "notes"}.
-
-    Raises:
-        ProtocolSkipped: the checkpoint is not of a maskcontrast stage, or fewer than
-            K − 1 images have a salient pixel.
-    """
-    device = torch.device(device)
-    with frozen(load_query_encoder(state), device) as encoder:
-        return run_maskcontrast_kmeans(encoder, val_batches, num_classes, device=device)

@@ -1,6 +1,6 @@
 """ReCo: a few labels become a segmentation model (regional contrast + mean teacher).
 
-Spec: ../shared/docs/methods/reco.md (§1 model, §3 semi-supervised, §4 supervised).
+Spec: docs/methods/reco.md (§1 network, §3 semi-supervised, §4 supervised and partial).
 Per step, with B_l labelled and B_u unlabelled images per worker:
 
     image, label          uint8 [B_l, 3, H, W], long [B_l, H, W] (255 = void); rescaled,
@@ -49,15 +49,16 @@ stage's val shards and keeps the best score in the buffer ``best_val_miou``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DataSection, ModelSection, Recipe, RecoStage
-from ..data.pipeline import build_segmentation_loader
-from ..data.shards import count_samples, list_shard_urls
+from ..config import ModelSection, RecoStage
+from ..data.loaders import StreamShare, build_segmentation_loader
 from ..errors import CsegError, DataError
+from ..eval.batches import evaluation_batches
 from ..eval.features import frozen
 from ..eval.metrics import IGNORE_INDEX
 from ..eval.segmentation import run_segmentation_protocol
@@ -72,7 +73,9 @@ from ..models import (
     update_ema,
 )
 from ..models.deeplab import DEEPLABV2_RATES, RECO_ASPP_RATES, scale_aspp_rates
+from ..shards.manifest import count_samples, list_shard_urls
 from .common import method_from_checkpoint, training_split, training_urls
+from .interface import StepOutput
 from .reco_mixing import augment_unlabelled, photometric
 
 # Feature-map sizes the spec's rates were chosen for: a 321 crop at stride 16 (v3+) and at
@@ -116,6 +119,7 @@ class ReCo(nn.Module):
     def __init__(self, stage: RecoStage, model: ModelSection):
         super().__init__()
         self.stage = stage
+        self.find_unused_parameters = False
         self.semi = stage.mode in ("semi", "partial")
         self.partial = stage.mode == "partial"
         self.student = build_segmenter(stage, model)
@@ -131,7 +135,7 @@ class ReCo(nn.Module):
 
     # ------------------------------------------------------------------------- training
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict:
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         """One step's loss: {"loss": 0-dim, "terms": {"sup", ["unsup",] "reco"}}."""
         labels = batch["label"].long()
         images_l = photometric(batch["image"].float() / 255.0, self.stage.data.color_jitter)
@@ -223,36 +227,37 @@ class ReCo(nn.Module):
             self._sync_teacher_once()
             update_ema(self.teacher, self.student, reco_ema_decay(step, self.stage.ema_decay))
 
+    def training_loader(self, share: StreamShare):
+        """Labelled batches (and, semi-supervised, unlabelled ones beside them), split by rank."""
+        return build_reco_loader(self.stage, share)
+
     # ------------------------------------------------------------------------- validation
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, *, teacher: bool | None = None) -> torch.Tensor:
-        """Class ids long [B, H, W] of uint8 images (default: the teacher in semi mode)."""
-        use_teacher = self.semi if teacher is None else teacher
-        network = self.teacher if use_teacher else self.student
-        logits, _ = network(normalize_images(images))
-        return _upsample(logits, images.shape[-2:]).argmax(dim=1)
+    def validation_metrics(self, device: torch.device) -> dict[str, float]:
+        """Validation mIoU of the teacher (semi) or the student (supervised).
 
-    @torch.no_grad()
-    def validation_metrics(
-        self, stage: RecoStage, recipe: Recipe, device: torch.device
-    ) -> dict[str, float]:
-        """mIoU of the teacher (semi) or student (supervised) on the `val` split of
-        `stage.data.val`, at full resolution (no other split stands in for it).
+        Scored on the `val` split of the stage's val shards, at full resolution (no
+        other split stands in for it).
 
         Returns:
             {"val_miou": this evaluation, "best_val_miou": the best so far}.
         """
-        from ..eval.batches import evaluation_batches  # noqa: PLC0415 (eval is heavy)
-
+        data = self.stage.data
         batches = evaluation_batches(  # full resolution, as the official code validates
-            stage.data.val, "val", input_policy="pad", input_size=stage.data.val_pad_to
+            data.val, "val", input_policy="pad", input_size=data.val_pad_to
         )
         with frozen(self.segmenter, device) as network:
             logits = lambda images: network(images)[0]  # noqa: E731 (the network also returns rep)
-            scores = run_segmentation_protocol(logits, batches, stage.num_classes, device=device)
+            scores = run_segmentation_protocol(
+                logits, batches, self.stage.num_classes, device=device
+            )
         self.best_val_miou.fill_(max(float(self.best_val_miou), scores["miou"]))
         return {"val_miou": scores["miou"], "best_val_miou": float(self.best_val_miou)}
+
+    def is_better(self, metrics: dict[str, float]) -> bool:
+        """True when this validation is the best so far (`<stage>/best` keeps that model)."""
+        return metrics["val_miou"] == metrics["best_val_miou"]
 
     @property
     def segmenter(self) -> nn.Module:
@@ -282,8 +287,10 @@ def confidence_weighted_ce(
     """ReCo's unsupervised loss on the mixed batch.
 
     Args:
-        logits: float [B, C, H, W]; target: long [B, H, W] (255 = none);
-        confidence: float [B, H, W]; threshold: strong_threshold.
+        logits: float [B, C, H, W].
+        target: long [B, H, W] (255 = none).
+        confidence: float [B, H, W].
+        threshold: strong_threshold.
 
     Returns:
         0-dim: per-pixel CE times η_b = #(conf >= threshold) / #(valid) of its image,
@@ -304,7 +311,9 @@ def student_labels_under_sparse(
     """Partial mode's ReCo labels of the labelled batch.
 
     Args:
-        logits: float [B, C, h, w], the student's; sparse: long [B, h, w] (255 = no label).
+        logits: float [B, C, h, w], the student's.
+        sparse: long [B, h, w] (255 = no label).
+        threshold: strong_threshold.
 
     Returns:
         labels long [B, h, w]: the sparse label where there is one, else the student's
@@ -346,9 +355,7 @@ class SemiSupervisedStream:
             }
 
 
-def build_reco_loader(
-    stage: RecoStage, data: DataSection, *, seed: int, rank: int, world_size: int, start_batch: int
-):
+def build_reco_loader(stage: RecoStage, share: StreamShare):
     """The stage's training stream.
 
     Supervised: {"image", "label"} batches of `data.train` (strong augmentation:
@@ -358,22 +365,15 @@ def build_reco_loader(
     "unlabelled_label", "skipped_corrupt"}. Both streams are split by rank, then by
     loader worker.
     """
-    urls, per_rank = training_urls(stage.data, world_size)
-    common = {
-        "batch_size": stage.data.batch_size,
-        "crop_size": stage.data.image_size,
-        "rank": rank,
-        "world_size": world_size,
-        "num_workers": data.loader_workers,
-        "start_batch": start_batch,
-    }
+    urls, per_rank = training_urls(stage.data, share.world_size)
+    sizes = {"batch_size": stage.data.batch_size, "crop_size": stage.data.image_size}
     labelled = build_segmentation_loader(
         urls,
+        share,
         scale_range=stage.data.scale_range,
         photometric=False,  # on the device, in forward()
-        seed=seed,
         samples_per_rank=per_rank,
-        **common,
+        **sizes,
     )
     if stage.mode == "supervised":
         return labelled
@@ -384,11 +384,12 @@ def build_reco_loader(
             f"labelled/ set as data.train) or set mode: supervised"
         )
     split = training_split(stage.data.unlabelled)
+    unlabelled_count = count_samples(stage.data.unlabelled, split)
     unlabelled = build_segmentation_loader(
         list_shard_urls(stage.data.unlabelled, split),
+        replace(share, seed=share.seed + 1),
         crop_only=True,
-        seed=seed + 1,
-        samples_per_rank=max(count_samples(stage.data.unlabelled, split) // max(world_size, 1), 1),
-        **common,
+        samples_per_rank=max(unlabelled_count // share.world_size, 1),
+        **sizes,
     )
     return SemiSupervisedStream(labelled, unlabelled)

@@ -1,4 +1,4 @@
-"""ReCo's augmentation of the unlabelled batch, on the device (../shared/docs/methods/reco.md §3.3).
+"""ReCo's augmentation of the unlabelled batch, on the device (docs/methods/reco.md §3, step 3).
 
 Image, pseudo-label and confidence move together. Symbols: B images of H × W;
 images are float [B, 3, H, W] in [0, 1] (before ImageNet normalisation),
@@ -111,6 +111,7 @@ def class_mix_masks(labels: torch.Tensor, generator: torch.Generator | None = No
 
     Args:
         labels: long [B, H, W] (255 = no class).
+        generator: random source (default: torch's global one).
 
     Returns:
         bool [B, H, W], True where image b keeps its own pixels.

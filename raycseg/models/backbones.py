@@ -8,7 +8,7 @@ Names (`build_backbone`):
   (torchvision's ``replace_stride_with_dilation`` for the Bottleneck nets; for
   ResNet-18, whose ``BasicBlock`` torchvision refuses to dilate, the same
   rewrite is done here).
-- ``tiny``: the quickstart backbone (../shared/docs/quickstart-study.md):
+- ``tiny``: the quickstart backbone (why: docs/methods/cacl.md §6):
   ResNet-18 stem + layer1 + layer2 with ``BasicBlock`` at base width ``width``
   and no max-pool, so output stride 4 and 2·width channels (64×64 → 16×16).
 

@@ -1,5 +1,7 @@
-"""DeepLab segmentation models on a `Backbone`: DeepLabv3+ and DeepLabv2 for ReCo,
-and the DeepLabv3 embedding/saliency model of MaskContrast.
+"""DeepLab segmentation models on a `Backbone`, for ReCo and MaskContrast.
+
+DeepLabv3+ and DeepLabv2 are ReCo's; the DeepLabv3 embedding/saliency model is
+MaskContrast's.
 
 Every model takes ImageNet-normalised images (`normalize_images`) and exposes
 its trunk as ``.backbone`` so the trainer can save the backbone state dict.
@@ -102,7 +104,7 @@ def _conv_head(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class DeepLabV3Plus(nn.Module):
-    """DeepLabv3+ with classifier and representation heads (../shared/docs/methods/reco.md §1).
+    """DeepLabv3+ with classifier and representation heads (docs/methods/reco.md §1).
 
     ASPP (no dropout) on the final features; the decoder projects the layer1
     ("low") features 1×1 → 48 (BN, ReLU), upsamples the ASPP output
@@ -143,7 +145,7 @@ class DeepLabV3Plus(nn.Module):
 
 
 class DeepLabV2(nn.Module):
-    """DeepLabv2 with a representation head (../shared/docs/methods/reco.md §1).
+    """DeepLabv2 with a representation head (docs/methods/reco.md §1).
 
     Classifier: the sum of one dilated 3×3 conv C_out → num_classes per rate
     (weights N(0, 0.01), bias). Representation: a single 1×1 conv → rep_dim.
@@ -182,7 +184,7 @@ class DeepLabV2(nn.Module):
 class MaskContrastHead(nn.Module):
     """MaskContrast's model: backbone + DeepLabv3 head + embedding and saliency heads.
 
-    ../shared/docs/methods/maskcontrast.md §3: ASPP (rates 12/24/36 + image
+    docs/methods/maskcontrast.md §3: ASPP (rates 12/24/36 + image
     pooling, dropout 0.5) → 3×3 conv-BN-ReLU → 256-d decoder feature; a 1×1 conv
     256 → D with bias gives the embeddings, a 1×1 conv 256 → 1 without bias the
     saliency logits. Upsampling to the input size is left to the caller.

@@ -3,9 +3,9 @@
 Both users average **parameters only**; buffers (BatchNorm running statistics)
 are left alone and evolve from the copy's own train-mode forwards:
 
-- MaskContrast's key encoder (../shared/docs/methods/maskcontrast.md §4.3):
+- MaskContrast's key encoder (docs/methods/maskcontrast.md §4):
   θ_k ← 0.999·θ_k + 0.001·θ_q, before the key forward.
-- ReCo's teacher (../shared/docs/methods/reco.md §3.6): θ_t ← d·θ_t + (1 − d)·θ_s
+- ReCo's teacher (docs/methods/reco.md §3, step 6): θ_t ← d·θ_t + (1 − d)·θ_s
   after each optimizer step, with d = `reco_ema_decay(step)`.
 """
 

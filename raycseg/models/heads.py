@@ -1,8 +1,8 @@
 """Dense projection heads: a per-pixel MLP made of 1×1 convolutions.
 
-CACL (../shared/docs/methods/cacl.md §2) puts three of these on one backbone
+CACL (docs/methods/cacl.md §2) puts three of these on one backbone
 (global, pixel and cycle heads). Outputs are not normalised here: every loss
-L2-normalises its own inputs (CONTRACTS.md §1).
+L2-normalises its own inputs (``raycseg.losses``).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from raycseg.config import (
     is_torchvision_weights,
 )
 from raycseg.errors import CsegError
+from raycseg.run_directory import STATE_FILE
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 # ResNet trunks with `name`, `width`, `stage_names` and `weights_reports`.
 Backbone = torch.nn.Module
 
-CHECKPOINT_FILE = "state.pt"
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 ENCODER_PREFIXES = (
     "module.encoder_q.",
@@ -122,7 +122,7 @@ def load_backbone_weights(backbone: Backbone, source: str | Path) -> WeightsRepo
         loaded, label = read_torchvision_weights(str(source)), str(source)
     else:
         file = _weight_file(Path(source))
-        loaded, label = _read_tensor_file(file), str(file)
+        loaded, label = read_tensor_file(file), str(file)
     return load_backbone_state(backbone, loaded, label)
 
 
@@ -203,7 +203,7 @@ def _one_key_per_group(keys: list[str], limit: int = 4) -> list[str]:
 
 
 def _weight_file(path: Path) -> Path:
-    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    file = path / STATE_FILE if path.is_dir() else path
     if not file.is_file():
         raise CsegError(
             f"no weights at {file}; point init_from at a torchvision ResNet state dict, "
@@ -212,14 +212,23 @@ def _weight_file(path: Path) -> Path:
     return file
 
 
-def _read_tensor_file(file: Path) -> Any:
+def read_tensor_file(
+    file: Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    what: str = "tensor-only torch weights",
+    fix: str = "save a state dict with torch.save",
+) -> Any:
+    """`torch.load` with `weights_only=True`: the one reader of weight and checkpoint files.
+
+    Raises:
+        CsegError: the file is not a tensor-only torch file; the message says `what`
+            was expected and the `fix`.
+    """
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for a bad file
-        raise CsegError(
-            f"cannot read {file} as tensor-only torch weights ({type(error).__name__}); "
-            "save a state dict with torch.save"
-        ) from error
+        raise CsegError(f"cannot read {file} as {what} ({type(error).__name__}); {fix}") from error
 
 
 def _raycseg_backbone_state(loaded: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
@@ -276,7 +285,7 @@ def _check_state_matches(backbone: Backbone, state: dict[str, torch.Tensor], sou
 
 
 def imagenet_weights(init_from: str) -> WeightsEnum:
-    """torchvision's ImageNet-1k V1 weights for ``torchvision:<name>``.
+    """The torchvision ImageNet-1k V1 weights enum for ``torchvision:<name>``.
 
     Raises:
         CsegError: the name is not one of `TORCHVISION_WEIGHTS_NAMES`.
@@ -293,7 +302,7 @@ def cached_weights_file(weights: WeightsEnum) -> Path:
 
 
 def read_torchvision_weights(init_from: str, *, progress: bool = False) -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet weights for ``torchvision:<name>``, from the cache or downloaded.
+    """Read torchvision's ImageNet weights for ``torchvision:<name>``, cached or downloaded.
 
     Args:
         init_from: ``torchvision:resnet18``, ``torchvision:resnet50`` or ``torchvision:resnet101``.

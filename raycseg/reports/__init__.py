@@ -1,11 +1,13 @@
 """Reports for run and experiment directories: `report.md`, a self-contained `report.html`, PNGs.
 
 `write_report(path)` picks the kind from the directory's contents (see
-`report.py`); `load_run` and `load_experiment` only read, never unpickle.
+`report.py`; the two reports are `run_report.py` and `experiment_report.py`);
+`load_run` and `load_experiment` only read, never unpickle.
 """
 
 from .experiment import ExperimentSummary, TrialSummary, load_experiment
-from .report import write_experiment_report, write_report, write_run_report
+from .experiment_report import write_experiment_report
+from .report import write_report
 from .run import (
     EvalData,
     EvalSamples,
@@ -15,6 +17,7 @@ from .run import (
     StageSpan,
     load_run,
 )
+from .run_report import write_run_report
 
 __all__ = [
     "EvalData",

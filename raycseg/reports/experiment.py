@@ -33,9 +33,9 @@ the best one errored), an early stop at that largest step reads as TERMINATED.
 
 Metric and mode. `runner_data._metric` names the metric; the mode is only in
 the pickles. Both can be given by the caller (`cseg tune` passes them), or
-are read from the `space.yaml` copy of the search space (CONTRACTS.md §4)
-that `cseg tune` writes into the experiment directory; failing both, the mode is inferred from the metric's
-name (`min` for names containing loss or error, else `max`).
+are read from the `space.yaml` copy of the search space that `cseg tune`
+writes into the experiment directory; failing both, the mode is inferred from
+the metric's name (`min` for names containing loss or error, else `max`).
 """
 
 from __future__ import annotations

@@ -101,9 +101,8 @@ def _read_png(directory: Path, name: str | None, *, ids: bool) -> np.ndarray | N
     with PILImage.open(directory / name) as picture:
         if not ids:
             return np.asarray(picture.convert("RGB"))
-        if picture.mode not in ("L", "P"):
-            picture = picture.convert("L")
-        return np.asarray(picture, dtype=np.uint8)
+        grey = picture if picture.mode in ("L", "P") else picture.convert("L")
+        return np.asarray(grey, dtype=np.uint8)
 
 
 def classes_present(loaded: list[LoadedSample]) -> list[int]:

@@ -228,6 +228,11 @@ def format_step(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+def is_number(value: object) -> bool:
+    """True for ints and floats, False for bools and everything else."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def format_number(value: float | None, digits: int = 4) -> str:
     """Format a metric for a table: `digits` significant digits, `-` when missing."""
     if value is None:

@@ -1,4 +1,6 @@
-"""Read a `cseg pretrain` run directory (CONTRACTS.md §2 and §3).
+"""Read a `cseg pretrain` run directory (its files: `raycseg.run_directory`).
+
+What the report reads of it:
 
 RUN/
   config.yaml     the resolved recipe
@@ -21,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from raycseg.errors import CsegError
+from raycseg.run_directory import CONFIG_FILE, EVAL_FILE, METRICS_FILE, SAMPLES_DIR
 
-METRICS_FILE = "metrics.jsonl"
 BASELINE_KEY = "baseline_random"
 DATA_KEY = "data"
-SAMPLES_DIR = "eval_samples"  # raycseg.eval.samples.SAMPLES_DIR; read here without torch
 SAMPLES_INDEX = "index.json"
 
 
@@ -148,8 +149,8 @@ def load_run(path: Path) -> RunSummary:
     """
     records = _read_metrics(path / METRICS_FILE)
     keys = {key for record in records for key in record}
-    config_file = path / "config.yaml"
-    scores = _read_json(path / "eval.json")
+    config_file = path / CONFIG_FILE
+    scores = _read_json(path / EVAL_FILE)
     evaluation, seed = _read_eval(scores)
     return RunSummary(
         path=path,

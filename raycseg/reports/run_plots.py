@@ -129,7 +129,7 @@ def plot_validation(summary: RunSummary, path: Path) -> Path | None:
 
 
 def plot_eval(summary: RunSummary, path: Path) -> Path | None:
-    """mIoU per protocol: the pretrained backbone beside the random-init baseline."""
+    """Plot mIoU per protocol: the pretrained backbone beside the random-init baseline."""
     scores = [score for score in summary.evaluation if score.miou is not None]
     if not scores:
         return None

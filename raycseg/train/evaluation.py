@@ -1,4 +1,4 @@
-"""Evaluate a run or checkpoint and merge the scores into `eval.json` (CONTRACTS.md §3).
+"""Evaluate a run or checkpoint and merge the scores into the run's `eval.json`.
 
 Every protocol scores the `val` split at the labels' own resolution; the model
 sees the input its protocol names (`raycseg.eval.scoring`):
@@ -19,38 +19,33 @@ workers seed with `recipe.seed` right before building the model, and so does
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..config import (
     EvalSection,
     Recipe,
     StageBase,
     apply_overrides,
+    load_recipe,
     resolve_paths,
     validate_recipe,
 )
 from ..errors import CsegError
 from ..eval import evaluate_backbone, protocol_key
-from ..eval.batches import (
-    data_record,
-    evaluation_batches,
-    num_classes_of,
-    probe_training_epochs,
-)
-from ..eval.cluster import run_kmeans_protocol
+from ..eval.batches import data_record, evaluation_batches, num_classes_of, probe_training_epochs
 from ..eval.metrics import ProtocolSkipped
 from ..eval.samples import write_eval_samples
+from ..methods.common import checkpoint_stage
+from ..methods.maskcontrast import load_query_encoder
+from ..methods.reco import load_segmenter
 from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
-from .checkpoint import STAGES_FILE, load_state, read_stages, resolve_in_run
+from ..run_directory import EVAL_FILE, is_run_directory, merge_eval_json, run_checkpoint
+from .checkpoint import load_state
 
-EVAL_FILE = "eval.json"
 EVAL_SPLIT = "val"
 EVAL_SAMPLES = 4  # validation images kept for the report's pictures
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
@@ -96,6 +91,8 @@ def evaluate_checkpoint(
             default the recipe's.
         baseline: `random` to also score the initial weights, `none` not to; default the
             recipe's.
+        on_message: called with each progress note (what is evaluated, what is skipped
+            and why).
     """
     data = data or (recipe.eval.data if recipe.eval else None)
     if data is None:
@@ -204,8 +201,6 @@ def _backbone_scores(backbone, state, batches, keys, common) -> dict[str, Any]:
 
 def _maskcontrast_encoder(state):
     """A maskcontrast checkpoint's query encoder, else None."""
-    from ..methods.maskcontrast import load_query_encoder  # noqa: PLC0415 (methods are heavy)
-
     if state is None:
         return None
     try:
@@ -215,8 +210,6 @@ def _maskcontrast_encoder(state):
 
 
 def _maskcontrast_kmeans(state, batches, common) -> dict[str, Any]:
-    from ..methods.maskcontrast import load_query_encoder  # noqa: PLC0415
-
     try:
         encoder = load_query_encoder(_require_state(state, MASKCONTRAST_KMEANS))
     except ProtocolSkipped as reason:
@@ -229,8 +222,6 @@ def _maskcontrast_kmeans(state, batches, common) -> dict[str, Any]:
 
 def _segmentation(state, data, split, workers, common) -> dict[str, Any]:
     """ReCo's segmentation protocol on full-resolution, padded inputs."""
-    from ..methods.reco import load_segmenter  # noqa: PLC0415
-
     try:
         segmenter = load_segmenter(_require_state(state, SEGMENTATION))
     except ProtocolSkipped as reason:
@@ -252,8 +243,6 @@ def _require_state(state, key: str) -> dict[str, Any]:
 
 
 def _reco_stage(state) -> StageBase:
-    from ..methods.common import checkpoint_stage  # noqa: PLC0415
-
     return checkpoint_stage(state, "reco")
 
 
@@ -283,31 +272,6 @@ def _merge(scores: dict[str, Any], more: dict[str, Any]) -> None:
         scores["skipped"] = skipped
 
 
-def run_checkpoint(run_dir: Path, stage: str | None = None) -> tuple[Recipe, str]:
-    """A run directory's recipe and the final checkpoint of `stage` (default: the last).
-
-    The checkpoint is stored relative to the run directory (an older run's absolute
-    path or URL is found inside it once the run was copied or moved), and returned
-    as a location under `run_dir`.
-
-    Raises:
-        CsegError: the stage is unknown or not finished yet, or its checkpoint is missing.
-    """
-    stages = read_stages(run_dir)
-    recipe = Recipe.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    names = [s.name for s in recipe.stages]
-    name = stage or names[-1]
-    if name not in names:
-        raise CsegError(f"{run_dir} has no stage {name!r}; its stages are {', '.join(names)}")
-    if name not in stages:
-        raise CsegError(
-            f"stage {name!r} of {run_dir} has not finished yet; finish it with "
-            "`cseg pretrain --resume`"
-        )
-    checkpoint = resolve_in_run(run_dir, stages[name]["checkpoint"], f"stage {name}'s checkpoint")
-    return recipe, str(checkpoint)
-
-
 def evaluate_target(
     target: Path,
     *,
@@ -320,13 +284,15 @@ def evaluate_target(
     baseline: str | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, Any], Path]:
-    """`cseg eval`: evaluate a run directory (its last stage), a raycseg checkpoint, or plain
-    backbone weights (a torchvision, MoCo or DenseCL file) with `recipe`'s model and eval
-    sections; return the scores and the eval.json they were merged into (next to a file).
-    `overrides` are `eval.KEY=VALUE` strings (`with_eval_overrides`); the other arguments
-    are `evaluate_checkpoint`'s."""
+    """`cseg eval`: score a run directory, a raycseg checkpoint or plain backbone weights.
+
+    A run directory is scored at its last stage; plain weights (a torchvision, MoCo or
+    DenseCL file) with `recipe`'s model and eval sections. Returns the scores and the
+    eval.json they were merged into (next to a file). `overrides` are `eval.KEY=VALUE`
+    strings (`with_eval_overrides`); the other arguments are `evaluate_checkpoint`'s.
+    """
     target = Path(target).expanduser().resolve()
-    if (target / STAGES_FILE).exists():
+    if is_run_directory(target):
         trained, checkpoint = run_checkpoint(target)
         run_dir = target
     elif target.exists():
@@ -359,8 +325,6 @@ def _recipe_of_weights(target: Path, recipe: str | None) -> Recipe:
             f"{target} holds weights but no recipe; pass --recipe NAME (its model section "
             "describes the backbone, its eval section the protocols), or evaluate a run directory"
         )
-    from ..config import load_recipe  # noqa: PLC0415
-
     loaded = load_recipe(recipe, check_files=False)
     # the weights are the backbone: the recipe's own init is not read (the baseline is random)
     return loaded.model_copy(update={"model": loaded.model.model_copy(update={"init_from": None})})
@@ -384,31 +348,3 @@ def with_eval_overrides(recipe: Recipe, overrides: list[str], data: str | None) 
     overridden = validate_recipe(apply_overrides(raw, overrides), source="cseg eval overrides")
     resolve_paths(overridden)
     return overridden
-
-
-def merge_eval_json(path: Path, scores: dict[str, Any]) -> dict[str, Any]:
-    """Merge new scores into eval.json (a later eval adds or replaces keys), atomically."""
-    merged = json.loads(path.read_text()) if path.exists() else {}
-    for key, value in scores.items():
-        if key == "baseline_random" and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(merged, indent=2))
-    os.replace(partial, path)
-    return merged
-
-
-def validation_miou(
-    method, stage: StageBase, recipe: Recipe, device: torch.device
-) -> dict[str, float]:
-    """The periodic validation metric: k-means mIoU of the backbone on the stage's val shards."""
-    if hasattr(method, "validation_metrics"):
-        return method.validation_metrics(stage, recipe, device)
-    batches = evaluation_batches(
-        stage.data.val, EVAL_SPLIT, input_policy="resize", input_size=stage.data.image_size
-    )
-    num_classes = num_classes_of(stage.data.val)
-    scores = run_kmeans_protocol(method.backbone, batches, num_classes, seed=0, device=device)
-    return {"val_miou": scores["miou"]}

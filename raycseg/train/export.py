@@ -18,8 +18,8 @@ from ..config import Recipe
 from ..errors import CsegError
 from ..models import build_backbone, export_torchvision_state_dict
 from ..models.weights import load_backbone_state
-from .checkpoint import load_state, read_stages
-from .evaluation import STAGES_FILE, run_checkpoint
+from ..run_directory import is_run_directory, read_stages, run_checkpoint
+from .checkpoint import load_state
 
 
 @dataclass
@@ -73,7 +73,7 @@ def export_backbone(
 
 def _checkpoint_to_export(target: Path, stage: str | None) -> str:
     """The checkpoint of a run's stage (default: the last finished one), or `target` itself."""
-    if not (target / STAGES_FILE).exists():
+    if not is_run_directory(target):
         if not target.exists():
             raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
         if stage is not None:

@@ -1,16 +1,6 @@
 """The driver: one Ray Train `TorchTrainer` run per stage, in recipe order.
 
-Run directory (CONTRACTS.md §2), `<storage.path>/<name>/`:
-
-    config.yaml      the resolved recipe
-    metrics.jsonl    one line per logged step (rank 0 writes it)
-    workers.jsonl    which process ran which rank
-    <stage>/         Ray Train's run folder for that stage: its checkpoints
-    stages.json      finished stages and their final checkpoints (for resume),
-                     relative to the run directory
-    eval.json        after evaluation
-    logs/ray.log     what Ray's processes printed, and local Ray's notices
-                     about itself, kept off the terminal (see `ray_logs`)
+The run directory and its files are described in `raycseg.run_directory`.
 
 Running again with the same name and storage resumes: finished stages are
 skipped, and Ray Train restores the unfinished stage from its latest
@@ -22,36 +12,46 @@ resumes, evaluates and exports from its new place.
 
 `storage.path` may be a URL (s3://bucket/runs, gs://...): Ray Train writes the
 checkpoints there itself, the driver writes config.yaml, stages.json and
-eval.json through `raycseg.remote`, and rank 0 uploads metrics.jsonl at every
-checkpoint (see `MetricsLog`). Such runs need Ray Train workers
+eval.json through `raycseg.storage`, and rank 0 uploads metrics.jsonl at every
+checkpoint (see `raycseg.run_directory.MetricsLog`). Such runs need Ray Train workers
 (`scaling.num_workers >= 1`): local mode keeps its checkpoints on the driver's disk.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue as queue_module
 import tempfile
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import remote
-from ..config import Recipe, ScalingSection, is_url, recipe_to_yaml
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from .. import storage
+from ..config import Recipe, ScalingSection
 from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
-from .checkpoint import (
+from ..run_directory import (
+    EVAL_FILE,
+    LOGS_DIR,
     STATE_FILE,
+    has_recipe,
     latest_local_checkpoint,
     read_stages,
+    recipe_time,
     resolve_in_run,
+    write_recipe,
     write_stages,
 )
+from ..storage import is_url
+from .evaluation import evaluate_checkpoint
 from .preflight import check_run_data
+from .progress import progress_queue, say, streamed
+from .ray_start import start_ray
+from .worker import train_loop_per_worker
 
 
 @dataclass
@@ -73,35 +73,34 @@ def choose_run_dir(
     fresh name instead. An unnamed run gets `<recipe name>-<timestamp>`;
     `resume` then picks the latest earlier run of this recipe.
     """
-    storage = recipe.storage.path
-    if not is_url(storage):
-        storage = Path(storage).expanduser().resolve()
+    runs = recipe.storage.path
+    if not is_url(runs):
+        runs = Path(runs).expanduser().resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if recipe.storage.name and not new:
-        run_dir = remote.join(storage, recipe.storage.name)
-        exists = remote.is_file(remote.join(run_dir, "config.yaml"))
+        run_dir = storage.join(runs, recipe.storage.name)
+        exists = has_recipe(run_dir)
         if resume and not exists:
             raise CsegError(f"nothing to resume at {run_dir}; drop --resume to start this run")
         return run_dir, exists
     if resume:
         earlier = [
-            remote.join(storage, name)
-            for name in remote.list_names(storage)
-            if name.startswith(f"{recipe.name}-")
-            and remote.is_file(remote.join(storage, name, "config.yaml"))
+            storage.join(runs, name)
+            for name in storage.list_names(runs)
+            if name.startswith(f"{recipe.name}-") and has_recipe(storage.join(runs, name))
         ]
         if not earlier:
             raise CsegError(
-                f"nothing to resume: no run of {recipe.name!r} under {storage}; drop --resume"
+                f"nothing to resume: no run of {recipe.name!r} under {runs}; drop --resume"
             )
-        latest = max(earlier, key=lambda run: remote.modified_time(remote.join(run, "config.yaml")))
+        latest = max(earlier, key=recipe_time)
         return latest, True
     base = recipe.storage.name or recipe.name
-    run_dir = remote.join(storage, f"{base}-{stamp}")
+    run_dir = storage.join(runs, f"{base}-{stamp}")
     suffix = 1
-    while remote.exists(run_dir):
+    while storage.exists(run_dir):
         suffix += 1
-        run_dir = remote.join(storage, f"{base}-{stamp}-{suffix}")
+        run_dir = storage.join(runs, f"{base}-{stamp}-{suffix}")
     return run_dir, False
 
 
@@ -138,14 +137,20 @@ def run_pretrain(
     prepare_data(recipe, on_message)
     check_run_data(recipe)
     run_dir, resumed = choose_run_dir(recipe, resume=resume, new=new)
-    remote.make_dirs(run_dir)
-    remote.write_text(remote.join(run_dir, "config.yaml"), recipe_to_yaml(recipe))
+    storage.make_dirs(run_dir)
+    write_recipe(run_dir, recipe)
     on_message(f"{'resuming' if resumed else 'run'} {run_dir}")
 
     result = PretrainResult(run_dir=run_dir, resumed=resumed)
     if recipe.scaling.num_workers:
-        log_dir = None if is_url(str(run_dir)) else Path(run_dir) / "logs"
-        start_ray(address, recipe.scaling, quiet=quiet, log_dir=log_dir, on_phase=on_phase)
+        log_dir = None if is_url(str(run_dir)) else Path(run_dir) / LOGS_DIR
+        start_ray(
+            address,
+            cpus_needed=_cpus_needed(recipe.scaling),
+            quiet=quiet,
+            log_dir=log_dir,
+            on_phase=on_phase,
+        )
     result.checkpoints = run_stages(
         recipe,
         run_dir,
@@ -172,19 +177,17 @@ def evaluate_into_run(
     A run directory at a URL gets the same merge: its eval.json is downloaded
     (if any), merged locally and uploaded whole.
     """
-    from .evaluation import EVAL_FILE, evaluate_checkpoint
-
     if not is_url(str(run_dir)):
         return evaluate_checkpoint(checkpoint, recipe, run_dir=run_dir, on_message=on_message)
-    stored = remote.join(run_dir, EVAL_FILE)
+    stored = storage.join(run_dir, EVAL_FILE)
     with tempfile.TemporaryDirectory(prefix="raycseg-eval-") as staging:
-        if remote.is_file(stored):
-            (Path(staging) / EVAL_FILE).write_bytes(remote.read_bytes(stored))
-        with remote.local_copy(checkpoint) as local_checkpoint:
+        if storage.is_file(stored):
+            (Path(staging) / EVAL_FILE).write_bytes(storage.read_bytes(stored))
+        with storage.local_copy(checkpoint) as local_checkpoint:
             scores = evaluate_checkpoint(
                 local_checkpoint, recipe, run_dir=Path(staging), on_message=on_message
             )
-        remote.write_bytes(stored, (Path(staging) / EVAL_FILE).read_bytes())
+        storage.write_bytes(stored, (Path(staging) / EVAL_FILE).read_bytes())
     return scores
 
 
@@ -226,14 +229,14 @@ def run_stages(
             previous_checkpoint = _run_stage(
                 recipe,
                 index,
-                step_offset,
-                run_dir,
-                previous_checkpoint,
-                address,
-                trainer_callbacks or [],
-                on_metrics,
-                on_message,
-                on_phase,
+                step_offset=step_offset,
+                run_dir=run_dir,
+                init_from=previous_checkpoint,
+                address=address,
+                callbacks=trainer_callbacks or [],
+                on_metrics=on_metrics,
+                on_message=on_message,
+                on_phase=on_phase,
             )
             finished[stage.name] = {
                 "checkpoint": previous_checkpoint,
@@ -246,25 +249,22 @@ def run_stages(
 
 
 def _run_stage(
-    recipe,
-    index,
-    step_offset,
-    run_dir,
-    init_from,
-    address,
-    callbacks,
-    on_metrics,
-    on_message,
-    on_phase=None,
+    recipe: Recipe,
+    index: int,
+    *,
+    step_offset: int,
+    run_dir: Path | str,
+    init_from: str | None,
+    address: str | None,
+    callbacks: list,
+    on_metrics: Callable[[dict[str, Any]], None] | None,
+    on_message: Callable[[str], None],
+    on_phase: Callable[[str], None] | None,
 ) -> str:
-    """Fit one stage with a TorchTrainer; return the location (a path or a URL, inside
-    `run_dir`) of its final checkpoint's state file."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """Fit one stage with a TorchTrainer; return where its final checkpoint's state file is.
 
-    from .worker import train_loop_per_worker
-
+    The location is a path or a URL inside `run_dir`.
+    """
     stage = recipe.stages[index]
     scaling = recipe.scaling
     local_mode = scaling.num_workers == 0
@@ -275,10 +275,9 @@ def _run_stage(
         train_logger.setLevel(logging.WARNING)
     progress = None
     if not local_mode:
-        start_ray(address, scaling, on_phase=on_phase)
+        start_ray(address, cpus_needed=_cpus_needed(scaling), on_phase=on_phase)
     if on_metrics is not None or on_phase is not None:
-        # local mode: the loop runs in this process, and a plain queue reaches it
-        progress = queue_module.Queue() if local_mode else _progress_queue()
+        progress = progress_queue(local_mode)
     on_message(
         f"stage {stage.name}: {stage.steps} steps on {max(scaling.num_workers, 1)} worker(s)"
     )
@@ -291,13 +290,28 @@ def _run_stage(
         "progress_queue": progress,
         "local_mode": local_mode,
     }
-    trainer = TorchTrainer(
+    trainer = _build_trainer(recipe, stage.name, config, run_dir, callbacks)
+    workers = scaling.num_workers
+    plural = "s" * (workers != 1)
+    say(on_phase, f"starting {workers} worker{plural}" if workers else "starting the training loop")
+    with streamed(progress, on_metrics, on_phase):
+        outcome = trainer.fit()
+    summary = outcome.return_value or {}
+    if summary.get("error"):
+        raise CsegError(summary["error"])
+    return _final_checkpoint(outcome, run_dir, stage.name, local_mode)
+
+
+def _build_trainer(recipe, stage_name, config, run_dir, callbacks) -> TorchTrainer:
+    """The stage's TorchTrainer: the worker loop, its scaling, storage and fault tolerance."""
+    scaling = recipe.scaling
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=build_scaling_config(scaling),
         run_config=ray.train.RunConfig(
-            name=stage.name,
+            name=stage_name,
             storage_path=str(run_dir),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.storage.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=recipe.storage.max_failures),
@@ -306,24 +320,18 @@ def _run_stage(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    workers = scaling.num_workers
-    plural = "s" * (workers != 1)
-    _say(
-        on_phase, f"starting {workers} worker{plural}" if workers else "starting the training loop"
-    )
-    with _streamed(progress, on_metrics, on_phase):
-        outcome = trainer.fit()
-    summary = outcome.return_value or {}
-    if summary.get("error"):
-        raise CsegError(summary["error"])
+
+
+def _final_checkpoint(outcome, run_dir, stage_name: str, local_mode: bool) -> str:
+    """The location of the stage's final checkpoint's state file."""
     if outcome.checkpoint is not None:
-        location = remote.url_of(outcome.checkpoint.filesystem, outcome.checkpoint.path)
-    elif local_mode and latest_local_checkpoint(run_dir, stage.name) is not None:
+        location = storage.url_of(outcome.checkpoint.filesystem, outcome.checkpoint.path)
+    elif local_mode and latest_local_checkpoint(run_dir, stage_name) is not None:
         # resumed from its final checkpoint: nothing left to train, so nothing reported
-        location = str(latest_local_checkpoint(run_dir, stage.name))
+        location = str(latest_local_checkpoint(run_dir, stage_name))
     else:
-        raise CsegError(f"stage {stage.name} finished without a checkpoint; see the Ray logs above")
-    return str(remote.join(location, STATE_FILE))
+        raise CsegError(f"stage {stage_name} finished without a checkpoint; see the Ray logs above")
+    return str(storage.join(location, STATE_FILE))
 
 
 def build_scaling_config(scaling: ScalingSection):
@@ -335,8 +343,6 @@ def build_scaling_config(scaling: ScalingSection):
     With `min_workers` the count is elastic, `(min_workers, num_workers)`: Ray
     Train starts once `min_workers` fit and regroups as nodes come and go.
     """
-    import ray.train
-
     resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     if scaling.use_gpu:
         resources.setdefault("GPU", 1)
@@ -350,104 +356,6 @@ def build_scaling_config(scaling: ScalingSection):
     )
 
 
-PREEMPTION_WATCHER_VARIABLE = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train 2.60
-
-
-def start_ray(
-    address: str | None,
-    scaling,
-    *,
-    quiet: bool = False,
-    log_dir: Path | None = None,
-    on_phase: Callable[[str], None] | None = None,
-) -> None:
-    """Join `address` (or RAY_ADDRESS), else start local Ray with this machine's CPUs.
-
-    Local services (the dashboard) bind to 127.0.0.1, and Ray Train's preemption
-    watcher is off there. `quiet` keeps the workers' logs out of the driver's
-    output and shows only Ray's errors. The workers' lines reach stderr, never
-    stdout; local Ray's notices about itself go to `log_dir/ray.log` instead
-    (see `ray_logs`). `on_phase` hears "starting Ray" (or "joining Ray at ...").
-    """
-    import ray
-
-    from .ray_logs import route_driver_notices, route_worker_output
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    logging_config = ray.LoggingConfig(log_level="ERROR" if quiet else "WARNING")
-    if address:
-        _say(on_phase, f"joining Ray at {address}")
-        ray.init(address=address, logging_config=logging_config, log_to_driver=not quiet)
-        route_worker_output(log_dir, local=False)
-        return
-    # One machine has no spot preemptions to watch; Ray Train's watcher actor would only
-    # print a core-worker error line at each stage start. Set by the user, it stays.
-    os.environ.setdefault(PREEMPTION_WATCHER_VARIABLE, "0")
-    needed = scaling.num_workers * scaling.cpus_per_worker
-    route_driver_notices(log_dir)
-    _say(on_phase, "starting Ray")
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
-        dashboard_host="127.0.0.1",
-        logging_config=logging_config,
-        log_to_driver=not quiet,
-    )
-    route_worker_output(log_dir, local=True)
-
-
-def _progress_queue():
-    """The queue that streams rank 0's metrics to this driver.
-
-    It lives on the driver's own node: a 0-CPU actor could otherwise land on a
-    worker node that the autoscaler later removes, taking the stream with it.
-    """
-    import ray
-    from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
-
-
-def _say(on_phase: Callable[[str], None] | None, phase: str) -> None:
-    if on_phase is not None:
-        on_phase(phase)
-
-
-class _streamed:
-    """Drain the workers' queue in a thread while fit() runs: metrics records into
-    `on_metrics`, rank 0's `{"phase": ...}` records (before its first step) into `on_phase`."""
-
-    def __init__(self, progress, on_metrics, on_phase=None):
-        self.progress, self.on_metrics, self.on_phase = progress, on_metrics, on_phase
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._drain, daemon=True)
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=5)
-        return False
-
-    def _drain(self):
-        while True:
-            try:
-                record = self.progress.get(timeout=0.5)
-            except queue_module.Empty:  # ray's Empty subclasses queue.Empty
-                if self.stop.is_set():
-                    return
-                continue
-            except Exception:  # noqa: BLE001 (the queue's actor is gone: nothing more comes)
-                return
-            if "phase" in record:
-                _say(self.on_phase, record["phase"])
-            elif self.on_metrics is not None:
-                self.on_metrics(record)
+def _cpus_needed(scaling: ScalingSection) -> float:
+    """The CPUs a stage's workers ask for in all (local Ray offers at least as many)."""
+    return scaling.num_workers * scaling.cpus_per_worker

@@ -27,8 +27,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import CACLStage, MaskContrastStage, Recipe, RecoStage, StageBase, synthetic_dir
-from ..data.manifest import read_manifest
 from ..errors import CsegError, DataError, RecipeError
+from ..shards.manifest import read_manifest
 
 EVAL_SPLIT = "val"
 SEGMENTATION = ("segmentation",)

@@ -23,8 +23,8 @@ run (checked against Ray 2.60):
 `route_driver_notices` (before `ray.init`) and `route_worker_output` (after
 it) send those to `<run>/logs/ray.log` instead of the terminal; that file also
 gets a copy of every streamed line, with the process that wrote it. All other
-lines still reach stderr, never stdout (which carries results:
-CONTRACTS.md §2), and never with colour codes when stderr is not a terminal
+lines still reach stderr, never stdout (which carries results only; with
+`--quiet`, just the run directory's path), and never with colour codes when stderr is not a terminal
 (Ray's own printer colours its "[repeated Nx across cluster]" notes
 regardless). Joined clusters keep every notice on screen. Ray's session logs
 (`/tmp/ray/session_latest/logs`) keep everything as well.
@@ -113,6 +113,7 @@ class WorkerOutput:
         self.recent: dict[str, tuple[float, object]] = {}
 
     def __call__(self, data: dict) -> None:
+        """Log, filter and print one `LogBatch` (its `pid`, `ip` and `lines`)."""
         pid, source = data.get("pid"), (data.get("ip"), data.get("pid"))
         lines = [str(line) for line in data.get("lines") or []]
         if pid == "autoscaler":

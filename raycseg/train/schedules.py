@@ -28,9 +28,3 @@ def build_lr_schedule(optim: OptimSection, total_steps: int) -> np.ndarray:
     else:
         decay = np.full(remaining, optim.lr)
     return np.concatenate([ramp, decay])
-
-
-def build_momentum_schedule(base: float, total_steps: int, final: float = 1.0) -> np.ndarray:
-    """EMA momentum for every step, rising from `base` to `final` on a cosine (BYOL/DINO)."""
-    progress = np.arange(total_steps) / max(total_steps, 1)
-    return final - (final - base) * (1 + np.cos(np.pi * progress)) / 2

@@ -1,4 +1,4 @@
-"""`cseg tune`: Ray Tune searches over a recipe (CONTRACTS.md §4).
+"""`cseg tune`: Ray Tune searches over a recipe, described by a YAML space file.
 
 `spaces.py` reads and checks a YAML search space against its recipe before Ray
 starts; `search.py` runs it (one Ray Train run per trial, ASHA on the global

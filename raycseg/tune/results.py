@@ -60,11 +60,6 @@ class TuneResult:
     resumed: bool = False
 
     @property
-    def best_config(self) -> dict[str, Any] | None:
-        """The best trial's sampled values (dotted path -> value)."""
-        return None if self.best is None else self.best.config
-
-    @property
     def best_metric(self) -> float | None:
         """The best trial's final value of the metric."""
         return None if self.best is None else self.best.final_metric

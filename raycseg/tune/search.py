@@ -1,6 +1,8 @@
-"""`run_tune`: a Ray Tune search over a recipe, one Ray Train run per trial (RAY.md §1).
+"""`run_tune`: a Ray Tune search over a recipe, one Ray Train run per trial.
 
-Each trial is a light driver function (`make_trial_driver`): it applies the
+Ray 2.60's Train V2 no longer takes a `TorchTrainer` as a Tune trainable
+(`Tuner(TorchTrainer(...))` fails), so each trial is a light driver function
+(`make_trial_driver`) that builds and fits the trainers itself: it applies the
 trial's sampled values to the base recipe, then fits every stage with
 `run_stages(..., trainer_callbacks=[TuneReportCallback()])`, so each report
 of rank 0 reaches Tune and the scheduler (ASHA acts on `step`, the global step
@@ -22,8 +24,8 @@ directory and Ray Train resumes it from its latest checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import json
-import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,9 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from ..config import Recipe, StorageSection, is_url, recipe_to_yaml, validate_recipe
+from ..config import StorageSection, validate_recipe
+from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
+from ..run_directory import LOGS_DIR, write_recipe
+from ..storage import is_url
+from ..train.launch import run_stages
+from ..train.preflight import check_run_data
+from ..train.ray_start import start_ray
+from .resources import default_max_concurrent, remove_leaked_placement_groups, trial_demand
 from .results import RUNS_DIR, TuneResult, summarise_results, write_atomic
 from .spaces import (
     SEARCH_ALGORITHMS,
@@ -47,7 +59,6 @@ from .spaces import (
 
 PLAN_FILE = "search.json"
 SPACE_FILE = "space.yaml"
-DRIVER_MEMORY_BYTES = 256 * 1024**2  # what a trial's waiting driver asks the scheduler for
 TUNE_ENVIRONMENT: dict[str, str | None] = {
     # Workers log every step but report `val_*` metrics only every `val_every` steps. Tune
     # would reject the reports without the metric; ASHA skips them anyway. A metric no
@@ -99,9 +110,6 @@ def run_tune(
         RecipeError: a bad space, recipe or override (before Ray starts).
         CsegError: `resume` with nothing to resume.
     """
-    from ..data.synthetic import prepare_data
-    from ..train.preflight import check_run_data
-
     experiment_dir, plan, restorable = _prepare_experiment(
         space, recipe, overrides, cluster, name, storage_path, resume
     )
@@ -109,11 +117,18 @@ def run_tune(
     on_message(f"{'restoring' if restorable else 'experiment'} {experiment_dir}")
     prepare_data(plan.recipe, on_message)
     check_run_data(plan.recipe)  # the shards' kinds and classes; fills the class counts
-    _connect_ray(address, plan.recipe, verbose)
+    _, need = trial_demand(plan.recipe)
+    start_ray(
+        address,
+        cpus_needed=need.get("CPU", 0.0),
+        quiet=verbose == 0,
+        log_dir=experiment_dir / LOGS_DIR,
+        dashboard=True,  # the leaked-placement-group check reads the State API
+    )
 
     with _environment(**TUNE_ENVIRONMENT):
         grid = _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message).fit()
-    _remove_leaked_placement_groups(on_message)
+    remove_leaked_placement_groups(on_message)
     result = summarise_results(grid, plan, experiment_dir, resumed=restorable)
     if result.interrupted:
         on_message(f"interrupted; resume with `cseg tune --resume {experiment_dir}`")
@@ -122,37 +137,8 @@ def run_tune(
     return result
 
 
-def _remove_leaked_placement_groups(on_message: Callable[[str], None]) -> None:
-    """Free the placement groups this driver's finished trials left behind.
-
-    Ray 2.60 race: a trial that Tune kills (ASHA, an interrupt) after its Train
-    controller created the workers' placement group but before it registered the
-    group with Train's cleaner leaves the group to live as long as this driver,
-    holding the workers' CPUs/GPUs. Once `fit()` has returned no trial of this job
-    runs, so every group this job still holds is such a leftover.
-    """
-    import ray
-    from ray.util.placement_group import PlacementGroup
-    from ray.util.state import list_placement_groups
-
-    job = ray.get_runtime_context().get_job_id()
-    try:
-        groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True)
-    except Exception as error:  # noqa: BLE001 (the State API needs the dashboard)
-        on_message(f"could not check for leaked placement groups: {error}")
-        return
-    for group in groups:
-        if group.creator_job_id == job:
-            ray.util.remove_placement_group(
-                PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.placement_group_id)))
-            )
-            on_message(f"freed placement group {group.placement_group_id} of a stopped trial")
-
-
 def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message):
     """A fresh Tuner for the plan, or the restored one of `experiment_dir`."""
-    from ray import tune
-
     driver_resources, trial_need = trial_demand(plan.recipe)
     trainable = tune.with_resources(
         make_trial_driver(plan.base_raw, experiment_dir), driver_resources
@@ -188,77 +174,13 @@ def make_trial_driver(base_raw: dict[str, Any], experiment_dir: Path) -> Callabl
     """
 
     def cseg_trial(config: dict[str, Any]) -> None:
-        from ray import tune
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from ..train.launch import run_stages
-
         recipe = trial_recipe(base_raw, config)
         run_dir = experiment_dir / RUNS_DIR / tune.get_context().get_trial_id()
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", recipe_to_yaml(recipe))
+        write_recipe(run_dir, recipe)
         run_stages(recipe, run_dir, trainer_callbacks=[TuneReportCallback()])
 
     return cseg_trial
-
-
-def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
-    """What one trial asks for: (the Tune driver's resources, the whole trial's need).
-
-    The driver only waits on `fit()` (Train's controller is a 0-CPU actor and
-    Train requests the workers' placement group itself), so it takes no CPU;
-    Tune cannot place a request that is all zeros, so it asks for a little
-    memory instead (a scheduling hint, not a limit), plus
-    `scaling.driver_resources` (e.g. `{driver_slot: 1}`, which only the head of
-    the shipped cluster configs offers, so drivers stay off spot nodes). In local mode
-    (`num_workers=0`) the driver trains, so it takes a worker's share.
-    """
-    scaling = recipe.scaling
-    per_worker = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
-    if scaling.use_gpu:
-        per_worker.setdefault("GPU", 1.0)
-    if scaling.num_workers == 0:
-        driver = {key.lower() if key in ("CPU", "GPU") else key: v for key, v in per_worker.items()}
-        return driver, per_worker
-    need = {key: value * scaling.num_workers for key, value in per_worker.items() if value}
-    return {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, **scaling.driver_resources}, need
-
-
-def cluster_capacity() -> dict[str, float]:
-    """The most of each resource the cluster can offer: its autoscaler's maximum, else its total.
-
-    An autoscaling cluster publishes its node types' `max_workers` to the GCS;
-    Ray Train V2 reads it with the same call (`get_max_resources_from_cluster_config`).
-    A cluster without that config (local Ray, a fixed cluster) offers what it has now.
-    """
-    import ray
-    from ray._private.state import state  # the call Train V2 itself uses; no public API in 2.60
-
-    capacity = {key: float(value) for key, value in ray.cluster_resources().items()}
-    try:
-        configured = state.get_max_resources_from_cluster_config() or {}
-    except Exception:  # noqa: BLE001 (older GCS without the autoscaler config)
-        configured = {}
-    for key, value in configured.items():
-        capacity[key] = max(capacity.get(key, 0.0), float(value))
-    return capacity
-
-
-def default_max_concurrent(
-    trial_need: dict[str, float], on_message: Callable[[str], None] = lambda _: None
-) -> int:
-    """How many trials fit at once in the cluster's maximum size (at least 1)."""
-    capacity = cluster_capacity()
-    limits = {key: math.floor(capacity.get(key, 0.0) / value) for key, value in trial_need.items()}
-    if not limits:
-        return max(1, int(capacity.get("CPU", 1)))
-    short = {key: capacity.get(key, 0.0) for key, limit in limits.items() if limit < 1}
-    if short:
-        on_message(
-            f"the cluster offers at most {short}, less than one trial's need {trial_need}; "
-            "trials will wait for resources (lower scaling.num_workers or add nodes)"
-        )
-    return max(1, min(limits.values()))
 
 
 # ----------------------------------------------------------------------------- setup
@@ -266,8 +188,6 @@ def default_max_concurrent(
 
 def _prepare_experiment(space, recipe, overrides, cluster, name, storage_path, resume):
     """Resolve the experiment directory and its plan; all before Ray starts."""
-    from ray import tune
-
     plan = (
         load_space(space, recipe=recipe, overrides=overrides, cluster=cluster)
         if space is not None
@@ -352,8 +272,6 @@ def load_plan(experiment_dir: Path) -> SearchPlan | None:
 
 
 def _tune_config(plan: SearchPlan, concurrency: int):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     spec = plan.space.scheduler
     if spec.type == "asha":
@@ -380,38 +298,12 @@ def _search_alg(space: Space):
     if space.search_alg in (None, "random"):
         return None
     module_name, class_path = SEARCH_ALGORITHMS[space.search_alg]
-    import importlib
-
     module, _, class_name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), class_name)()
 
 
 def _trial_dirname(trial) -> str:
     return trial.trial_id
-
-
-def _connect_ray(address: str | None, recipe: Recipe, verbose: int) -> None:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray with its dashboard on (RAY.md §0)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    common = {
-        "logging_config": ray.LoggingConfig(log_level="WARNING"),
-        "log_to_driver": verbose > 0,
-    }
-    if address:
-        ray.init(address=address, **common)
-        return
-    _, need = trial_demand(recipe)
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, math.ceil(need.get("CPU", 0.0))),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        **common,
-    )
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Search spaces: a YAML file of recipe paths mapped to distributions (CONTRACTS.md §4).
+"""Search spaces: a YAML file of recipe paths mapped to distributions.
 
 A space file names the recipe it searches, the objective and the scheduler:
 
@@ -204,12 +204,19 @@ def _space_problem(item: dict[str, Any]) -> str:
     )
     message = item["msg"].removeprefix("Value error, ")
     if item["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; see CONTRACTS.md §4)"
+        message = f"unknown key (check the spelling; known keys here: {_known_keys(item['loc'])})"
     elif kind in ("uniform", "loguniform", "randint"):
         message = f"{kind} takes [lo, hi] ({message})"
     elif kind is not None:
         message = f"{kind} takes a list of values ({message})"
     return f"{where or 'space'}: {message}"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> str:
+    """The keys allowed where an unknown key `loc` was found, comma-separated."""
+    section = loc[0] if len(loc) > 1 else None
+    model = {"params": Distribution, "scheduler": SchedulerSpec}.get(section, Space)
+    return ", ".join(model.model_fields)
 
 
 def load_space(
@@ -378,5 +385,5 @@ def _check_search_alg(space: Space, source: str) -> None:
 
 
 def plain_value(value: Any) -> Any:
-    """numpy scalars (what Tune samples) as plain Python values, for pydantic and YAML."""
+    """Turn numpy scalars (what Tune samples) into plain Python values, for pydantic and YAML."""
     return value.item() if hasattr(value, "item") and not isinstance(value, list | dict) else value

@@ -1,4 +1,4 @@
-"""Splitting rules (CONTRACTS.md §5): by rank, then by loader worker; epochs; resume."""
+"""Splitting rules (raycseg.data.streams): by rank, then by loader worker; epochs; resume."""
 
 from __future__ import annotations
 

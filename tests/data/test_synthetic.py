@@ -7,17 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from raycseg.data.images import decode_image, decode_mask
-from raycseg.data.shards import iter_shard_samples, list_shard_urls, read_manifest
-from raycseg.data.synthetic import (
+from raycseg.data.synthetic import build_synthetic
+from raycseg.data.synthetic_clips import (
     SYNTHETIC_CLASSES,
     SyntheticConfig,
     _background,
-    build_synthetic,
     render_clip,
 )
-from raycseg.data.video import open_video
 from raycseg.errors import DataError
+from raycseg.media.images import decode_image, decode_mask
+from raycseg.media.video import open_video
+from raycseg.shards.manifest import list_shard_urls, read_manifest
+from raycseg.shards.tars import iter_shard_samples
 
 TINY = {"num_clips": 3, "val_clips": 2, "image_size": 32, "frames": 3, "num_procs": 1}
 

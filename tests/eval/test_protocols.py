@@ -1,4 +1,4 @@
-"""evaluate_backbone: protocol names, result shape (CONTRACTS.md §3), skips, segmentation."""
+"""evaluate_backbone: protocol names, result shape (eval.json), skips, segmentation."""
 
 from __future__ import annotations
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from raycseg.data.images import decode_image
-from raycseg.data.pipeline import build_segmentation_eval_loader
-from raycseg.data.shards import build_shards, list_shard_urls
-from raycseg.data.storage import iter_shard_samples
+from raycseg.data.loaders import build_segmentation_eval_loader
 from raycseg.eval.scoring import SplitScore, predictions_on_labels, upsampled_argmax
 from raycseg.eval.segmentation import run_segmentation_protocol
+from raycseg.media.images import decode_image
 from raycseg.models import normalize_images
+from raycseg.shards.build import build_shards
+from raycseg.shards.manifest import list_shard_urls
+from raycseg.shards.tars import iter_shard_samples
 
 
 def _nearest_reference(prediction: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -22,6 +22,7 @@ def test_unknown_case_or_shape_key_is_a_usage_error():
     assert set(CASES) == set(DEFAULT_SHAPES)
 
 
+@pytest.mark.integration
 def test_a_tiny_case_runs_in_a_subprocess_and_reports_time_and_memory():
     tiny = {
         "batch": 1,

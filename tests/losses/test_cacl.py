@@ -326,6 +326,7 @@ def gathered_cacl_worker(rank: int, world: int) -> dict:
     return saved
 
 
+@pytest.mark.integration
 def test_two_rank_gather_matches_single_process(tmp_path):
     ranks = run_gloo_ranks(gathered_cacl_worker, tmp_path)
     world = len(ranks)

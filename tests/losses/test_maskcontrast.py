@@ -249,6 +249,7 @@ def queue_worker(rank: int, world: int) -> dict:
     }
 
 
+@pytest.mark.integration
 def test_two_ranks_keep_in_batch_prototypes_local_and_the_queue_global(tmp_path):
     ranks = run_gloo_ranks(queue_worker, tmp_path)
     q, q_mask, k, k_mask, bank = shared_inputs(len(ranks))

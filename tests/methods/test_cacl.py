@@ -7,7 +7,8 @@ import torch
 from gloo_ranks import run_gloo_ranks
 from pydantic import ValidationError
 
-from raycseg.config import CACLStage, DataSection, ModelSection
+from raycseg.config import CACLStage, ModelSection
+from raycseg.data.loaders import StreamShare
 from raycseg.methods import cacl as cacl_module
 from raycseg.methods.cacl import CACL
 from raycseg.models.global_batchnorm import GlobalBatchNorm2d
@@ -82,6 +83,7 @@ def ddp_rank(rank: int, world_size: int) -> dict:
     return {"grads": {name: p.grad.clone() for name, p in method.named_parameters()}}
 
 
+@pytest.mark.integration
 def test_ddp_steps_with_the_pixel_loss_off_and_grads_agree(tmp_path):
     saved = run_gloo_ranks(ddp_rank, tmp_path)
     for name, grad in saved[0]["grads"].items():
@@ -96,14 +98,10 @@ def test_batch_norm_is_global_or_local_and_nothing_else():
 
 
 def test_the_cacl_loader_blurs_views_with_the_stage_blur_p(monkeypatch):
-    asked = {}
     monkeypatch.setattr(cacl_module, "training_urls", lambda data, world: (["x"], 4))
-    monkeypatch.setattr(cacl_module, "build_pair_loader", lambda urls, **kw: asked.update(kw))
     for stage, expected in ((make_stage(), 0.5), (make_stage(data={"train": "x", "blur_p": 0}), 0)):
-        cacl_module.build_cacl_loader(
-            stage, DataSection(), seed=0, rank=0, world_size=1, start_batch=0
-        )
-        assert asked["blur_p"] == expected
+        loader = cacl_module.build_cacl_loader(stage, StreamShare())
+        assert loader.dataset.decode.transform.blur.p == expected
 
 
 def record_step(model: torch.nn.Module, method: CACL, batch: dict) -> dict:
@@ -142,6 +140,7 @@ def global_bn_rank(rank: int, world_size: int) -> dict:
     return saved
 
 
+@pytest.mark.integration
 def test_global_batch_norm_on_two_ranks_equals_one_process_on_the_global_batch(tmp_path):
     ranks = run_gloo_ranks(global_bn_rank, tmp_path)
     single_method = build_for_bn("global")

@@ -11,6 +11,7 @@ import torch
 from gloo_ranks import run_gloo_ranks
 
 from raycseg.config import load_recipe
+from raycseg.eval.cluster import run_maskcontrast_kmeans
 from raycseg.eval.metrics import ProtocolSkipped
 from raycseg.losses.maskcontrast import maskcontrast_loss
 from raycseg.methods import build_method
@@ -18,7 +19,6 @@ from raycseg.methods.maskcontrast import (
     MaskContrast,
     _shuffled_forward,
     load_query_encoder,
-    maskcontrast_kmeans_scores,
 )
 from raycseg.models import build_backbone, load_backbone_weights, normalize_images
 from raycseg.train.checkpoint import load_state, save_state
@@ -257,7 +257,7 @@ def labelled_batches(count: int = 3) -> list[dict]:
     ]
 
 
-def test_maskcontrast_kmeans_scores_reads_a_checkpoint_state(tmp_path):
+def test_maskcontrast_kmeans_runs_on_the_query_encoder_of_a_checkpoint_state(tmp_path):
     recipe = debug_recipe(f"model.init_from={tmp_path / 'gone.pt'}")  # must not be read
     torch.manual_seed(0)
     method = build_method(recipe.stages[0], recipe.model.model_copy(update={"init_from": None}))
@@ -270,7 +270,7 @@ def test_maskcontrast_kmeans_scores_reads_a_checkpoint_state(tmp_path):
     assert not encoder.training
     torch.testing.assert_close(encoder.saliency.weight, method.query_encoder.saliency.weight)
     try:
-        scores = maskcontrast_kmeans_scores(state, labelled_batches(), 5, "cpu")
+        scores = run_maskcontrast_kmeans(encoder, labelled_batches(), 5, device="cpu")
     except ProtocolSkipped as reason:  # pragma: no cover - would mean the setup above is wrong
         pytest.fail(f"protocol skipped: {reason}")
     assert 0.0 <= scores["miou"] <= 1.0
@@ -281,7 +281,7 @@ def test_maskcontrast_kmeans_is_skipped_for_a_checkpoint_of_another_stage():
     recipe = load_recipe("cacl/debug", check_files=False)
     state = {"model": {}, "recipe": recipe.model_dump(mode="json"), "stage": "cacl"}
     with pytest.raises(ProtocolSkipped, match="stage 'cacl'"):
-        maskcontrast_kmeans_scores(state, labelled_batches(1), 5, "cpu")
+        load_query_encoder(state)
 
 
 # ----------------------------------------------------------------------------- two workers
@@ -334,6 +334,7 @@ def two_worker_rank(rank: int, world: int) -> dict:
     return saved
 
 
+@pytest.mark.integration
 def test_two_gloo_workers_share_the_queue_and_unshuffle_keys(tmp_path):
     saved = run_gloo_ranks(two_worker_rank, tmp_path)
     rows = TWO_WORKER_BATCH
@@ -398,7 +399,7 @@ def test_stage_runs_end_to_end_on_generated_saliency_shards(tmp_path):
 
 @pytest.mark.real_data
 def test_stage_runs_on_real_voc_images_with_computed_saliency(tmp_path, real_data):
-    from raycseg.data.shards import build_shards
+    from raycseg.shards.build import build_shards
     from raycseg.train.launch import run_pretrain
 
     voc = real_data / "voc"

@@ -1,16 +1,16 @@
-"""The ReCo stage: units on tiny tensors, then semi vs supervised end to end (Ray local mode)."""
+"""The ReCo stage: units on tiny tensors, then short end-to-end runs (local mode)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from raycseg.config import ModelSection, RecoStage, load_recipe
-from raycseg.data.splits import build_label_split
 from raycseg.data.synthetic import prepare_data
 from raycseg.eval.metrics import ProtocolSkipped
 from raycseg.methods import reco as reco_module
@@ -21,7 +21,8 @@ from raycseg.methods.reco import (
     load_segmenter,
     student_labels_under_sparse,
 )
-from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights
+from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights, normalize_images
+from raycseg.shards.splits import build_label_split
 from raycseg.train.checkpoint import load_state
 from raycseg.train.evaluation import evaluate_target
 from raycseg.train.launch import run_pretrain
@@ -114,7 +115,9 @@ def test_partial_mode_puts_the_sparse_labels_into_the_pseudo_labels(monkeypatch)
     labelled = batch["unlabelled_label"] != 255
     assert torch.equal(seen["labels"][labelled], batch["unlabelled_label"][labelled])
     assert (seen["confidence"][labelled] == 1).all() and (seen["confidence"][~labelled] < 1).all()
-    teacher = method.predict(batch["unlabelled_image"], teacher=True)
+    with torch.no_grad():
+        logits, _ = method.teacher(normalize_images(batch["unlabelled_image"]))
+    teacher = reco_module._upsample(logits, labelled.shape[-2:]).argmax(dim=1)
     assert torch.equal(seen["labels"][~labelled], teacher[~labelled])  # elsewhere: the teacher's
 
 
@@ -231,17 +234,11 @@ def test_confidence_weighted_ce_closed_forms():
 
 
 # ----------------------------------------------------------------------------- end to end
+# Whether semi beats supervised is measured, not tested: `cseg bench reco-semi`
+# (docs/benchmarks.md). Here: what a short run records and keeps, deterministically.
 
 DEBUG_RECIPE = "reco/voc_60labels_debug"
-# One labelled pixel per class on every image (p0), 600 steps. Best val mIoU measured on 2 cores
-# for seeds 0/1/2 (model, loader and split), with 1 thread as in the tests / with 2 threads:
-#   supervised  0.187 0.190 0.220  /  0.199 0.190 0.197
-#   semi        0.207 0.193 0.235  /  0.191 0.213 0.228
-#   partial     0.196 0.247 0.227  /  0.246 0.233 0.222
-# Both beat supervised in 11 of these 12 runs (semi lost once, by 0.008): much of the gain is
-# the EMA teacher's smoothing of the noisy point supervision. Partial mode (sparse labels
-# inside the pseudo-labels) is the official variant for these splits; neither wins every seed.
-SCARCE_STEPS = 600
+SHORT_STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -264,10 +261,10 @@ def train(root: Path, labelled: Path, mode: str) -> list[dict]:
             f"storage.path={root / 'runs'}",
             f"storage.name={mode}",
             f"stages.reco.mode={mode}",
-            f"stages.reco.steps={SCARCE_STEPS}",
-            f"stages.reco.val_every={SCARCE_STEPS // 4}",
-            f"storage.checkpoint_every={SCARCE_STEPS}",
-            "storage.log_every=50",
+            f"stages.reco.steps={SHORT_STEPS}",
+            f"stages.reco.val_every={SHORT_STEPS // 4}",
+            f"storage.checkpoint_every={SHORT_STEPS}",
+            "storage.log_every=1",
             f"stages.reco.data.train={labelled}",
             f"stages.reco.data.unlabelled={labelled}",
         ],
@@ -280,33 +277,35 @@ def train(root: Path, labelled: Path, mode: str) -> list[dict]:
     return records
 
 
-def test_semi_and_partial_beat_supervised_on_the_same_labels_and_steps(one_pixel_per_class):
-    semi = train(*one_pixel_per_class, "semi")
-    partial = train(*one_pixel_per_class, "partial")
-    supervised = train(*one_pixel_per_class, "supervised")
-    three_terms = {"sup", "unsup", "reco"}
-    for records, terms in (
-        (semi, three_terms),
-        (partial, three_terms),
-        (supervised, {"sup", "reco"}),
-    ):
-        assert records[-1]["step"] == SCARCE_STEPS
-        assert {key for key in records[-1] if key.startswith("loss_")} == {
-            f"loss_{t}" for t in terms
-        }
-        scores = [r["val_miou"] for r in records if "val_miou" in r]
-        best = [r["best_val_miou"] for r in records if "val_miou" in r]
-        assert len(scores) == 4 and best == pytest.approx([max(scores[: i + 1]) for i in range(4)])
-    for records in (semi, partial):
-        assert records[-1]["best_val_miou"] > supervised[-1]["best_val_miou"]
-        assert records[-1]["val_miou"] > supervised[-1]["val_miou"]
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "mode, terms",
+    [("semi", {"sup", "unsup", "reco"}), ("partial", {"sup", "unsup", "reco"}),
+     ("supervised", {"sup", "reco"})],
+)  # fmt: skip
+def test_a_short_run_logs_finite_losses_and_keeps_its_best_validation(
+    one_pixel_per_class, mode, terms
+):
+    records = train(*one_pixel_per_class, mode)
+    assert records[-1]["step"] == SHORT_STEPS
+    losses = [r for r in records if "loss" in r]
+    assert len(losses) == SHORT_STEPS  # log_every=1
+    for record in losses:
+        assert {key for key in record if key.startswith("loss_")} == {f"loss_{t}" for t in terms}
+        assert all(math.isfinite(record[f"loss_{t}"]) for t in terms) and math.isfinite(
+            record["loss"]
+        )
+    scores = [r["val_miou"] for r in records if "val_miou" in r]
+    best = [r["best_val_miou"] for r in records if "val_miou" in r]
+    assert len(scores) == 4 and best == pytest.approx([max(scores[: i + 1]) for i in range(4)])
+    assert all(0.0 <= score <= 1.0 for score in scores)
     # `cseg eval --protocol segmentation` on the kept checkpoint scores what validation did
     root = one_pixel_per_class[0]
-    best = root / "runs" / "partial" / "reco" / "best"
+    kept = root / "runs" / mode / "reco" / "best"
     scores, written = evaluate_target(
-        best,
+        kept,
         data=str(root / "data" / "synthetic-reco" / "segmentation"),
         protocols=["segmentation"],
     )
-    assert scores["segmentation"]["miou"] == pytest.approx(load_state(best)["val_miou"], abs=1e-12)
+    assert scores["segmentation"]["miou"] == pytest.approx(load_state(kept)["val_miou"], abs=1e-12)
     assert json.loads(written.read_text())["segmentation"] == scores["segmentation"]

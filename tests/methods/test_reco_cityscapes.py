@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from raycseg.config import load_recipe
-from raycseg.data.shards import build_shards
+from raycseg.data.loaders import StreamShare
 from raycseg.methods.reco import build_reco_loader
 from raycseg.methods.reco_mixing import augment_unlabelled
+from raycseg.shards.build import build_shards
 
 
 def _cityscapes_tree(root, count: int = 3) -> None:
@@ -46,7 +47,7 @@ def test_every_unlabelled_crop_of_the_cityscapes_recipe_is_real_image(tmp_path):
         check_files=False,
     )  # fmt: skip
     stage = recipe.stages[0]
-    loader = build_reco_loader(stage, recipe.data, seed=0, rank=0, world_size=1, start_batch=0)
+    loader = build_reco_loader(stage, StreamShare())
     generator = torch.Generator().manual_seed(0)
     for step, batch in zip(range(3), loader, strict=False):
         images = batch["unlabelled_image"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from gloo_ranks import run_gloo_ranks
 from torch import nn
@@ -52,6 +53,7 @@ def split_rank(rank: int, world_size: int) -> dict:
     return train_steps(fresh_layer(GlobalBatchNorm2d), x[rows], weights[rows])
 
 
+@pytest.mark.integration
 def test_two_ranks_6_plus_2_equal_one_process_on_all_8(tmp_path):
     ranks = run_gloo_ranks(split_rank, tmp_path)
     x, weights = global_batch()

@@ -205,7 +205,7 @@ def experiment_dir(tmp_path: Path) -> Path:
 
 
 def write_run(root: Path, *, with_eval: bool = True, steps_per_stage: int = 40) -> Path:
-    """A two-stage pretrain run directory (CONTRACTS.md §2 and §3)."""
+    """A two-stage pretrain run directory (its files: raycseg.run_directory)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(
         "name: fixture-run\nstages:\n- name: cacl\n  method: cacl\n- name: reco\n  method: reco\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cseg.report import app
+from cseg.main import app
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -182,7 +182,7 @@ def test_cli_prints_the_scored_data_and_writes_the_picture(tmp_path: Path) -> No
     add_eval_data(root)
     write_eval_samples(root, fake_samples(), CLASSES)
 
-    result = CliRunner().invoke(app, [str(root)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["report", str(root)], env={"COLUMNS": "200"})
 
     assert result.exit_code == 0, result.output
     assert "Scored data: shards /data/voc/shards, split val, 1449 images" in result.stdout

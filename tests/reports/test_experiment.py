@@ -12,8 +12,8 @@ import pytest
 
 from raycseg.errors import CsegError
 from raycseg.reports import ExperimentSummary, load_experiment, write_report
+from raycseg.reports.experiment_report import experiment_blocks
 from raycseg.reports.render import render_markdown
-from raycseg.reports.report import experiment_blocks
 
 from .conftest import (
     PNG_MAGIC,

@@ -1,14 +1,13 @@
-"""`cseg report DIR`: results to stdout, `--quiet` prints only the directory."""
+"""`cseg report DIR` through the root app: results to stdout, `--quiet` prints only the
+directory, a bad directory is one line on stderr."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from cseg.report import app
+from cseg.main import app
 from typer.testing import CliRunner
-
-from raycseg.errors import CsegError
 
 from .conftest import STANDARD_TRIALS, write_experiment, write_run
 
@@ -25,7 +24,7 @@ def test_quiet_prints_only_the_run_directory(tmp_path: Path) -> None:
     lines = [f'{{"stage": "cacl", "step": {step}, "skipped_corrupt": 0}}' for step in (1, 2)]
     (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")  # nothing to plot: fast
 
-    result = CliRunner().invoke(app, [str(root), "--quiet"])
+    result = CliRunner().invoke(app, ["report", str(root), "--quiet"])
 
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{root.resolve()}\n"
@@ -35,7 +34,7 @@ def test_quiet_prints_only_the_run_directory(tmp_path: Path) -> None:
 def test_run_report_prints_stages_and_eval_tables(tmp_path: Path, wide_terminal: None) -> None:
     root = write_run(tmp_path / "run", steps_per_stage=5)
 
-    result = CliRunner().invoke(app, [str(root)])
+    result = CliRunner().invoke(app, ["report", str(root)])
 
     assert result.exit_code == 0, result.output
     assert "cacl" in result.stdout and "reco" in result.stdout
@@ -51,7 +50,7 @@ def test_experiment_report_lists_trials_and_the_next_command(
     root = write_experiment(tmp_path / "probe", STANDARD_TRIALS)
     (root / "best.yaml").write_text("name: best\n")
 
-    result = CliRunner().invoke(app, [str(root)])
+    result = CliRunner().invoke(app, ["report", str(root)])
 
     assert result.exit_code == 0, result.output
     for trial in STANDARD_TRIALS:
@@ -60,8 +59,9 @@ def test_experiment_report_lists_trials_and_the_next_command(
     assert f"next: cseg pretrain {root.resolve() / 'best.yaml'}" in result.stdout
 
 
-def test_bad_directory_raises_the_cseg_error_for_the_root_app(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, [str(tmp_path)])
+def test_bad_directory_is_one_line_on_stderr_with_exit_code_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
 
-    assert isinstance(result.exception, CsegError)
+    assert result.exit_code == 2, result.output
     assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

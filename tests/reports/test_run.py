@@ -11,7 +11,7 @@ import pytest
 from raycseg.errors import CsegError
 from raycseg.reports import RunSummary, load_run, write_report
 from raycseg.reports.render import render_markdown
-from raycseg.reports.report import run_blocks
+from raycseg.reports.run_report import run_blocks
 
 from .conftest import PNG_MAGIC, section, write_run
 

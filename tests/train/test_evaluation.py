@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from raycseg.config import load_recipe
-from raycseg.data.images import decode_mask
-from raycseg.data.shards import list_shard_urls
-from raycseg.data.storage import iter_shard_samples
 from raycseg.data.synthetic import build_synthetic
 from raycseg.errors import DataError
+from raycseg.media.images import decode_mask
 from raycseg.methods import build_method
+from raycseg.shards.manifest import list_shard_urls
+from raycseg.shards.tars import iter_shard_samples
 from raycseg.train.checkpoint import save_state
 from raycseg.train.evaluation import evaluate_checkpoint
 

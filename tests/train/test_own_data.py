@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cseg.main import app
+from typer.testing import CliRunner
 from voc_tree import voc_shards
 
 from raycseg.config import load_recipe, synthetic_dir
@@ -16,11 +15,12 @@ from raycseg.data.synthetic import prepare_data
 from raycseg.methods import build_method
 from raycseg.train.checkpoint import save_state
 
-CSEG = [sys.executable, "-c", "from cseg.main import run; run()"]
+RUNNER = CliRunner()
 
 
 def cseg(*args):
-    return subprocess.run([*CSEG, *args], capture_output=True, text=True, env=dict(os.environ))
+    """`cseg ARGS` in process on the root app."""
+    return RUNNER.invoke(app, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_generated_data_is_built_only_when_the_run_reads_it(tmp_path, shards):
 
 def test_shards_of_the_wrong_kind_are_refused_before_anything_starts(shards):
     result = cseg("pretrain", "cacl/debug", f"stages.cacl.data.train={shards}", "--dry-run")
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.exit_code == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert f"stages.cacl.data.train: {shards} holds segmentation shards" in line
     assert "needs video shards" in line and "Traceback" not in result.stderr
@@ -50,10 +50,10 @@ def test_shards_of_the_wrong_kind_are_refused_before_anything_starts(shards):
 def test_class_counts_come_from_the_manifest_and_a_disagreeing_one_is_refused(shards):
     paths = [f"stages.cacl.data.val={shards}", f"eval.data={shards}"]
     result = cseg("pretrain", "cacl/debug", *paths, "--dry-run")
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert "num_classes: 21" in result.stdout  # the VOC class list of the shards
     result = cseg("pretrain", "cacl/debug", *paths, "eval.num_classes=5", "--dry-run")
-    assert result.returncode == 2
+    assert result.exit_code == 2
     assert "eval.num_classes=5, but" in result.stderr and "has 21 classes" in result.stderr
 
 
@@ -73,13 +73,13 @@ def checkpoint(tmp_path_factory, shards):
 
 def test_eval_chooses_split_classes_and_settings_and_prints_json(checkpoint, shards):
     earlier = cseg("eval", str(checkpoint), "--protocol", "kmeans", "--baseline", "random")
-    assert earlier.returncode == 0, earlier.stderr  # eval.json now holds a baseline
+    assert earlier.exit_code == 0, earlier.stderr  # eval.json now holds a baseline
     assert f"scored: {shards} split val, 2 images, 21 classes" in earlier.stdout
     result = cseg(
         "eval", str(checkpoint), "eval.image_size=24", "--split", "train", "--num-classes", "21",
         "--protocol", "kmeans", "--baseline", "none", "--json",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     scores = json.loads(result.stdout)
     assert scores["data"]["split"] == "train" and scores["data"]["images"] == 4
     assert len(scores["kmeans"]["per_class_iou"]) == 21
@@ -90,11 +90,11 @@ def test_eval_chooses_split_classes_and_settings_and_prints_json(checkpoint, sha
 
 def test_eval_refuses_bad_choices_and_exits_1_when_a_protocol_cannot_run(checkpoint, shards):
     bad = cseg("eval", str(checkpoint), "--baseline", "imagenet")
-    assert bad.returncode == 2 and "imagenet" in bad.stderr
+    assert bad.exit_code == 2 and "imagenet" in bad.stderr
     outside = cseg("eval", str(checkpoint), "stages.cacl.steps=3")
-    assert outside.returncode == 2 and "eval section only" in outside.stderr
+    assert outside.exit_code == 2 and "eval section only" in outside.stderr
     split = cseg("eval", str(checkpoint), "--data", str(shards), "--split", "test")
-    assert split.returncode == 2 and "no 'test' split (it has train, val)" in split.stderr
+    assert split.exit_code == 2 and "no 'test' split (it has train, val)" in split.stderr
     skipped = cseg("eval", str(checkpoint), "--protocol", "maskcontrast-kmeans")
-    assert skipped.returncode == 1
+    assert skipped.exit_code == 1
     assert "maskcontrast_kmeans" in skipped.stderr and "could not run" in skipped.stderr

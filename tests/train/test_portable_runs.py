@@ -1,4 +1,4 @@
-"""Portable runs (CONTRACTS.md §2): a run stores every path into itself relative to itself.
+"""Portable runs: a run stores every path into itself relative to itself.
 
 So a run copied or moved elsewhere, its original deleted, still evaluates, reports,
 exports and resumes from its new place; so does a run copied from a bucket to a disk,
@@ -18,19 +18,20 @@ import pytest
 import torch
 import torchvision
 
-from raycseg import remote
+from raycseg import storage
 from raycseg.config import load_recipe
 from raycseg.errors import CsegError
 from raycseg.reports.report import write_report
-from raycseg.train import worker
-from raycseg.train.checkpoint import (
-    load_state,
+from raycseg.run_directory import (
+    MetricsLog,
     path_in_run,
     read_stages,
     resolve_in_run,
+    run_checkpoint,
     write_stages,
 )
-from raycseg.train.evaluation import evaluate_target, run_checkpoint
+from raycseg.train.checkpoint import load_state
+from raycseg.train.evaluation import evaluate_target
 from raycseg.train.export import export_backbone
 from raycseg.train.launch import run_pretrain
 
@@ -99,7 +100,7 @@ def test_a_bucket_run_copied_to_a_disk_evaluates_and_exports(moved_run, tmp_path
     checkpoint_url = f"{bucket_run}/cacl/local_checkpoints/checkpoint_000002/state.pt"
     # the driver records a bucket run's final checkpoint relative to the run's prefix
     write_stages(bucket_run, {"cacl": {"checkpoint": checkpoint_url, "last_step": 2}})
-    stored = json.loads(remote.read_text(f"{bucket_run}/stages.json"))
+    stored = json.loads(storage.read_text(f"{bucket_run}/stages.json"))
     assert stored["cacl"]["checkpoint"] == "cacl/local_checkpoints/checkpoint_000002/state.pt"
     assert resolve_in_run(bucket_run, stored["cacl"]["checkpoint"], "x") == checkpoint_url
 
@@ -162,14 +163,14 @@ def test_a_run_moved_mid_pipeline_resumes_there_with_every_step_once(tmp_path, m
             ],
         )
 
-    log = worker._log
+    append = MetricsLog.append
 
-    def log_then_stop(metrics, metrics_log, config):
-        log(metrics, metrics_log, config)
-        if metrics["step"] == 7:  # maskcontrast's step 3: its checkpoint of step 2 is saved
+    def append_then_stop(self, record):
+        append(self, record)
+        if record["step"] == 7:  # maskcontrast's step 3: its checkpoint of step 2 is saved
             raise Interrupted
 
-    monkeypatch.setattr(worker, "_log", log_then_stop)
+    monkeypatch.setattr(MetricsLog, "append", append_then_stop)
     with pytest.raises(Interrupted):
         run_pretrain(recipe(tmp_path / "runs"))
     monkeypatch.undo()

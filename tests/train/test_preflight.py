@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from voc_tree import voc_shards
 
 from raycseg.config import load_recipe
@@ -47,4 +48,4 @@ def test_reco_validation_reads_the_val_split_and_nothing_else(tmp_path):
     )
     stage = recipe.stages[0]
     with pytest.raises(DataError, match="no 'val' split"):
-        ReCo(stage, recipe.model).validation_metrics(stage, recipe, "cpu")
+        ReCo(stage, recipe.model).validation_metrics(torch.device("cpu"))

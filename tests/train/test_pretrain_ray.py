@@ -1,7 +1,7 @@
 """`cseg pretrain` end to end on Ray Train with 2 workers, one of them killed mid-run.
 
-This is the one kill-a-worker test (CONTRACTS.md §7): it also serves the
-cluster issue's worker-failure case.
+This is the one kill-a-worker test of the suite; the fake-cluster tests cover
+node loss and driver loss.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import pytest
 from live_jsonl import read_live_jsonl
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
 STEPS = 60
 

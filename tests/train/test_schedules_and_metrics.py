@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from raycseg.config import OptimSection
-from raycseg.train.checkpoint import MetricsLog, load_state, save_state
-from raycseg.train.schedules import build_lr_schedule, build_momentum_schedule
+from raycseg.run_directory import MetricsLog
+from raycseg.train.checkpoint import load_state, save_state
+from raycseg.train.schedules import build_lr_schedule
 
 
 def test_warmup_then_cosine_reaches_min_lr():
@@ -26,12 +27,6 @@ def test_poly_and_constant_schedules():
     poly = build_lr_schedule(OptimSection(lr=2.0, schedule="poly", poly_power=1.0), 4)
     np.testing.assert_allclose(poly, [2.0, 1.5, 1.0, 0.5])
     assert np.all(build_lr_schedule(OptimSection(lr=0.3, schedule="constant"), 5) == 0.3)
-
-
-def test_momentum_schedule_rises_to_final():
-    schedule = build_momentum_schedule(0.99, 100, final=1.0)
-    assert schedule[0] == pytest.approx(0.99) and schedule[-1] == pytest.approx(1.0, abs=1e-5)
-    assert np.all(np.diff(schedule) >= 0)
 
 
 def test_metrics_log_truncation_keeps_every_step_once(tmp_path):

@@ -14,9 +14,9 @@ from raycseg.train.evaluation import build_initial_backbone
 
 def forbid_remote_copies(monkeypatch):
     def local_copy(location):
-        raise AssertionError(f"{location} went through remote.local_copy")
+        raise AssertionError(f"{location} went through storage.local_copy")
 
-    monkeypatch.setattr(worker.remote, "local_copy", local_copy)
+    monkeypatch.setattr(worker.storage, "local_copy", local_copy)
 
 
 def test_worker_loads_torchvision_weights_by_name_and_logs_what_it_loaded(
@@ -43,13 +43,13 @@ def test_worker_reads_checkpoint_files_through_a_local_copy(tmp_path, monkeypatc
     source = build_backbone("tiny", width=16)
     torch.save({"format": "raycseg", "backbone": source.state_dict()}, tmp_path / "state.pt")
     copied = []
-    real_local_copy = worker.remote.local_copy
+    real_local_copy = worker.storage.local_copy
 
     def local_copy(location):
         copied.append(str(location))
         return real_local_copy(location)
 
-    monkeypatch.setattr(worker.remote, "local_copy", local_copy)
+    monkeypatch.setattr(worker.storage, "local_copy", local_copy)
     backbone = build_backbone("tiny", width=16)
     worker.load_init_weights(backbone, str(tmp_path))
     assert copied == [str(tmp_path)]

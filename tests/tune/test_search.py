@@ -13,15 +13,15 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import typer
 import yaml
-from cseg.tune import tune as tune_command
+from cseg.main import app
 from typer.testing import CliRunner
 
 from raycseg.config import load_recipe
 from raycseg.errors import CsegError, RecipeError
+from raycseg.tune.resources import trial_demand
 from raycseg.tune.results import choose_best, summarise_trial, write_best_recipe
-from raycseg.tune.search import load_plan, run_tune, trial_demand
+from raycseg.tune.search import load_plan, run_tune
 from raycseg.tune.spaces import load_space
 
 
@@ -174,10 +174,9 @@ def test_plan_round_trips_through_the_experiment_dir(plan, tmp_path):
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    app.command()(tune_command)
+    """`cseg tune ARGS` in process on the root app."""
     runner = CliRunner()
-    return lambda *args: runner.invoke(app, list(args), catch_exceptions=True)
+    return lambda *args: runner.invoke(app, ["tune", *args])
 
 
 def test_cli_dry_run_prints_the_plan(cli):
@@ -186,17 +185,15 @@ def test_cli_dry_run_prints_the_plan(cli):
     assert "stages.cacl.lambda_cycle" in result.stdout and "up to 12" in result.stdout
 
 
-def test_cli_bad_space_raises_recipe_error(cli, tmp_path):
+def test_cli_bad_space_is_a_recipe_error_with_exit_code_2(cli, tmp_path):
     space = tmp_path / "bad.yaml"
     space.write_text(
         yaml.safe_dump({"recipe": "cacl/debug", "params": {"stages.cacl.nope": {"choice": [1]}}})
     )
     result = cli("--space", str(space), "--dry-run")
-    assert isinstance(result.exception, RecipeError) and "params.stages.cacl.nope" in str(
-        result.exception
-    )
+    assert result.exit_code == 2 and "params.stages.cacl.nope" in result.stderr
     missing = cli()
-    assert isinstance(missing.exception, RecipeError) and "--space" in str(missing.exception)
+    assert missing.exit_code == 2 and "--space" in missing.stderr
 
 
 def test_math_of_best_metric_is_finite_only(plan):

@@ -1,13 +1,12 @@
 """The one Ray-level search: 4 trials of the CACL debug space, interrupted, then restored.
 
-One search serves every Ray behaviour of `cseg tune` (CONTRACTS.md §7: the
-interrupted search is the one that gets restored):
+One search serves every Ray behaviour of `cseg tune` (the interrupted search is the
+one that gets restored, which keeps the suite within its time budget):
 
 - 1 worker per trial on a 2-CPU Ray, so 2 trials fit at once. Tune kills the
   trial actors of an interrupted search the same way ASHA kills a stopped
   trial; the restored trials can only start if those workers freed their CPUs
-  (without the dashboard, Ray 2.60 leaks them and the next trial waits forever,
-  RAY.md §0). After the search, with ASHA's stops among the last trials, no
+  (without the dashboard, Ray 2.60 leaks them and the next trial waits forever). After the search, with ASHA's stops among the last trials, no
   placement group is left and both CPUs are free; a group that a trial killed
   mid-start left behind (a Ray race) is freed by the driver;
 - interrupted (SIGINT, as Ctrl-C) once a trial has passed its first checkpoint, then
@@ -35,10 +34,11 @@ import yaml
 from background_poll import BackgroundPoll
 
 from raycseg.config import load_recipe
-from raycseg.tune.search import _remove_leaked_placement_groups, run_tune
+from raycseg.tune.resources import remove_leaked_placement_groups
+from raycseg.tune.search import run_tune
 from raycseg.tune.spaces import find_space
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
 STEPS = 24  # per trial: room for Tune to act on the interrupt while trials still run
 WATCHDOG_S = 900  # a leaked placement group would make the restored search wait forever
@@ -175,7 +175,7 @@ def test_search_stops_a_trial_frees_its_workers_and_restores_after_an_interrupt(
     leaked = ray.util.placement_group([{"CPU": 1}])
     ray.get(leaked.ready(), timeout=60)
     messages: list[str] = []
-    _remove_leaked_placement_groups(messages.append)
+    remove_leaked_placement_groups(messages.append)
     assert ray.util.placement_group_table(leaked)["state"] == "REMOVED", messages
     assert any(leaked.id.hex() in message for message in messages)
 
@@ -186,10 +186,8 @@ def test_search_stops_a_trial_frees_its_workers_and_restores_after_an_interrupt(
 
 
 def _check_report(experiment: Path, ids: set[str]) -> None:
-    try:
-        from raycseg.reports import write_experiment_report
-    except ImportError:
-        pytest.skip("raycseg.reports is not written yet")
+    from raycseg.reports import write_experiment_report
+
     summary = write_experiment_report(experiment, metric="loss", mode="min")
     report = (experiment / "report.md").read_text()
     assert (experiment / "report.html").exists()

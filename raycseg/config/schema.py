@@ -1,0 +1,341 @@
+"""The recipe schema: pydantic models of every section, extra keys forbidden.
+
+A recipe is flat YAML. Its `stages` run in order; each stage names its `method`
+and carries that method's fields directly, so dotted paths read naturally:
+`stages.cacl.lambda_cycle=0.1`, `stages.reco.strong_threshold=0.9` (stages are
+addressed by `name`, which defaults to the method). Loading, overrides and
+error messages are `raycseg.config.loading` and `raycseg.config.validation`;
+path resolution is `raycseg.config.paths`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SyntheticData(Section):
+    """Procedural data that `cseg pretrain` builds in `data.root/<name>` when absent.
+
+    The folder keeps the spec it was built from; a different spec rebuilds it.
+    """
+
+    name: str = Field("synthetic", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    num_clips: int = Field(300, ge=4)
+    val_clips: int = Field(100, ge=2)
+    image_size: int = Field(64, ge=16)
+    frames: int = Field(8, ge=2)
+    fps: int = Field(8, ge=1)
+
+
+class DataSection(Section):
+    """Where data lives. Relative shard paths in stages resolve against `root`."""
+
+    root: str = "~/.cache/raycseg/data"
+    synthetic: SyntheticData | None = None
+    loader_workers: int = Field(1, ge=0)
+
+
+class StageData(Section):
+    """A stage's inputs and augmentations (shard roots built by `cseg shards`)."""
+
+    train: str
+    val: str | None = None
+    unlabelled: str | None = None
+    batch_size: int = Field(32, ge=1, description="per worker")
+    image_size: int = Field(224, ge=16)
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    frame_gap_s: tuple[float, float] = (0.25, 2.0)
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    hue_full_range: bool = False
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+    blur_p: float = Field(
+        0.5, ge=0.0, le=1.0, description="Gaussian blur of CACL views (cacl stages only)"
+    )
+    min_mask_area: float = Field(0.01, ge=0.0, le=1.0)
+    max_mask_area: float = Field(0.99, ge=0.0, le=1.0)
+    samples_per_epoch: int | None = Field(None, ge=1, description="default: the manifest count")
+    val_pad_to: int | None = Field(
+        None,
+        ge=16,
+        description="ReCo validation: full-resolution images reflect-padded to at least this "
+        "side (the official 513 on VOC); default: the batch's largest image",
+    )
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> StageData:
+        for key in ("crop_scale", "frame_gap_s", "scale_range"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key}: low {low} > high {high}")
+        if self.min_mask_area >= self.max_mask_area:
+            raise ValueError("min_mask_area must be below max_mask_area")
+        return self
+
+
+# ----------------------------------------------------------------------------- model, optim
+
+
+class ModelSection(Section):
+    """The backbone shared by every stage of a recipe."""
+
+    backbone: Literal["tiny", "resnet18", "resnet50", "resnet101"] = "resnet50"
+    output_stride: Literal[4, 8, 16] = 16
+    width: int = Field(64, ge=8, description="base width of the tiny backbone")
+    init_from: str | None = Field(None, description="torchvision or raycseg checkpoint")
+
+    @model_validator(mode="after")
+    def _stride_fits_backbone(self) -> ModelSection:
+        if self.backbone == "tiny" and self.output_stride != 4:
+            raise ValueError("the tiny backbone has output_stride 4")
+        if self.backbone != "tiny" and self.output_stride == 4:
+            raise ValueError("ResNet backbones support output_stride 8 or 16")
+        return self
+
+
+class OptimSection(Section):
+    """Optimiser and per-step schedules."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    poly_power: float = 0.9
+    min_lr: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(
+        None, gt=0, description="max gradient norm (none of the papers clips)"
+    )
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class StageBase(Section):
+    """Fields every stage has."""
+
+    name: str | None = None
+    steps: int = Field(ge=1)
+    data: StageData
+    optim: OptimSection | None = Field(None, description="default: the recipe's optim")
+    init_from: str | None = Field(None, description="default: the previous stage")
+    val_every: int = Field(0, ge=0, description="steps between validation metrics (0: off)")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> StageBase:
+        if self.name is None:
+            self.name = self.method  # type: ignore[attr-defined]
+        return self
+
+
+class CACLStage(StageBase):
+    """Cycle-attention contrastive learning (docs/methods/cacl.md)."""
+
+    method: Literal["cacl"]
+    mode: Literal["video", "image"] = "video"
+    lambda_global: float = Field(1.0, ge=0.0)
+    lambda_pixel: float = Field(1.0, ge=0.0)
+    lambda_cycle: float = Field(1.0, ge=0.0)
+    temperature_global: float = Field(0.2, gt=0)
+    temperature_pixel: float = Field(0.2, gt=0)
+    temperature_cycle: float = Field(0.07, gt=0)
+    cycle_edge_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    num_pixel_negatives: int = Field(4096, ge=0)
+    queue_size: int = Field(0, ge=0)
+    head_dim: int = Field(128, ge=8)
+    batch_norm: Literal["global", "local"] = Field(
+        "global",
+        description="global: BN statistics over every worker's views (no per-worker leak); "
+        "local: per worker, as plain DDP",
+    )
+
+
+class MaskContrastStage(StageBase):
+    """Saliency-mask contrast (docs/methods/maskcontrast.md)."""
+
+    method: Literal["maskcontrast"]
+    temperature: float = Field(0.5, gt=0)
+    queue_size: int = Field(128, ge=0)
+    momentum: float = Field(0.999, ge=0.0, lt=1.0)
+    embedding_dim: int = Field(32, ge=4)
+    saliency_weight: float = Field(1.0, ge=0.0)
+    loss_resolution: Literal["full", "feature"] = "full"
+    freeze_early_layers: bool = Field(
+        False, description="conv1, bn1, layer1, layer2 fixed, BN in eval (ImageNet-supervised init)"
+    )
+
+
+class RecoStage(StageBase):
+    """Regional contrast, supervised or semi-supervised (docs/methods/reco.md)."""
+
+    method: Literal["reco"]
+    mode: Literal["supervised", "semi", "partial"] = Field(
+        "semi",
+        description="partial: semi on sparsely labelled images (`cseg shards split --partial`)",
+    )
+    num_classes: int | None = Field(
+        None, ge=2, description="default: the class count of data.train's manifest"
+    )
+    decoder: Literal["deeplabv3p", "deeplabv2"] = "deeplabv3p"
+    rep_dim: int = Field(256, ge=8)
+    strong_threshold: float = Field(0.97, gt=0.0, le=1.0)
+    weak_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    temperature: float = Field(0.5, gt=0)
+    num_queries: int = Field(256, ge=1)
+    num_negatives: int = Field(512, ge=1)
+    lambda_reco: float = Field(1.0, ge=0.0)
+    mix: Literal["classmix", "cutmix", "cutout"] = "classmix"
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+
+
+Stage = Annotated[CACLStage | MaskContrastStage | RecoStage, Field(discriminator="method")]
+
+
+# ----------------------------------------------------------------------------- run-level sections
+
+
+class ScalingSection(Section):
+    """How many Ray Train workers, and what each one asks the cluster for."""
+
+    num_workers: int = Field(2, ge=0, description="0: run the loop in the driver (local mode)")
+    min_workers: int | None = Field(None, ge=1, description="elastic lower bound")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, ge=0)
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    driver_resources: dict[str, float] = Field(
+        default_factory=dict, description="what each `cseg tune` trial driver asks for"
+    )
+    mixed_precision: bool = Field(True, description="bf16 autocast + channels_last on GPU")
+
+
+class StorageSection(Section):
+    """Where runs are written and how they are checkpointed."""
+
+    path: str = "./runs"
+    name: str | None = Field(None, description="default: <recipe name>-<timestamp>")
+    checkpoint_every: int = Field(50, ge=1)
+    num_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=-1)
+    log_every: int = Field(1, ge=1)
+
+
+class LinearProbeSection(Section):
+    """The linear probe: MaskContrast's linear protocol by default (docs/methods/maskcontrast.md §6.1).
+
+    A 1×1 conv on frozen features (all BatchNorm frozen), SGD, a step decay, the best
+    epoch on the scored split kept. A recipe may shorten it; `eval.json`'s `protocol`
+    record then lists what differs from the paper.
+    """
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    lr_decay_epochs: list[int] = Field(
+        default_factory=lambda: [25], description="lr x 0.1 for the epochs after each of these"
+    )
+    augment: bool = Field(True, description="flip, zoom 0.75-1.25 and rotation +-5 degrees")
+    select_best: bool = Field(True, description="score the best epoch on the scored split")
+
+
+EvalProtocol = Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation"]
+DEFAULT_PROTOCOLS: tuple[EvalProtocol, ...] = (
+    "linear-probe",
+    "kmeans",
+)  # an eval section's default
+EVAL_PROTOCOLS: tuple[str, ...] = get_args(EvalProtocol)
+
+
+class EvalSection(Section):
+    """The evaluation `cseg pretrain` runs at the end (README.md, Evaluation)."""
+
+    data: str | None = Field(None, description="segmentation shards; null: no evaluation")
+    num_classes: int | None = Field(
+        None, ge=2, description="default: the class count of the data's manifest"
+    )
+    protocols: list[EvalProtocol] = Field(default_factory=lambda: list(DEFAULT_PROTOCOLS))
+    baseline: Literal["random"] | None = None
+    image_size: int = Field(
+        512,
+        ge=16,
+        description="input of linear-probe, kmeans and maskcontrast-kmeans: each image resized "
+        "to this square (MaskContrast: 512); `segmentation` uses its stage's full resolution",
+    )
+    linear_probe: LinearProbeSection = Field(default_factory=LinearProbeSection)
+
+
+class TuneSection(Section):
+    """Defaults that `cseg tune` uses when a space file does not say."""
+
+    metric: str = "val_miou"
+    mode: Literal["max", "min"] = "max"
+
+
+class Recipe(Section):
+    """A whole recipe: one `cseg pretrain` run."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    stages: list[Stage] = Field(min_length=1)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    eval: EvalSection | None = None
+    tune: TuneSection = Field(default_factory=TuneSection)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        if self.eval is not None and self.eval.data is None:
+            self.eval = None  # `eval.data=null` turns evaluation off, as `eval=null` does
+        names = [stage.name for stage in self.stages]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"stage names must be unique; give each a `name` ({duplicated})")
+        for index, stage in enumerate(self.stages):
+            weights = stage.init_from or self.model.init_from or index > 0
+            if isinstance(stage, MaskContrastStage) and stage.freeze_early_layers and not weights:
+                raise ValueError(
+                    f"stages.{stage.name}.freeze_early_layers fixes conv1..layer2, but no weights "
+                    "are loaded into them: set model.init_from (e.g. torchvision:resnet50, the "
+                    "official ImageNet init) or set freeze_early_layers: false"
+                )
+            resnet = self.model.backbone != "tiny"
+            if isinstance(stage, RecoStage) and stage.decoder == "deeplabv2" and resnet:
+                if self.model.output_stride != 8:
+                    raise ValueError(
+                        f"stages.{stage.name}.decoder=deeplabv2 runs a ResNet at output stride 8 "
+                        f"(rates 6/12/18/24, as the spec); set model.output_stride: 8 "
+                        f"(it is {self.model.output_stride})"
+                    )
+        global_workers = max(self.scaling.num_workers, 1)
+        for stage in self.stages:
+            if isinstance(stage, MaskContrastStage) and stage.queue_size:
+                global_batch = stage.data.batch_size * global_workers
+                if stage.queue_size % global_batch:
+                    raise ValueError(
+                        f"stages.{stage.name}.queue_size={stage.queue_size} must be a multiple "
+                        f"of the global batch {global_batch} (batch_size x num_workers)"
+                    )
+        return self
+
+    def optim_for(self, stage: StageBase) -> OptimSection:
+        """The optimiser settings of `stage` (its own, else the recipe's)."""
+        return stage.optim or self.optim
