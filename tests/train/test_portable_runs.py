@@ -84,6 +84,7 @@ def evaluate_report_and_export(run: Path, shards: Path, out: Path) -> None:
     assert loaded.missing_keys == ["fc.weight", "fc.bias"]
 
 
+@pytest.mark.integration
 def test_a_moved_run_evaluates_reports_and_exports_from_its_new_place(moved_run, tmp_path):
     moved, shards, trained_at = moved_run
     run = tmp_path / "copy-of-a-copy"
@@ -93,6 +94,7 @@ def test_a_moved_run_evaluates_reports_and_exports_from_its_new_place(moved_run,
         assert trained_at not in (run / name).read_text(), name
 
 
+@pytest.mark.integration
 def test_a_bucket_run_copied_to_a_disk_evaluates_and_exports(moved_run, tmp_path, s3_bucket):
     moved, shards, _ = moved_run
     bucket_run = f"{s3_bucket.url}/runs/first"
