@@ -30,25 +30,34 @@ cseg bench reco-semi --seeds 3 --steps 600""",
     epilog="""Examples:
 
 cseg bench data data/synthetic/video
-cseg bench data data/k400 --workers 4 --augment --rounds 3 --json data.json""",
+cseg bench data k400 --vs k400-original --augment --json data.json
+cseg bench data data/k400 --workers 4 --pairs-per-s 1000""",
 )
 def bench_data(
     shards: Path = typer.Argument(
         ..., help="A video shard folder (from `cseg shards build --kind video`)."
     ),
+    vs: Path = typer.Option(
+        None, "--vs", metavar="OTHER", help="A second video shard set to compare SHARDS with."
+    ),
     workers: int = typer.Option(1, "--workers", help="DataLoader workers of the streaming path."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Time budget per path and round."),
-    rounds: int = typer.Option(1, "--rounds", help="Alternating rounds (the median is reported)."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Time budget per set and round."),
+    rounds: int = typer.Option(1, "--rounds", help="Rounds (the medians are reported)."),
     augment: bool = typer.Option(False, "--augment", help="Include the training augmentations."),
+    pairs_per_s: float = typer.Option(
+        None, "--pairs-per-s", help="A GPU's pairs/s: report the decode cores it needs."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
 ) -> None:
-    """Clips/s and frames/s through the full streaming path vs raw decord, per CPU core."""
+    """Training pairs per CPU-second of video shards (and of OTHER), and against raw decord."""
     from raycseg.bench.data import benchmark_decoding
 
-    err.print(f"decoding {shards} for about {2 * seconds * rounds:.0f} s", markup=False)
+    roots = [shards] if vs is None else [shards, vs]
+    err.print(f"decoding for about {2 * seconds * rounds * len(roots):.0f} s", markup=False)
     results = benchmark_decoding(
-        shards, num_workers=workers, seconds=seconds, rounds=rounds, augment=augment
-    )
+        roots, num_workers=workers, seconds=seconds, rounds=rounds, augment=augment,
+        pairs_per_s=pairs_per_s,
+    )  # fmt: skip
     _show("data decoding", results, json_out)
 
 

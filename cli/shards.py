@@ -63,8 +63,8 @@ def _human(num_bytes: int) -> str:
     "build",
     epilog="""Examples:
 
-cseg shards build --kind video ~/kinetics/train data/k400
-cseg shards build --kind segmentation --layout cityscapes ~/cityscapes cs
+cseg shards build --kind video ~/kinetics/train k400   # 256 px, GOP 8
+cseg shards build --kind video --transcode none ~/clips clips
 cseg shards build --kind saliency --images ~/voc/JPEGImages --compute sal""",
 )
 def build(
@@ -103,6 +103,12 @@ def build(
         help="Segmentation: store every image and mask at height x width, e.g. 512x1024 "
         "(ReCo's one-time Cityscapes resize).",
     ),
+    transcode: Literal["h264", "none"] = typer.Option(
+        "h264", "--transcode", help="Video: re-encode each clip once (none: keep the original)."
+    ),
+    short_side: int = typer.Option(256, "--short-side", min=16, help="Video: scale down to this."),
+    gop: int = typer.Option(8, "--gop", min=1, help="Video: a keyframe every GOP frames at most."),
+    crf: int = typer.Option(23, "--crf", min=0, max=51, help="Video: x264 quality (lower: finer)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards already in OUT."),
     max_count: int = typer.Option(1000, "--max-count", min=1, help="Most samples per shard."),
     max_size: str = typer.Option("1GB", "--max-size", help="Largest shard size (e.g. 500MB, 1GB)."),
@@ -110,6 +116,7 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
 ) -> None:
     """Turn a folder, CSV or dataset tree into shards plus manifest.json."""
+    from raycseg.media.transcode import TranscodeSettings
     from raycseg.shards.build import build_shards
 
     if images is not None:
@@ -120,11 +127,14 @@ def build(
         src, dest = paths
     else:
         raise DataError("give SRC and OUT (or --images DIR and OUT)")
+    settings = TranscodeSettings(short_side, gop, crf)
     with ExitStack() as stack:
         report = build_shards(
             kind, src, dest, layout=layout, masks_dir=masks, compute_saliency=compute,
             split_list=split_list, exclude_list=exclude,
-            resize_to=parse_height_width(resize_to) if resize_to else None, max_count=max_count,
+            resize_to=parse_height_width(resize_to) if resize_to else None,
+            transcode=settings if kind == "video" and transcode == "h264" else None,
+            max_count=max_count,
             max_bytes=parse_size(max_size), overwrite=overwrite, num_procs=procs,
             on_progress=StageProgress(stack, quiet).stage(f"building {kind} shards"),
         )  # fmt: skip

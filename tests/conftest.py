@@ -42,6 +42,17 @@ REAL_DATA = (REPO.parent / "shared" / "data" / "real").resolve()
 
 
 @pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    """A small synthetic dataset: 6 training clips, 3 validation clips, 32 px, 6 frames."""
+    from raycseg.data.synthetic import build_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    return build_synthetic(
+        out, seed=3, num_clips=6, val_clips=3, image_size=32, frames=6, num_procs=1
+    )
+
+
+@pytest.fixture(scope="session")
 def real_data() -> Path:
     """The real media of ../shared/data/real (skips when absent)."""
     if not (REAL_DATA / "SOURCES.md").exists():

@@ -1,7 +1,9 @@
-"""Decode throughput of the video streaming path against raw decord.
+"""Decode throughput of video shard sets: pairs per CPU-second, and against raw decord.
 
-`benchmark_decoding` answers: how fast does the loader turn shards into
-frame pairs, per CPU core, compared with calling decord directly?
+`benchmark_decoding` answers: how many training pairs does the loader make per
+CPU-second from a shard set (and from a second one, say the same clips stored
+as they came versus transcoded), and how does it compare with calling decord
+directly on the same clips?
 
 1. **Pipeline.** The real loader (`ShardStream` + `VideoPairDecoder`, as in
    `build_pair_loader`): tar streaming, shuffle buffer, decord from in-memory
@@ -116,7 +118,7 @@ def _rates(clips: int, frames_per_clip: int, seconds: float, cores: int, cpu: fl
 
 
 def benchmark_decoding(
-    root: str | Path,
+    roots: list[str | Path],
     *,
     split: str | None = None,
     num_workers: int = 1,
@@ -127,60 +129,122 @@ def benchmark_decoding(
     frame_gap_s: tuple[float, float] = (0.25, 2.0),
     augment: bool = False,
     seed: int = 0,
+    pairs_per_s: float | None = None,
 ) -> dict:
-    """Measure clips/s and frames/s of the streaming path and of raw decord.
+    """Training pairs per CPU-second of each video shard set, and each against raw decord.
 
     Args:
-        root: A video shard set (folder with manifest.json).
-        split: Which split (default: the first in the manifest).
+        roots: One or two video shard sets (folders with manifest.json); with two,
+            `ratio` compares the first with the second.
+        split: Which split (default: the first in each manifest).
         num_workers: Loader worker processes (at least 1).
-        seconds: Timed streaming per round.
-        rounds: Alternating pipeline/raw rounds; the ratio is their median.
-        batch_size: Clips per batch.
+        seconds: Timed streaming per shard set and round.
+        rounds: Rounds; each times every shard set in turn, and the figures are medians.
+        batch_size: Pairs per batch.
         image_size: Output side of each frame.
         frame_gap_s: Gap between the two frames of a pair, in seconds.
         augment: Use the training augmentation instead of resize + centre crop.
         seed: Stream seed.
+        pairs_per_s: A GPU's consumption rate; each set then reports the decode cores
+            one GPU needs at it (`decode_cores_per_gpu`).
 
     Returns:
-        A JSON-ready dict: settings, per-round "pipeline" and "raw_decord"
-        rates (clips/s, frames/s, both per core, and per CPU-second), "ratio"
-        = median pipeline / raw frames per second per core (wall time), and
-        "cpu_ratio" = median raw / pipeline CPU time for the same clips.
+        A JSON-ready dict: the settings, `paths` (per shard set: `pairs_per_cpu_s`,
+        `pairs_per_s`, `pairs_per_s_per_worker`, the manifest's `transcode`, and
+        `vs_raw_decord`: per-round pipeline and raw-decord rates on the same clips with
+        their median `ratio` (wall time per core) and `cpu_ratio` (raw / pipeline CPU
+        time)), and with two sets `ratio` = first / second in pairs per CPU-second.
     """
-    manifest = read_manifest(root)
-    if manifest["kind"] != "video":
-        raise DataError(f"{root} holds {manifest['kind']} shards; benchmark a video shard set")
-    split = split or next(iter(manifest["splits"]))
-    urls = list_shard_urls(root, split)
-    num_workers = max(1, num_workers)
+    if not 1 <= len(roots) <= 2:
+        raise DataError("benchmark one shard set, or two to compare (--vs)")
     view = PairViewTransform(image_size) if augment else _ResizeCropView(image_size)
     decoder = VideoPairDecoder(view, frame_gap_s)
-    data = {s["__key__"]: video_member(s) for url in urls for s in iter_shard_samples(url)}
-    results = []
+    sets = [_VideoShards(root, split) for root in roots]
+    measured: dict[str, list[dict]] = {shards.root: [] for shards in sets}
     for round_index in range(rounds):
-        clips, pipeline_s, pipeline_cpu = _run_pipeline(
-            urls, decoder, num_workers=num_workers, batch_size=batch_size, seconds=seconds,
-            seed=seed + round_index, samples_per_rank=manifest["splits"][split]["count"],
-        )  # fmt: skip
-        raw_s, raw_cpu = _run_raw(clips, data)
-        pipeline = _rates(len(clips), 2, pipeline_s, num_workers, pipeline_cpu)
-        raw = _rates(len(clips), 2, raw_s, 1, raw_cpu)
-        ratio = pipeline["frames_per_s_per_core"] / raw["frames_per_s_per_core"]
-        cpu_ratio = raw_cpu / pipeline_cpu if pipeline_cpu and raw_cpu else None
-        results.append({"pipeline": pipeline, "raw_decord": raw, "ratio": round(ratio, 3),
-                        "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio else None})  # fmt: skip
-    cpu_ratios = [r["cpu_ratio"] for r in results if r["cpu_ratio"] is not None]
-    return {
-        "root": str(Path(root).resolve()),
-        "split": split,
-        "num_workers": num_workers,
+        for shards in sets:
+            measured[shards.root].append(
+                _measure(shards, decoder, max(1, num_workers), batch_size, seconds,
+                         seed + round_index)
+            )  # fmt: skip
+    paths = {
+        shards.root: _summary(shards, measured[shards.root], max(1, num_workers), pairs_per_s)
+        for shards in sets
+    }
+    report = {
+        "num_workers": max(1, num_workers),
         "cpu_count": os.cpu_count(),
         "batch_size": batch_size,
         "image_size": image_size,
         "augment": augment,
-        "frames_per_clip": 2,
-        "rounds": results,
-        "ratio": round(statistics.median(r["ratio"] for r in results), 3),
-        "cpu_ratio": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
+        "seconds": seconds,
+        "rounds": rounds,
+        "paths": paths,
     }
+    if len(sets) == 2:
+        first, second = (paths[shards.root]["pairs_per_cpu_s"] for shards in sets)
+        report["ratio"] = round(first / second, 3) if first and second else None
+    return report
+
+
+class _VideoShards:
+    """A video shard set's split, its shard URLs and every clip's bytes (for raw decord)."""
+
+    def __init__(self, root: str | Path, split: str | None):
+        manifest = read_manifest(root)
+        if manifest["kind"] != "video":
+            raise DataError(f"{root} holds {manifest['kind']} shards; benchmark a video shard set")
+        self.root = str(Path(root).resolve())
+        self.split = split or next(iter(manifest["splits"]))
+        self.count = manifest["splits"][self.split]["count"]
+        self.transcode = manifest.get("transcode")
+        self.urls = list_shard_urls(root, self.split)
+        self.clips = {
+            s["__key__"]: video_member(s) for url in self.urls for s in iter_shard_samples(url)
+        }
+
+
+def _measure(
+    shards: _VideoShards, decoder: VideoPairDecoder, num_workers: int, batch_size: int,
+    seconds: float, seed: int,
+) -> dict:  # fmt: skip
+    """One round: the streaming path for `seconds`, then raw decord on the same clips."""
+    clips, pipeline_s, pipeline_cpu = _run_pipeline(
+        shards.urls, decoder, num_workers=num_workers, batch_size=batch_size, seconds=seconds,
+        seed=seed, samples_per_rank=shards.count,
+    )  # fmt: skip
+    raw_s, raw_cpu = _run_raw(clips, shards.clips)
+    pipeline = _rates(len(clips), 2, pipeline_s, num_workers, pipeline_cpu)
+    raw = _rates(len(clips), 2, raw_s, 1, raw_cpu)
+    cpu_ratio = raw_cpu / pipeline_cpu if pipeline_cpu and raw_cpu else None
+    return {
+        "pipeline": pipeline,
+        "raw_decord": raw,
+        "ratio": round(pipeline["frames_per_s_per_core"] / raw["frames_per_s_per_core"], 3),
+        "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio else None,
+    }
+
+
+def _summary(
+    shards: _VideoShards, rounds: list[dict], num_workers: int, pairs_per_s: float | None
+) -> dict:
+    """A shard set's medians over rounds (a pair is one clip's two frames)."""
+    per_cpu = [r["pipeline"]["clips_per_cpu_s"] for r in rounds if r["pipeline"]["clips_per_cpu_s"]]
+    pairs_per_cpu_s = statistics.median(per_cpu) if per_cpu else None
+    wall = statistics.median(r["pipeline"]["clips_per_s"] for r in rounds)
+    cpu_ratios = [r["cpu_ratio"] for r in rounds if r["cpu_ratio"] is not None]
+    summary = {
+        "split": shards.split,
+        "transcode": shards.transcode,
+        "pairs_per_cpu_s": round(pairs_per_cpu_s, 3) if pairs_per_cpu_s else None,
+        "pairs_per_s": round(wall, 3),
+        "pairs_per_s_per_worker": round(wall / num_workers, 3),
+        "vs_raw_decord": {
+            "ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
+            "cpu_ratio": round(statistics.median(cpu_ratios), 3) if cpu_ratios else None,
+            "rounds": rounds,
+        },
+    }
+    if pairs_per_s and pairs_per_cpu_s:
+        summary["decode_cores_per_gpu"] = round(pairs_per_s / pairs_per_cpu_s, 1)
+    return summary

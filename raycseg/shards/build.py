@@ -20,7 +20,8 @@ statistics; `skipped` (broken inputs, with reasons: build exits 1),
 `dropped` (inputs left out by design, such as images without a salient
 object or outside the split list) and, for saliency, `selection` (which
 split and exclude lists chose the images: see `raycseg.shards.split_lists`;
-null for other kinds). Shard files are written through `raycseg.shards.tars` and the
+null for other kinds) and, for transcoded video, `transcode` (codec, short side, GOP,
+B-frames, CRF; null when the clips are stored as they came). Shard files are written through `raycseg.shards.tars` and the
 manifest through `raycseg.shards.manifest`; checking a built set is `raycseg.shards.verify`.
 """
 
@@ -39,6 +40,7 @@ from raycseg import __version__
 from raycseg.errors import DataError
 
 from ..media.labels import IGNORE_INDEX
+from ..media.transcode import TranscodeSettings
 from .manifest import MANIFEST, SCHEMA_VERSION, write_manifest
 from .samples import MaskRules, PreparedSample, PrepareOptions, prepare_sample
 from .sources import LeftOut, SourceItem, SourceListing, list_sources
@@ -107,6 +109,7 @@ def build_shards(
     split_list: Path | str | None = None,
     exclude_list: Path | str | None = None,
     resize_to: tuple[int, int] | None = None,
+    transcode: TranscodeSettings | None = None,
     max_count: int = DEFAULT_MAX_COUNT,
     max_bytes: int = DEFAULT_MAX_BYTES,
     overwrite: bool = False,
@@ -134,6 +137,8 @@ def build_shards(
         exclude_list: Saliency: image stems to leave out (wins over `split_list`).
         resize_to: Segmentation: store every image (bicubic) and mask (nearest) at this
             (height, width), a one-time resize such as ReCo's Cityscapes 512 x 1024.
+        transcode: Video: re-encode every clip once (`raycseg.media.transcode`); None
+            stores the original bytes. `cseg shards build` passes the defaults.
         max_count: Most samples per shard.
         max_bytes: Largest shard size in bytes (approximately, tar padding included).
         overwrite: Replace shards and manifest already in `out`.
@@ -152,6 +157,10 @@ def build_shards(
             missing, empty or names no image.
     """
     started = time.perf_counter()
+    if resize_to is not None and kind != "segmentation":
+        raise DataError("--resize-to applies to --kind segmentation only; drop it")
+    if transcode is not None and kind != "video":
+        raise DataError("transcoding applies to --kind video only; drop it")
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
     masks_dir = _resolved(masks_dir)
     existing = _existing_outputs(out)
@@ -168,11 +177,9 @@ def build_shards(
     listing.mask_classes = list(mask_classes) if kind == "video" and mask_classes else None
     layout_used = layout if kind == "segmentation" else None
     rules = _mask_rules(kind, layout_used, listing)
-    if resize_to is not None and kind != "segmentation":
-        raise DataError("--resize-to applies to --kind segmentation only; drop it")
     options = PrepareOptions(
         kind, src, layout_used, rules, compute_saliency, masks_dir,
-        tuple(resize_to) if resize_to else None,
+        tuple(resize_to) if resize_to else None, transcode,
     )  # fmt: skip
     _remove_outputs(out, existing)
     results = _prepare_all(
@@ -232,6 +239,7 @@ def _manifest(
         "skipped": skipped,
         "dropped": dropped,
         "selection": listing.selection,
+        "transcode": options.transcode.record() if options.transcode else None,
         "build": build,
     }
 

@@ -2,12 +2,13 @@
 
 `prepare_sample` runs in the build's process pool: it decodes (images, masks)
 or probes (videos, with decord: open, first/middle/last frame) every input,
+and re-encodes clips when the build transcodes them (`raycseg.media.transcode`),
 so a broken input becomes a `LeftOut` with a reason instead of a crash or a
 bad sample. `check_stored_sample` is what `verify` runs on every stored
 sample; it decodes videos frame by frame to the end.
 
 Sample members (README.md, Data): the clip under its container's extension
-(`mp4`, `avi`, `webm`, `mkv`, ...), `jpg` (image), `png` (class-id mask, or
+(`mp4`, `avi`, `webm`, `mkv`, ...; always `mp4` when transcoded), `jpg` (image), `png` (class-id mask, or
 the binary saliency mask with 0 = background and 1 = foreground),
 `masks.png` (a clip's per-frame class masks stacked vertically, T*H x W),
 `cls` (label, -1 when unlabelled) and `json` (metadata).
@@ -37,7 +38,8 @@ from ..media.labels import (
     valid_mask_ids,
 )
 from ..media.saliency import compute_saliency_mask
-from ..media.video import decode_every_frame, probe_video
+from ..media.transcode import TranscodeSettings, transcode_clip
+from ..media.video import VideoInfo, decode_every_frame, probe_video
 from .sources import VIDEO_EXTENSIONS, LeftOut, SourceItem
 
 VIDEO_MEMBERS = tuple(sorted(ext.lstrip(".") for ext in VIDEO_EXTENSIONS))
@@ -73,6 +75,7 @@ class PrepareOptions:
     compute_saliency: bool = False
     masks_root: Path | None = None
     resize_to: tuple[int, int] | None = None  # segmentation: (height, width) of every sample
+    transcode: TranscodeSettings | None = None  # video: re-encode each clip (None: as is)
 
 
 @dataclass
@@ -125,7 +128,18 @@ def _finish(item: SourceItem, files: dict, meta: dict) -> PreparedSample:
 
 
 def _prepare_video(item: SourceItem, options: PrepareOptions) -> PreparedSample:
-    info = probe_video(item.path.read_bytes())
+    original = item.path.read_bytes()
+    source = probe_video(original)
+    if options.transcode is None:
+        info, files = source, {item.path.suffix.lower().lstrip("."): item.path}
+    else:
+        clip = transcode_clip(original, options.transcode)
+        info, files = probe_video(clip), {"mp4": clip}
+        if abs(info.num_frames - source.num_frames) > 1:
+            raise ValueError(
+                f"transcoding changed the frame count from {source.num_frames} to "
+                f"{info.num_frames}; build with --transcode none"
+            )
     meta = _base_meta(item, options) | {
         "num_frames": info.num_frames,
         "fps": round(info.fps, 4),
@@ -133,13 +147,31 @@ def _prepare_video(item: SourceItem, options: PrepareOptions) -> PreparedSample:
         "height": info.height,
         "duration_s": round(info.duration_s, 4),
     }
-    files: dict[str, bytes | Path] = {item.path.suffix.lower().lstrip("."): item.path}
+    if options.transcode is not None:
+        meta |= {"source_width": source.width, "source_height": source.height}
     if item.mask_path is not None:
-        strip = item.mask_path.read_bytes()
-        check_mask_strip(decode_mask(strip), info.num_frames, info.height, info.width,
-                         options.mask_rules)  # fmt: skip
-        files[MASK_STRIP] = strip
+        files[MASK_STRIP] = _mask_strip(item, source, info, options.mask_rules)
     return _finish(item, files, meta)
+
+
+def _mask_strip(
+    item: SourceItem, source: VideoInfo, stored: VideoInfo, rules: MaskRules | None
+) -> bytes:
+    """The clip's mask strip, checked against the source clip, resized (nearest) to the stored one."""
+    strip_bytes = item.mask_path.read_bytes()
+    strip = decode_mask(strip_bytes)
+    check_mask_strip(strip, source.num_frames, source.height, source.width, rules)
+    if stored.num_frames != source.num_frames:
+        raise ValueError(
+            f"transcoding changed the frame count of a clip with masks ({source.num_frames} to "
+            f"{stored.num_frames}); build with --transcode none"
+        )
+    if (stored.width, stored.height) == (source.width, source.height):
+        return strip_bytes
+    frames = strip.reshape(source.num_frames, source.height, source.width)
+    size = (stored.width, stored.height)
+    resized = [np.asarray(Image.fromarray(frame).resize(size, Image.NEAREST)) for frame in frames]
+    return encode_mask_png(np.concatenate(resized))
 
 
 def check_mask_strip(

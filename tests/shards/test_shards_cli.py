@@ -132,3 +132,24 @@ def test_saliency_split_list_and_exclude_options_and_a_missing_list_exit_2(
                     "--split-list", tmp_path / "nowhere.txt", tmp_path / "x")  # fmt: skip
     assert result.exit_code == 2 and "nowhere.txt does not exist" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_video_builds_transcode_by_default_and_none_keeps_the_original(tmp_path):
+    from raycseg.data.synthetic_clips import encode_mp4
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    frames = np.random.default_rng(0).integers(0, 255, (4, 64, 128, 3), np.uint8)
+    (clips / "a.mp4").write_bytes(encode_mp4(frames, fps=8))
+    result = invoke("build", "--kind", "video", clips, tmp_path / "t", "--short-side", "32",
+                    "--procs", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["transcode"] == {"codec": "h264", "short_side": 32, "gop": 8, "crf": 23,
+                                     "bframes": 0}  # fmt: skip
+    assert manifest["stats"]["all"]["width"]["max"] == 64
+    result = invoke("build", "--kind", "video", clips, tmp_path / "o", "--transcode", "none",
+                    "--procs", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["transcode"] is None and manifest["stats"]["all"]["width"]["max"] == 128
