@@ -192,3 +192,30 @@ def test_image_shards_stream_as_unlabelled_images_with_no_label(tmp_path):
     (batch,) = first(loader)
     assert batch["image"].shape == (3, 3, 16, 16) and batch["skipped_corrupt"] == 0
     assert bool((batch["label"] == 255).all())
+
+
+def resident_mib() -> float:
+    """This process's resident memory, in MiB (Linux /proc)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status on this system")
+
+
+@pytest.mark.real_data
+@pytest.mark.integration
+def test_a_long_stream_of_transcoded_real_clips_stops_growing_in_memory(real_data, tmp_path):
+    """decord is known to leak; thousands of pairs after warm-up stay within 50 MiB."""
+    from raycseg.media.transcode import TranscodeSettings
+    from raycseg.shards.build import build_shards
+
+    build_shards("video", real_data / "videos", tmp_path / "clips", num_procs=2,
+                 transcode=TranscodeSettings(short_side=128))  # fmt: skip
+    urls = list_shard_urls(tmp_path / "clips", "all")
+    loader = build_pair_loader(urls, views(batch_size=8, image_size=32), samples_per_rank=8)
+    batches = iter(loader)
+    for _ in range(40):  # warm-up: 320 pairs
+        next(batches)
+    start = resident_mib()
+    pairs = sum(len(next(batches)["key"]) for _ in range(250))  # 2000 pairs
+    assert pairs == 2000 and resident_mib() - start < 50
