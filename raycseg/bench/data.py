@@ -157,6 +157,7 @@ def benchmark_decoding(
     """
     if not 1 <= len(roots) <= 2:
         raise DataError("benchmark one shard set, or two to compare (--vs)")
+    num_workers = max(1, num_workers)
     view = PairViewTransform(image_size) if augment else _ResizeCropView(image_size)
     decoder = VideoPairDecoder(view, frame_gap_s)
     sets = [_VideoShards(root, split) for root in roots]
@@ -164,15 +165,14 @@ def benchmark_decoding(
     for round_index in range(rounds):
         for shards in sets:
             measured[shards.root].append(
-                _measure(shards, decoder, max(1, num_workers), batch_size, seconds,
-                         seed + round_index)
+                _measure(shards, decoder, num_workers, batch_size, seconds, seed + round_index)
             )  # fmt: skip
     paths = {
-        shards.root: _summary(shards, measured[shards.root], max(1, num_workers), pairs_per_s)
+        shards.root: _summary(shards, measured[shards.root], num_workers, pairs_per_s)
         for shards in sets
     }
     report = {
-        "num_workers": max(1, num_workers),
+        "num_workers": num_workers,
         "cpu_count": os.cpu_count(),
         "batch_size": batch_size,
         "image_size": image_size,
