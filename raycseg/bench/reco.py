@@ -21,7 +21,6 @@ benchmark, not a test.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -29,7 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from raycseg.config import load_recipe
+from raycseg.data.synthetic import prepare_data
 from raycseg.errors import CsegError
+from raycseg.run_directory import METRICS_FILE, MetricsLog
+from raycseg.shards.splits import build_label_split
+from raycseg.train.launch import run_pretrain
 
 RECIPE = "reco/voc_60labels_debug"
 MODES = ("semi", "partial")
@@ -70,10 +74,6 @@ def benchmark_reco_semi(
 def _benchmark(
     seeds: int, steps: int, mode: str, root: Path, on_message: Callable[[str], None]
 ) -> dict[str, Any]:
-    from raycseg.config import load_recipe
-    from raycseg.data.synthetic import prepare_data
-    from raycseg.shards.splits import build_label_split
-
     data = root / "data"
     recipe = load_recipe(RECIPE, [f"data.root={data}"], check_files=False)
     prepare_data(recipe, on_message)
@@ -99,9 +99,6 @@ def _benchmark(
 
 
 def _train(root: Path, data: Path, labelled: Path, mode: str, seed: int, steps: int) -> dict:
-    from raycseg.config import load_recipe
-    from raycseg.train.launch import run_pretrain
-
     recipe = load_recipe(
         RECIPE,
         [
@@ -121,8 +118,8 @@ def _train(root: Path, data: Path, labelled: Path, mode: str, seed: int, steps: 
     start = time.perf_counter()
     result = run_pretrain(recipe, new=True)
     seconds = time.perf_counter() - start
-    lines = Path(result.run_dir, "metrics.jsonl").read_text().splitlines()
-    scored = [record for record in map(json.loads, lines) if "val_miou" in record]
+    records = MetricsLog(Path(result.run_dir, METRICS_FILE)).read()
+    scored = [record for record in records if "val_miou" in record]
     if not scored:
         raise CsegError(f"run {result.run_dir} recorded no validation mIoU")
     return {

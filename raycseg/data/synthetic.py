@@ -36,6 +36,7 @@ import numpy as np
 from raycseg.config import Recipe, synthetic_dir
 from raycseg.errors import DataError, RecipeError
 from raycseg.shards.build import build_shards
+from raycseg.shards.manifest import MANIFEST
 
 from ..media.images import encode_jpeg, encode_mask_png, voc_palette
 from ..media.video import probe_video
@@ -168,7 +169,7 @@ def build_synthetic(
             "synthetic sizes must be positive and min_objects <= max_objects; fix the options"
         )
     sets = ("video", "segmentation", "saliency")
-    if any((out / name / "manifest.json").exists() for name in sets) and not overwrite:
+    if any((out / name / MANIFEST).exists() for name in sets) and not overwrite:
         raise DataError(f"{out} already holds a synthetic dataset; pass --overwrite to replace it")
     cfg = SyntheticConfig(image_size, frames, fps, min_objects, max_objects)
     _check_decodable(cfg)

@@ -20,9 +20,10 @@ statistics; `skipped` (broken inputs, with reasons: build exits 1),
 `dropped` (inputs left out by design, such as images without a salient
 object or outside the split list) and, for saliency, `selection` (which
 split and exclude lists chose the images: see `raycseg.shards.split_lists`;
-null for other kinds) and, for transcoded video, `transcode` (codec, short side, GOP,
-B-frames, CRF; null when the clips are stored as they came). Shard files are written through `raycseg.shards.tars` and the
-manifest through `raycseg.shards.manifest`; checking a built set is `raycseg.shards.verify`.
+null for other kinds) and `transcode` (video: codec, short side, GOP, B-frames and
+CRF of the re-encoded clips; null when they are stored as they came). Shard files
+are written through `raycseg.shards.tars` and the manifest through
+`raycseg.shards.manifest`; checking a built set is `raycseg.shards.verify`.
 """
 
 from __future__ import annotations

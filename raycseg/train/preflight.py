@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..config import CACLStage, MaskContrastStage, Recipe, RecoStage, StageBase, synthetic_dir
 from ..errors import CsegError, DataError, RecipeError
-from ..shards.manifest import read_manifest
+from ..shards.manifest import MANIFEST, read_manifest
 
 EVAL_SPLIT = "val"
 SEGMENTATION = ("segmentation",)
@@ -174,4 +174,4 @@ class _Manifests:
 
 
 def _exists(root: str) -> bool:
-    return (Path(root) / "manifest.json").exists()
+    return (Path(root) / MANIFEST).exists()
