@@ -71,6 +71,11 @@ def render(
     entrypoint: str | None = typer.Option(
         None, "--entrypoint", help="KubeRay RayJob command, e.g. 'cseg pretrain RECIPE ...'."
     ),
+    decode_nodes: int = typer.Option(
+        0,
+        "--decode-nodes",
+        help="Most CPU nodes of a group for the Ray Data decode pool (data.loader: ray_data).",
+    ),
     out_path: Path | None = typer.Option(
         None, "--out", help="Write here (atomically) instead of to stdout."
     ),
@@ -89,6 +94,7 @@ def render(
         spot=spot,
         idle_timeout_minutes=idle_timeout_minutes,
         entrypoint=entrypoint,
+        decode_nodes=decode_nodes,
     )
     if out_path is None:
         out.print(text, end="", markup=False, highlight=False, emoji=False)

@@ -33,6 +33,12 @@ import yaml
 
 from raycseg import __version__
 from raycseg.cluster.checks import check_launcher_config
+from raycseg.cluster.decode_nodes import (
+    DECODE_CPUS,
+    DECODE_RESOURCE,
+    add_kuberay_decode_group,
+    add_launcher_decode_nodes,
+)
 from raycseg.cluster.gpu_nodes import GpuNodeShape, resolve_gpu_node_shape
 from raycseg.cluster.kuberay import KUBERAY_KINDS, check_kuberay_documents
 from raycseg.errors import CsegError
@@ -61,6 +67,7 @@ class _RenderOptions:
     project_id: str | None
     spot: bool
     entrypoint: str | None
+    decode_nodes: int = 0
 
 
 def load_cluster_template(provider: str) -> str:
@@ -84,6 +91,7 @@ def render_cluster_config(
     spot: bool = False,
     idle_timeout_minutes: float = 5.0,
     entrypoint: str | None = None,
+    decode_nodes: int = 0,
 ) -> str:
     """Render a cluster config from the shipped template for `provider`.
 
@@ -101,6 +109,8 @@ def render_cluster_config(
         spot: Spot (AWS) or preemptible (GCP) GPU workers.
         idle_timeout_minutes: Idle GPU nodes (pods) are removed after this long.
         entrypoint: The KubeRay RayJob's command (default: a quickstart run on one node's GPUs).
+        decode_nodes: Most CPU nodes (pods) of an autoscaling group for the Ray Data decode
+            pool (`raycseg.cluster.decode_nodes`); 0: no such group.
 
     Returns:
         YAML text: one document for aws/gcp, two (RayCluster, RayJob) for kuberay. It carries
@@ -111,7 +121,7 @@ def render_cluster_config(
     """
     options = _RenderOptions(
         _known_provider(provider), max_nodes, min_nodes, cluster_name, idle_timeout_minutes,
-        instance_type, image, region, project_id, spot, entrypoint,
+        instance_type, image, region, project_id, spot, entrypoint, decode_nodes,
     )  # fmt: skip
     _check_render_options(options)
     shape = resolve_gpu_node_shape(options.provider, gpus_per_node, instance_type)
@@ -220,6 +230,8 @@ def _check_render_options(options: _RenderOptions) -> None:
         raise CsegError(
             f"--min-nodes {options.min_nodes} must be between 0 and --max-nodes {options.max_nodes}"
         )
+    if options.decode_nodes < 0:
+        raise CsegError(f"--decode-nodes {options.decode_nodes} is negative; pass 0 or more")
     if options.idle_timeout_minutes < 0:
         raise CsegError("--idle-timeout-minutes must be 0 or more")
     name = options.cluster_name
@@ -264,6 +276,8 @@ def _fill_launcher(config: dict, options: _RenderOptions, shape: GpuNodeShape) -
     worker["max_workers"] = options.max_nodes
     worker["resources"] = {"CPU": shape.cpus, "GPU": shape.gpus, "worker_node": shape.gpus}
     node_config = worker["node_config"]
+    if options.decode_nodes:
+        add_launcher_decode_nodes(config, options.provider, options.decode_nodes)
     if options.provider == "aws":
         node_config["InstanceType"] = shape.instance_type
         if options.region:
@@ -307,6 +321,9 @@ def _fill_kuberay(documents: list[dict], options: _RenderOptions, shape: GpuNode
         for container in (spec["headGroupSpec"]["template"]["spec"]["containers"][0],
                           pod["containers"][0]):  # fmt: skip
             container["image"] = options.image
+    if options.decode_nodes:
+        slots = ray_start_resources({DECODE_RESOURCE: DECODE_CPUS})
+        add_kuberay_decode_group(cluster, group, options.decode_nodes, slots)
     job["metadata"]["name"] = f"{options.cluster_name}-pretrain"
     job["spec"]["clusterSelector"] = {"ray.io/cluster": options.cluster_name}
     job["spec"]["entrypoint"] = options.entrypoint or DEFAULT_ENTRYPOINT.format(workers=shape.gpus)
@@ -355,6 +372,8 @@ def _render_header(options: _RenderOptions, shape: GpuNodeShape) -> str:
         argv += ["--idle-timeout-minutes", f"{options.idle_timeout_minutes:g}"]
     if options.spot:
         argv.append("--spot")
+    if options.decode_nodes:
+        argv += ["--decode-nodes", str(options.decode_nodes)]
     return (
         f"# Rendered by raycseg {__version__}:\n#   {shlex.join(argv)}\n"
         f"# Annotated template: recipes/clusters/{options.provider}.yaml. Validate with\n"

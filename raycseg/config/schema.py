@@ -47,6 +47,18 @@ class DataSection(Section):
     loader_workers: int = Field(1, ge=0)
 
 
+class DecodePoolSection(Section):
+    """The Ray Data decode pool of a stage with `loader: ray_data` (raycseg.data.decode_pool)."""
+
+    tasks: int = Field(1, ge=1, description="decode tasks running at once, over the cluster")
+    cpus_per_task: float = Field(1.0, gt=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom resources per task, e.g. {decode_node: 0.01} to run the pool on "
+        "the CPU worker group of `cseg cluster render --decode-nodes`",
+    )
+
+
 class StageData(Section):
     """A stage's inputs and augmentations (shard roots built by `cseg shards`)."""
 
@@ -67,6 +79,12 @@ class StageData(Section):
     min_mask_area: float = Field(0.01, ge=0.0, le=1.0)
     max_mask_area: float = Field(0.99, ge=0.0, le=1.0)
     samples_per_epoch: int | None = Field(None, ge=1, description="default: the manifest count")
+    loader: Literal["webdataset", "ray_data"] = Field(
+        "webdataset",
+        description="webdataset: decode in each training worker's DataLoader; ray_data: a Ray "
+        "Data decode pool with its own CPUs (cacl and maskcontrast stages)",
+    )
+    decode_pool: DecodePoolSection = Field(default_factory=DecodePoolSection)
     val_pad_to: int | None = Field(
         None,
         ge=16,
@@ -335,6 +353,28 @@ class Recipe(Section):
                         f"of the global batch {global_batch} (batch_size x num_workers)"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _decode_pools_fit(self) -> Recipe:
+        for stage in self.stages:
+            if stage.data.loader != "ray_data":
+                continue
+            if isinstance(stage, RecoStage):
+                raise ValueError(
+                    f"stages.{stage.name}.data.loader=ray_data feeds one stream; ReCo reads "
+                    "two, so use data.loader: webdataset on reco stages"
+                )
+            if self.scaling.num_workers == 0:
+                raise ValueError(
+                    f"stages.{stage.name}.data.loader=ray_data feeds Ray Train workers; set "
+                    "scaling.num_workers >= 1 or use data.loader: webdataset"
+                )
+        return self
+
+    def decode_pool_cpus(self) -> float:
+        """The most CPUs one stage's Ray Data decode pool asks for (0: no stage has one)."""
+        pools = [stage.data.decode_pool for stage in self.stages if stage.data.loader == "ray_data"]
+        return max((pool.tasks * pool.cpus_per_task for pool in pools), default=0.0)
 
     def optim_for(self, stage: StageBase) -> OptimSection:
         """The optimiser settings of `stage` (its own, else the recipe's)."""

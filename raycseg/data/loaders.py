@@ -60,6 +60,8 @@ __all__ = [
     "build_saliency_view_loader",
     "build_segmentation_eval_loader",
     "build_segmentation_loader",
+    "pair_decoder",
+    "saliency_view_decoder",
 ]
 
 
@@ -125,21 +127,7 @@ def build_pair_loader(
         mode: "video" (two frames of one clip) or "image" (two augmentations).
         samples_per_rank: Raw samples per rank per epoch.
     """
-    if mode not in ("video", "image"):
-        raise DataError(f"unknown pair mode {mode!r}; choose video or image")
-    transform = PairViewTransform(
-        data.image_size,
-        data.crop_scale,
-        data.color_jitter,
-        hue_full_range=data.hue_full_range,
-        grayscale_p=data.grayscale_p,
-        blur_p=data.blur_p,
-    )
-    decode = (
-        VideoPairDecoder(transform, data.frame_gap_s)
-        if mode == "video"
-        else ImagePairDecoder(transform)
-    )
+    decode = pair_decoder(data, mode)
     return _loader(share.spec(urls, data.batch_size, samples_per_rank), decode, share.num_workers)
 
 
@@ -161,12 +149,34 @@ def build_saliency_view_loader(
     `color_jitter` and `grayscale_p`, and the salient share of each view must
     fall in the open interval (`min_mask_area`, `max_mask_area`).
     """
+    spec = share.spec(urls, data.batch_size, samples_per_rank)
+    return _loader(spec, saliency_view_decoder(data), share.num_workers)
+
+
+def pair_decoder(data: StageData, mode: str = "video") -> VideoPairDecoder | ImagePairDecoder:
+    """The decoder of `build_pair_loader`'s samples (also the decode pool's)."""
+    if mode not in ("video", "image"):
+        raise DataError(f"unknown pair mode {mode!r}; choose video or image")
+    transform = PairViewTransform(
+        data.image_size,
+        data.crop_scale,
+        data.color_jitter,
+        hue_full_range=data.hue_full_range,
+        grayscale_p=data.grayscale_p,
+        blur_p=data.blur_p,
+    )
+    if mode == "video":
+        return VideoPairDecoder(transform, data.frame_gap_s)
+    return ImagePairDecoder(transform)
+
+
+def saliency_view_decoder(data: StageData) -> SaliencyViewDecoder:
+    """The decoder of `build_saliency_view_loader`'s samples (also the decode pool's)."""
     views = MaskContrastViews(
         data.image_size, data.crop_scale, data.min_mask_area, data.max_mask_area,
         ColorJitter(*data.color_jitter), grayscale_p=data.grayscale_p,
     )  # fmt: skip
-    spec = share.spec(urls, data.batch_size, samples_per_rank)
-    return _loader(spec, SaliencyViewDecoder(views), share.num_workers)
+    return SaliencyViewDecoder(views)
 
 
 def build_segmentation_loader(

@@ -227,6 +227,19 @@ class ShardStream(IterableDataset):
             epoch, offset = epoch + 1, 0
 
 
+def decode_sample(
+    sample: dict, decode: DecodeFn, rng: np.random.Generator
+) -> tuple[dict | None, str | None]:
+    """(item, None), or (None, "corrupt") when the sample fails to decode, or (None, "refused")."""
+    if _CORRUPT in sample:
+        return None, "corrupt"
+    try:
+        decoded = decode(sample, rng)
+    except (ValueError, OSError, KeyError, EOFError, RuntimeError, IndexError):
+        return None, "corrupt"
+    return decoded, None if decoded is not None else "refused"
+
+
 def _batches(
     raw: Iterator[tuple[dict, np.random.Generator]],
     decode: DecodeFn,
@@ -239,15 +252,9 @@ def _batches(
     items: list[dict] = []
     corrupt = refused = failures_in_a_row = 0
     for sample, rng in raw:
-        decoded = None
-        if _CORRUPT in sample:
-            corrupt += 1
-        else:
-            try:
-                decoded = decode(sample, rng)
-                refused += decoded is None
-            except (ValueError, OSError, KeyError, EOFError, RuntimeError, IndexError):
-                corrupt += 1
+        decoded, outcome = decode_sample(sample, decode, rng)
+        corrupt += outcome == "corrupt"
+        refused += outcome == "refused"
         if decoded is None:
             failures_in_a_row += 1
             if failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:

@@ -34,6 +34,7 @@ from .. import storage
 from ..config import Recipe, ScalingSection
 from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
+from ..methods import decode_pool_training_dataset
 from ..run_directory import (
     EVAL_FILE,
     LOGS_DIR,
@@ -146,7 +147,7 @@ def run_pretrain(
         log_dir = None if is_url(str(run_dir)) else Path(run_dir) / LOGS_DIR
         start_ray(
             address,
-            cpus_needed=_cpus_needed(recipe.scaling),
+            cpus_needed=_cpus_needed(recipe),
             quiet=quiet,
             log_dir=log_dir,
             on_phase=on_phase,
@@ -275,7 +276,7 @@ def _run_stage(
         train_logger.setLevel(logging.WARNING)
     progress = None
     if not local_mode:
-        start_ray(address, cpus_needed=_cpus_needed(scaling), on_phase=on_phase)
+        start_ray(address, cpus_needed=_cpus_needed(recipe), on_phase=on_phase)
     if on_metrics is not None or on_phase is not None:
         progress = progress_queue(local_mode)
     on_message(
@@ -305,9 +306,12 @@ def _run_stage(
 def _build_trainer(recipe, stage_name, config, run_dir, callbacks) -> TorchTrainer:
     """The stage's TorchTrainer: the worker loop, its scaling, storage and fault tolerance."""
     scaling = recipe.scaling
+    stage = recipe.stages[config["stage_index"]]
+    pooled = stage.data.loader == "ray_data"
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
+        datasets={"train": decode_pool_training_dataset(stage)} if pooled else None,
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=build_scaling_config(scaling),
         run_config=ray.train.RunConfig(
@@ -356,6 +360,11 @@ def build_scaling_config(scaling: ScalingSection):
     )
 
 
-def _cpus_needed(scaling: ScalingSection) -> float:
-    """The CPUs a stage's workers ask for in all (local Ray offers at least as many)."""
-    return scaling.num_workers * scaling.cpus_per_worker
+def _cpus_needed(recipe: Recipe) -> float:
+    """The CPUs a stage asks for in all, at most (local Ray offers at least as many).
+
+    A stage's Ray Train workers, plus its decode pool's tasks (`data.loader: ray_data`):
+    Ray Train keeps its workers' CPUs from Ray Data, so the pool needs CPUs of its own.
+    """
+    scaling = recipe.scaling
+    return scaling.num_workers * scaling.cpus_per_worker + recipe.decode_pool_cpus()

@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from .. import storage
 from ..config import OptimSection, Recipe, is_torchvision_weights
+from ..data.decode_pool import pool_batches
 from ..data.loaders import StreamShare
 from ..data.synthetic import prepare_data
 from ..distributed import (
@@ -104,9 +105,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
     torch.manual_seed(recipe.seed + 7919 * rank + start_step)  # per-rank sampling noise
 
     # 5. Data: split by rank, then by loader worker --------------------------------------
-    share = StreamShare(rank, world_size, recipe.data.loader_workers, recipe.seed, start_step)
-    loader = method.training_loader(share)
-    batches = iter(loader)
+    if stage.data.loader == "ray_data":  # decoded by the Ray Data pool the driver started
+        batches = pool_batches(ray.train.get_dataset_shard("train"), stage.data.batch_size)
+    else:
+        share = StreamShare(rank, world_size, recipe.data.loader_workers, recipe.seed, start_step)
+        batches = iter(method.training_loader(share))
     progress.phase("waiting for the first batch")
 
     # 6. The loop ------------------------------------------------------------------------

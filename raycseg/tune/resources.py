@@ -37,6 +37,8 @@ def trial_demand(recipe: Recipe) -> tuple[dict[str, float], dict[str, float]]:
         driver = {key.lower() if key in ("CPU", "GPU") else key: v for key, v in per_worker.items()}
         return driver, per_worker
     need = {key: value * scaling.num_workers for key, value in per_worker.items() if value}
+    if recipe.decode_pool_cpus():  # a stage's Ray Data decode pool runs beside the workers
+        need["CPU"] = need.get("CPU", 0.0) + recipe.decode_pool_cpus()
     return {"cpu": 0, "memory": DRIVER_MEMORY_BYTES, **scaling.driver_resources}, need
 
 

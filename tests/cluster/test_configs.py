@@ -158,6 +158,36 @@ def test_kuberay_render_is_what_rays_autoscaler_reads(tmp_path):
     assert ray_job["spec"]["entrypoint"] == "cseg pretrain cacl/debug scaling.num_workers=2"
 
 
+@pytest.mark.parametrize("provider", ["aws", "gcp"])
+def test_launcher_decode_nodes_are_a_cpu_group_only_the_decode_pool_lands_on(tmp_path, provider):
+    text = render_cluster_config(provider, max_nodes=4, decode_nodes=3)
+    assert check_cluster_config(_write(tmp_path, _documents(text))) == []
+    (config,) = _documents(text)
+    decode = config["available_node_types"]["cpu_decode"]
+    assert (decode["min_workers"], decode["max_workers"]) == (0, 3)
+    assert decode["resources"] == {"CPU": 32, "decode_node": 32}
+    assert "GPU" not in decode["resources"]
+    assert config["max_workers"] == 4 + 3  # the cluster-wide cap leaves room for both groups
+    gpu = config["available_node_types"]["gpu_worker"]["resources"]
+    assert "decode_node" not in gpu and "worker_node" not in decode["resources"]
+    assert "--decode-nodes 3" in text.splitlines()[1]  # the header repeats the command
+
+
+def test_kuberay_decode_group_is_what_rays_autoscaler_reads(tmp_path):
+    text = render_cluster_config("kuberay", max_nodes=2, decode_nodes=5)
+    assert check_cluster_config(_write(tmp_path, _documents(text))) == []
+    ray_cluster, _ = _documents(text)
+    decode = _ray_cluster_to_autoscaler_config(ray_cluster)["available_node_types"]["cpu-decode"]
+    assert (decode["min_workers"], decode["max_workers"]) == (0, 5)
+    assert decode["resources"]["decode_node"] == 32 and decode["resources"]["CPU"] == 32
+    assert decode["resources"].get("GPU", 0) == 0
+    (group,) = [
+        g for g in ray_cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "cpu-decode"
+    ]
+    assert "tolerations" not in group["template"]["spec"]  # no GPU taint to tolerate
+    assert render_cluster_config("kuberay").count("cpu-decode") == 0  # off by default
+
+
 def test_kuberay_default_entrypoint_fits_one_pod():
     (_, ray_job) = _documents(render_cluster_config("kuberay", gpus_per_node=4))
     assert "scaling.num_workers=4" in ray_job["spec"]["entrypoint"]

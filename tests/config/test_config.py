@@ -202,3 +202,17 @@ def test_evaluation_is_turned_off_by_eval_null_or_eval_data_null(tmp_path):
     for off in ("eval=null", "eval.data=null"):
         assert load_recipe("quickstart", [off], check_files=False).eval is None
     assert load_recipe("quickstart", check_files=False).eval is not None
+
+
+def test_the_decode_pool_is_offered_to_single_stream_stages_with_ray_workers(tmp_path):
+    reco = {"method": "reco", "steps": 5, "data": {"train": "seg", "loader": "ray_data"}}
+    with pytest.raises(RecipeError, match="ReCo reads two, so use data.loader: webdataset"):
+        load_recipe(write_recipe(tmp_path, stages=[reco]), check_files=False)
+    cacl = {"method": "cacl", "steps": 5, "data": {"train": "video", "loader": "ray_data"}}
+    path = write_recipe(tmp_path, stages=[cacl])
+    with pytest.raises(RecipeError, match="set scaling.num_workers >= 1"):
+        load_recipe(path, ["scaling.num_workers=0"], check_files=False)
+    recipe = load_recipe(path, ["stages.cacl.data.decode_pool.tasks=3"], check_files=False)
+    assert recipe.stages[0].data.decode_pool.tasks == 3
+    assert recipe.stages[0].data.decode_pool.cpus_per_task == 1.0
+    assert recipe.decode_pool_cpus() == 3.0  # local Ray and Tune trials reserve these beside workers
