@@ -22,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 # Laid out this wide when the output is a pipe or a file: tables keep whole names.
 PIPED_WIDTH = 10_000
@@ -129,3 +130,20 @@ class StageProgress:
             seen[0] = done
 
         return update
+
+
+def human_size(num_bytes: float) -> str:
+    """A byte count as B, KiB, MiB or GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return str(num_bytes)
+
+
+def print_problems(title: str, rows: list[tuple[str, str]]) -> None:
+    """A table of inputs and reasons on stderr, titled with their count."""
+    table = Table("input", "reason", title=f"{title} ({len(rows)})")
+    for name, reason in rows:
+        table.add_row(name, reason)
+    err.print(table)

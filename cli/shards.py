@@ -17,9 +17,12 @@ from typing import Literal
 import typer
 from rich.table import Table
 
-from raycseg.errors import DataError, FoundProblems
+from raycseg.errors import CsegError, DataError, FoundProblems
+from raycseg.shards.manifest import MANIFEST
+from raycseg.storage import join
 
-from .console import StageProgress, err, out, print_json
+from .console import StageProgress, err, human_size, out, print_json, print_problems
+from .parsing import parse_height_width, parse_size
 
 app = typer.Typer(
     help="Build, generate, inspect and verify webdataset shards.",
@@ -31,45 +34,18 @@ cseg shards verify data/video""",
     no_args_is_help=True,
 )
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-               "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}  # fmt: skip
-
-
-def parse_size(text: str) -> int:
-    """Parse a byte size such as 500MB, 1GB or 1048576."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise DataError(f"cannot read size {text!r}; write it like 500MB, 1GB or 1048576")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def parse_height_width(text: str) -> tuple[int, int]:
-    """Parse HEIGHTxWIDTH such as 512x1024."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or 0 in (int(match.group(1)), int(match.group(2))):
-        raise DataError(f"cannot read size {text!r}; write height x width like 512x1024")
-    return int(match.group(1)), int(match.group(2))
-
-
-def _human(num_bytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if num_bytes < 1024 or unit == "GiB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return str(num_bytes)
-
 
 @app.command(
     "build",
     epilog="""Examples:
 
 cseg shards build --kind video ~/kinetics/train k400   # 256 px, GOP 8
-cseg shards build --kind video --transcode none ~/clips clips
+cseg shards build --kind video ~/k400 s3://bucket/k400 --address auto
 cseg shards build --kind saliency --images ~/voc/JPEGImages --compute sal""",
 )
 def build(
-    paths: list[Path] = typer.Argument(
-        ..., metavar="[SRC] OUT", help="Source (omit with --images) and output folder."
+    paths: list[str] = typer.Argument(
+        ..., metavar="[SRC] OUT", help="Source (omit with --images) and output folder or URL."
     ),
     kind: Literal["video", "image", "segmentation", "saliency"] = typer.Option(
         ..., "--kind", help="What the source holds."
@@ -113,9 +89,17 @@ def build(
     max_count: int = typer.Option(1000, "--max-count", min=1, help="Most samples per shard."),
     max_size: str = typer.Option("1GB", "--max-size", help="Largest shard size (e.g. 500MB, 1GB)."),
     procs: int = typer.Option(None, "--procs", min=1, help="Worker processes (default: all CPUs)."),
+    address: str = typer.Option(
+        None,
+        "--address",
+        metavar="ADDR",
+        help="Prepare samples as Ray tasks on the cluster at HOST:PORT, or auto (RAY_ADDRESS, "
+        "else the cluster started here); the source must be at the same path on every node.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the output path."),
 ) -> None:
-    """Turn a folder, CSV or dataset tree into shards plus manifest.json."""
+    """Turn a folder, CSV or dataset tree into shards plus manifest.json (OUT may be s3://...)."""
+    preparer = _ray_tasks(address, procs)  # an unreachable address fails before slow imports
     from raycseg.media.transcode import TranscodeSettings
     from raycseg.shards.build import build_shards
 
@@ -124,7 +108,7 @@ def build(
             raise DataError("with --images give only OUT; the images come from --images")
         src, dest = images, paths[0]
     elif len(paths) == 2:
-        src, dest = paths
+        src, dest = Path(paths[0]), paths[1]
     else:
         raise DataError("give SRC and OUT (or --images DIR and OUT)")
     settings = TranscodeSettings(short_side, gop, crf)
@@ -136,7 +120,7 @@ def build(
             transcode=settings if kind == "video" and transcode == "h264" else None,
             max_count=max_count,
             max_bytes=parse_size(max_size), overwrite=overwrite, num_procs=procs,
-            on_progress=StageProgress(stack, quiet).stage(f"building {kind} shards"),
+            preparer=preparer, on_progress=StageProgress(stack, quiet).stage(f"building {kind} shards"),
         )  # fmt: skip
     if quiet:
         out.print(str(report.out), markup=False)
@@ -146,7 +130,7 @@ def build(
             table.add_row(split, str(count), str(report.shards[split]))
         out.print(table)
         out.print(
-            f"{_human(report.bytes)} in {report.seconds:.1f} s; manifest: {report.out / 'manifest.json'}",
+            f"{human_size(report.bytes)} in {report.seconds:.1f} s; manifest: {join(report.out, MANIFEST)}",
             markup=False,
         )
         if report.dropped:
@@ -157,11 +141,25 @@ def build(
         if report.selection:
             _print_selection(report.selection)
     if report.skipped:
-        _print_problems("skipped inputs", [(s["path"], s["reason"]) for s in report.skipped])
+        print_problems("skipped inputs", [(s["path"], s["reason"]) for s in report.skipped])
         raise FoundProblems(
             f"{len(report.skipped)} inputs were skipped (listed under 'skipped' in "
-            f"{report.out / 'manifest.json'}); fix or remove them and rebuild with --overwrite"
+            f"{join(report.out, MANIFEST)}); fix or remove them and rebuild with --overwrite"
         )
+
+
+def _ray_tasks(address: str | None, procs: int | None):
+    """Ray tasks on the cluster at `address`: checked now, joined once the inputs are listed."""
+    if address is None:
+        return None
+    if procs is not None:
+        raise CsegError("--procs sets local processes and --address a Ray cluster; drop one")
+    from raycseg.shards.parallel import RayTasks, check_ray_address
+
+    check_ray_address(address)
+    from raycseg.train.ray_start import start_ray  # imports Ray: only once the address answers
+
+    return RayTasks(lambda: start_ray(address, quiet=True))
 
 
 @app.command(
@@ -215,7 +213,7 @@ def synthetic(
     for name in ("video", "segmentation", "saliency"):
         for split, info in inspect_shards(root / name)["splits"].items():
             table.add_row(
-                name, split, str(info["samples"]), str(info["shards"]), _human(info["bytes"])
+                name, split, str(info["samples"]), str(info["shards"]), human_size(info["bytes"])
             )
     out.print(table)
 
@@ -244,7 +242,7 @@ def inspect(
         "split", "samples", "shards", "size", title=f"{summary['kind']} shards in {summary['root']}"
     )
     for split, info in summary["splits"].items():
-        table.add_row(split, str(info["samples"]), str(info["shards"]), _human(info["bytes"]))
+        table.add_row(split, str(info["samples"]), str(info["shards"]), human_size(info["bytes"]))
     out.print(table)
     stats = Table("split", "statistic", "min", "mean", "max", title="statistics")
     for split, values in summary["stats"].items():
@@ -317,12 +315,12 @@ def verify(
             markup=False,
         )
         if skipped:
-            _print_problems(
+            print_problems(
                 "inputs skipped at build (from the manifest)",
                 [(s["path"], s["reason"]) for s in skipped],
             )
         if problems:
-            _print_problems("corrupt", [(_where(p), p["reason"]) for p in problems])
+            print_problems("corrupt", [(_where(p), p["reason"]) for p in problems])
     if problems:
         raise FoundProblems(
             f"{len(problems)} problems in {report.root}; rebuild the shards with `cseg shards build --overwrite`"
@@ -382,10 +380,3 @@ def _print_selection(selection: dict) -> None:
             f"(e.g. {examples}; see 'selection' in the manifest)",
             markup=False,
         )
-
-
-def _print_problems(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table("input", "reason", title=f"{title} ({len(rows)})")
-    for name, reason in rows:
-        table.add_row(name, reason)
-    err.print(table)

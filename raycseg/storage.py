@@ -154,6 +154,34 @@ def write_text(location: Location, text: str) -> None:
     write_bytes(location, text.encode("utf-8"))
 
 
+def upload_file(local: Path, location: Location) -> None:
+    """Copy a local file to `location`, streamed; it appears whole or not at all.
+
+    Locally through a `.partial` name and a rename; in an object store one (multipart)
+    upload that the store makes visible when it completes.
+    """
+    if not is_url(str(location)):
+        target = Path(location)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(local, partial)
+        os.replace(partial, target)
+        return
+    fs, path = filesystem(location)
+    with open(local, "rb") as source, fs.open_output_stream(path) as stream:
+        shutil.copyfileobj(source, stream, 8 << 20)
+
+
+def delete_file(location: Location) -> None:
+    """Remove a file (an object); nothing to do when it is not there."""
+    if not is_url(str(location)):
+        Path(location).unlink(missing_ok=True)
+        return
+    fs, path = filesystem(location)
+    if is_file(location):
+        fs.delete_file(path)
+
+
 @contextlib.contextmanager
 def local_copy(location: Location) -> Iterator[Path]:
     """A local path holding the file or folder at `location` (downloaded if remote).

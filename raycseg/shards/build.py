@@ -1,6 +1,6 @@
 """`build_shards`: a source (folder, CSV or dataset tree) into webdataset shards (README.md, Data).
 
-On disk, one build makes::
+One build makes (OUT is a local folder or a URL such as s3://bucket/shards/k400)::
 
     OUT/<split>/<kind>-000000.tar, <kind>-000001.tar, ...
     OUT/manifest.json
@@ -12,7 +12,9 @@ written last (also through a temporary name), so an interrupted build never
 leaves a shard or manifest that looks complete, and a shard set without a
 manifest counts as existing output (rebuild with `overwrite`). Samples are
 written in a shuffled order fixed by `shuffle_seed`; tar members have a
-fixed owner and mtime, so the same inputs give byte-identical shards.
+fixed owner and mtime, so the same inputs give byte-identical shards. Where the
+samples are prepared (this process, a process pool, Ray tasks on a cluster:
+`raycseg.shards.parallel`) changes nothing in them: results are written in order.
 
 The manifest records, per split, every shard's name, sample count, byte
 size and sha256; the class list; the source; the schema version; summary
@@ -32,32 +34,35 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from raycseg import __version__
+from raycseg import __version__, storage
 from raycseg.errors import DataError
 
 from ..media.labels import IGNORE_INDEX
 from ..media.transcode import TranscodeSettings
 from .manifest import MANIFEST, SCHEMA_VERSION, write_manifest
-from .samples import MaskRules, PreparedSample, PrepareOptions, prepare_sample
+from .parallel import ProgressFn, prepare_in_processes
+from .samples import MaskRules, PreparedSample, PrepareOptions
 from .sources import LeftOut, SourceItem, SourceListing, list_sources
 from .split_lists import load_split_lists, select_by_stem
 from .tars import ShardWriter
 
+if TYPE_CHECKING:
+    from .parallel import Preparer
+
 DEFAULT_MAX_COUNT = 1000
 DEFAULT_MAX_BYTES = 1 << 30
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
 class BuildReport:
     """What `build_shards` wrote and what it left out."""
 
-    out: Path
+    out: Path | str
     kind: str
     counts: dict[str, int]
     shards: dict[str, int]
@@ -68,33 +73,33 @@ class BuildReport:
     selection: dict | None = None
 
 
-def _existing_outputs(out: Path) -> list[Path]:
-    if not out.is_dir():
-        return []
-    found = [out / MANIFEST] if (out / MANIFEST).exists() else []
-    return found + sorted(p for p in out.glob("*/*.tar") if p.is_file())
-
-
-def _prepare_all(
-    items: list[SourceItem], options: PrepareOptions, num_procs: int, on_progress: ProgressFn | None
-) -> Iterator[PreparedSample | LeftOut]:
-    """Prepare items in order, in a process pool when num_procs > 1."""
-    total = len(items)
-    if num_procs <= 1 or total < 2:
-        results = (prepare_sample(item, options) for item in items)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=min(num_procs, total))
-        chunk = max(1, min(16, total // (num_procs * 4)))
-        results = pool.map(prepare_sample, items, [options] * total, chunksize=chunk)
+def _output_location(out: Path | str) -> Path | str:
+    """`out` as an absolute path, or a URL checked to be reachable (else one line naming the fix)."""
+    if not storage.is_url(str(out)):
+        return Path(out).expanduser().resolve()
+    scheme, _, rest = str(out).partition("://")
     try:
-        for done, result in enumerate(results, start=1):
-            if on_progress is not None:
-                on_progress(done, total)
-            yield result
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if not storage.exists(f"{scheme}://{rest.split('/', 1)[0]}"):
+            raise OSError("no such bucket")
+        storage.list_names(out)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(
+            f"cannot write shards to {out} ({reason}); use s3://BUCKET/PATH or gs://BUCKET/PATH "
+            "of an existing bucket, with credentials in the environment (AWS_*, AWS_PROFILE, "
+            "GOOGLE_APPLICATION_CREDENTIALS)"
+        ) from None
+    return str(out).rstrip("/")
+
+
+def _existing_outputs(out: Path | str) -> list[Path | str]:
+    """The manifest and the shards of an earlier build in `out` (a folder or a URL)."""
+    names = storage.list_names(out)
+    found = [storage.join(out, MANIFEST)] if MANIFEST in names else []
+    for name in names:
+        folder = storage.join(out, name)
+        found += [storage.join(folder, n) for n in storage.list_names(folder) if n.endswith(".tar")]
+    return found
 
 
 def build_shards(
@@ -115,6 +120,7 @@ def build_shards(
     max_bytes: int = DEFAULT_MAX_BYTES,
     overwrite: bool = False,
     num_procs: int | None = None,
+    preparer: Preparer | None = None,
     shuffle_seed: int | None = 0,
     source_description: str | None = None,
     on_progress: ProgressFn | None = None,
@@ -124,7 +130,8 @@ def build_shards(
     Args:
         kind: "video", "image", "segmentation" or "saliency".
         src: The source (see `raycseg.shards.sources` for the accepted layouts).
-        out: Output folder; `out/<split>/<kind>-%06d.tar` and `out/manifest.json`.
+        out: Output folder or URL (s3://, gs://); `out/<split>/<kind>-%06d.tar` and
+            `out/manifest.json`.
         layout: Segmentation layout: "voc", "cityscapes" or "ade20k".
         masks_dir: Saliency masks (paired by stem) or, for videos, per-frame
             mask strips `<stem>.png`.
@@ -143,7 +150,10 @@ def build_shards(
         max_count: Most samples per shard.
         max_bytes: Largest shard size in bytes (approximately, tar padding included).
         overwrite: Replace shards and manifest already in `out`.
-        num_procs: Worker processes for decoding/probing (default: all CPUs).
+        num_procs: Worker processes for decoding/probing (default: all CPUs); unused
+            with a `preparer`.
+        preparer: Who prepares the samples instead of local processes, such as
+            `raycseg.shards.parallel.RayTasks` (Ray tasks on a cluster).
         shuffle_seed: Order of samples within a split (None keeps the sorted order).
         source_description: What to record as the source (default: the path).
         on_progress: Called as `on_progress(done, total)` after each input.
@@ -162,12 +172,12 @@ def build_shards(
         raise DataError("--resize-to applies to --kind segmentation only; drop it")
     if transcode is not None and kind != "video":
         raise DataError("transcoding applies to --kind video only; drop it")
-    src, out = Path(src).expanduser().resolve(), Path(out).expanduser().resolve()
+    src, out = Path(src).expanduser().resolve(), _output_location(out)
     masks_dir = _resolved(masks_dir)
     existing = _existing_outputs(out)
     if existing and not overwrite:
         raise DataError(
-            f"{out} already holds shards ({existing[0].name}, ...); pass --overwrite to replace them"
+            f"{out} already holds shards ({str(existing[0]).rsplit('/', 1)[-1]}, ...); pass --overwrite to replace them"
         )
     listing = _list_selected_sources(
         kind, src, layout=layout, masks_dir=masks_dir, compute_saliency=compute_saliency,
@@ -183,10 +193,13 @@ def build_shards(
         tuple(resize_to) if resize_to else None, transcode,
     )  # fmt: skip
     _remove_outputs(out, existing)
-    results = _prepare_all(
-        _ordered_items(listing.items, shuffle_seed), options, num_procs or os.cpu_count() or 1,
-        on_progress,
-    )  # fmt: skip
+    items = _ordered_items(listing.items, shuffle_seed)
+    if preparer is not None:
+        results = preparer(items, options, on_progress)
+    else:
+        results = prepare_in_processes(
+            items, options, num_procs or os.cpu_count() or 1, on_progress
+        )
     records, metas, left_out = _write_samples(results, out, kind, max_count, max_bytes)
     skipped, dropped = _left_out_entries(list(listing.left_out) + left_out)
     if not records:
@@ -245,7 +258,7 @@ def _manifest(
     }
 
 
-def _report(out: Path, manifest: dict, seconds: float) -> BuildReport:
+def _report(out: Path | str, manifest: dict, seconds: float) -> BuildReport:
     splits = manifest["splits"]
     return BuildReport(
         out, manifest["kind"],
@@ -290,18 +303,19 @@ def _mask_rules(kind: str, layout: str | None, listing) -> MaskRules | None:
     return None
 
 
-def _remove_outputs(out: Path, existing: list[Path]) -> None:
-    """Delete a previous build's manifest and shards (and split folders left empty)."""
+def _remove_outputs(out: Path | str, existing: list[Path | str]) -> None:
+    """Delete a previous build's manifest and shards (and local split folders left empty)."""
     for path in existing:
-        path.unlink()
-    for directory in {path.parent for path in existing if path.parent != out}:
+        storage.delete_file(path)
+    local = [Path(path).parent for path in existing if not storage.is_url(str(path))]
+    for directory in {folder for folder in local if folder != out}:
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 
 
 def _write_samples(
     results: Iterator[PreparedSample | LeftOut],
-    out: Path,
+    out: Path | str,
     kind: str,
     max_count: int,
     max_bytes: int,
@@ -316,7 +330,7 @@ def _write_samples(
             continue
         if result.split not in writers:
             writers[result.split] = ShardWriter(
-                out / result.split, kind, max_count=max_count, max_bytes=max_bytes
+                storage.join(out, result.split), kind, max_count=max_count, max_bytes=max_bytes
             )
         files = {
             ext: data.read_bytes() if isinstance(data, Path) else data

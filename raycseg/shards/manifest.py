@@ -19,8 +19,16 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def write_manifest(root: Path, manifest: dict) -> Path:
-    """Write `root/manifest.json` through a temporary file and an atomic rename."""
+def write_manifest(root: storage.Location, manifest: dict) -> storage.Location:
+    """Write `root/manifest.json` through a temporary file and an atomic rename.
+
+    At a URL `root` it is one PUT (`storage.write_text`): the object appears whole or not at all.
+    """
+    if storage.is_url(str(root)):
+        location = storage.join(root, MANIFEST)
+        storage.write_text(location, json.dumps(manifest, indent=1) + "\n")
+        return location
+    root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     temp = root / f".{MANIFEST}.tmp"
     temp.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -5,8 +5,9 @@ Everything else in raycseg goes through these functions (`open_shard`,
 `read_manifest`, `list_shard_urls`, `count_samples`, `write_manifest`). Reading works on a local folder or a URL
 (s3://bucket/shards, gs://...) through `raycseg.storage`: the manifest is read
 whole and shards are streamed, so training and evaluation read shard sets in
-an object store directly. Building writes local folders; copy a built set to
-a bucket with the provider's tools (`aws s3 sync OUT s3://bucket/OUT`).
+an object store directly. `ShardWriter` writes to a local folder or a URL: a
+shard bound for a bucket is written to a local temporary file, then uploaded
+whole (`storage.upload_file`) and the temporary file removed.
 
 Shards are plain webdataset tars. Members of one sample are `<key>.<ext>`;
 tar headers carry a fixed owner and mtime, so the same samples give
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -29,10 +32,16 @@ from raycseg import storage
 
 
 class ShardWriter:
-    """Write samples into rolling tar shards `<directory>/<prefix>-%06d.tar`."""
+    """Write samples into rolling tar shards `<directory>/<prefix>-%06d.tar`.
 
-    def __init__(self, directory: Path, prefix: str, *, max_count: int, max_bytes: int):
+    `directory` is a local folder or a URL (s3://bucket/shards/train); for a URL
+    the shard being written lives in a local temporary folder until it is uploaded.
+    """
+
+    def __init__(self, directory: storage.Location, prefix: str, *, max_count: int, max_bytes: int):
         self.directory, self.prefix = directory, prefix
+        self._remote = storage.is_url(str(directory))
+        self._scratch = Path(tempfile.mkdtemp(prefix="raycseg-shard-")) if self._remote else None
         self.max_count, self.max_bytes = max_count, max_bytes
         self.records: list[dict] = []
         self._tar: TarWriter | None = None
@@ -47,7 +56,8 @@ class ShardWriter:
         ):
             self._finish_shard()
         if self._tar is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self._remote:
+                Path(self.directory).mkdir(parents=True, exist_ok=True)
             self._stream = self._temp_path(len(self.records)).open("wb")
             self._tar = TarWriter(
                 self._stream, encoder=False, mtime=0, user="raycseg", group="raycseg"
@@ -60,28 +70,30 @@ class ShardWriter:
         """Finish the open shard; return one record per shard written."""
         if self._tar is not None:
             self._finish_shard()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         return self.records
 
     def _name(self, index: int) -> str:
         return f"{self.prefix}-{index:06d}.tar"
 
     def _temp_path(self, index: int) -> Path:
-        return self.directory / f".{self._name(index)}.tmp"
+        return (self._scratch or Path(self.directory)) / f".{self._name(index)}.tmp"
 
     def _finish_shard(self) -> None:
         index = len(self.records)
         self._tar.close()
         self._stream.close()
-        final = self.directory / self._name(index)
-        os.replace(self._temp_path(index), final)
-        self.records.append(
-            {
-                "name": f"{self.directory.name}/{final.name}",
-                "count": self._count,
-                "bytes": final.stat().st_size,
-                "sha256": file_sha256(final),
-            }  # fmt: skip
-        )
+        temp, name = self._temp_path(index), self._name(index)
+        size, sha256 = temp.stat().st_size, file_sha256(temp)
+        if self._remote:
+            storage.upload_file(temp, storage.join(self.directory, name))
+            temp.unlink()
+        else:
+            os.replace(temp, Path(self.directory) / name)
+        split = str(self.directory).rstrip("/").rsplit("/", 1)[-1]
+        self.records.append({"name": f"{split}/{name}", "count": self._count, "bytes": size,
+                             "sha256": sha256})  # fmt: skip
         self._tar = self._stream = None
         self._count = self._bytes = 0
 

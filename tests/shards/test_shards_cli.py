@@ -153,3 +153,22 @@ def test_video_builds_transcode_by_default_and_none_keeps_the_original(tmp_path)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["transcode"] is None and manifest["stats"]["all"]["width"]["max"] == 128
+
+
+def test_a_ray_address_nobody_answers_at_is_one_line_before_ray_starts(images, tmp_path):
+    import socket
+    import sys
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for address, fix in [(f"127.0.0.1:{port}", "ray start --head"), ("nohost", "HOST:PORT")]:
+        result = invoke("build", "--kind", "image", images, tmp_path / "o", "--address", address)
+        assert result.exit_code == 2 and fix in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+    result = invoke(
+        "build", "--kind", "image", images, tmp_path / "o", "--address", "x:1", "--procs", "2"
+    )
+    assert result.exit_code == 2 and "drop one" in result.stderr
+    assert not (tmp_path / "o").exists()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
