@@ -2,8 +2,10 @@
 
 Every transform takes a `numpy.random.Generator`, so a loader worker's
 stream is deterministic from its seed (torch's global RNG is never used).
-Images are uint8 [3, H, W], masks/labels uint8 [H, W]; outputs stay uint8:
-normalisation happens later, on the device.
+Images are uint8 [3, H, W] (any strides: a channels-last view of a decoded
+[H, W, 3] frame works as is), masks/labels uint8 [H, W]; outputs stay uint8:
+normalisation happens later, on the device. Colour jitter, grayscale and blur
+live in `raycseg.data.photometric` (re-exported here).
 
 * `PairViewTransform`: one view of a frame or image for CACL pairs:
   RandomResizedCrop (area `crop_scale`, aspect 3/4..4/3), horizontal flip,
@@ -24,7 +26,6 @@ normalisation happens later, on the device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,75 +33,42 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from ..media.labels import IGNORE_INDEX
+from .photometric import (
+    ColorJitter,
+    RandomGaussianBlur,
+    apply_affine,
+    blur_float,
+    blur_kernel_size,
+    blur_radius,
+    color_affine,
+    gaussian_blur,
+    rotate_hue,
+    to_uint8,
+)
+
+__all__ = [
+    "ColorJitter",
+    "MaskContrastViews",
+    "PairViewTransform",
+    "ProbeTrainTransform",
+    "RandomGaussianBlur",
+    "SegmentationTrainTransform",
+    "blur_kernel_size",
+    "crop_resize",
+    "crop_resize_mask",
+    "gaussian_blur",
+    "random_grayscale",
+    "random_resized_crop_box",
+    "reflect_pad_bottom_right",
+    "resize_image",
+    "rotate_hue",
+]
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-@dataclass(frozen=True)
-class ColorJitter:
-    """Colour jitter applied with probability `p`, the four ops in random order.
-
-    Factors are uniform in [max(0, 1 - x), 1 + x] for brightness, contrast and
-    saturation; the hue rotation (`rotate_hue`) is uniform in [-hue, hue]
-    turns, or in [-0.5, 0.5] (any rotation) with `hue_full_range`.
-    """
-
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    p: float = 0.8
-    hue_full_range: bool = False
-
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Jitter a uint8 [3, H, W] image."""
-        if rng.random() >= self.p:
-            return image
-        hue = 0.5 if self.hue_full_range else self.hue
-        ops = [
-            (TF.adjust_brightness, _factor(self.brightness, rng)),
-            (TF.adjust_contrast, _factor(self.contrast, rng)),
-            (TF.adjust_saturation, _factor(self.saturation, rng)),
-            (rotate_hue, float(rng.uniform(-hue, hue)) if hue > 0 else None),
-        ]
-        for index in rng.permutation(4):
-            op, value = ops[index]
-            if value is not None:
-                image = op(image, value)
-        return image
-
-
-_RGB_TO_YIQ = torch.tensor(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
-)
-
-
-def rotate_hue(image: torch.Tensor, turns: float) -> torch.Tensor:
-    """Rotate the hue of a uint8 [3, H, W] image by `turns` (0.5 = opposite colours).
-
-    The rotation acts on the chroma plane of YIQ, so luma is unchanged; it is
-    one 3x3 linear map per image (torchvision's HSV hue shift gives similar
-    colours but costs about ten times more on CPU).
-    """
-    angle = 2.0 * math.pi * turns
-    rotation = torch.tensor(
-        [[1.0, 0.0, 0.0],
-         [0.0, math.cos(angle), -math.sin(angle)],
-         [0.0, math.sin(angle), math.cos(angle)]], dtype=torch.float64,
-    )  # fmt: skip
-    matrix = (torch.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ).float()
-    rotated = torch.einsum("ij,jhw->ihw", matrix, image.float())
-    return rotated.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _factor(strength: float, rng: np.random.Generator) -> float | None:
-    if strength <= 0:
-        return None
-    return float(rng.uniform(max(0.0, 1.0 - strength), 1.0 + strength))
 
 
 def random_resized_crop_box(
@@ -155,55 +123,16 @@ def random_grayscale(image: torch.Tensor, p: float, rng: np.random.Generator) ->
     return image
 
 
-def blur_kernel_size(side: int) -> int:
-    """The odd Gaussian kernel size for a view side: about 10 % of it (224 -> 23, 64 -> 7)."""
-    size = int(0.1 * side)
-    return size if size % 2 else size + 1
-
-
-def gaussian_blur(image: torch.Tensor, sigma: float, kernel_size: int) -> torch.Tensor:
-    """Blur a uint8 [3, H, W] image with a Gaussian of `sigma` px, `kernel_size` (odd) wide.
-
-    Separable (one row pass, one column pass, reflect padding), so it costs 2k rather
-    than k² multiply-adds per pixel; the result is rounded back to uint8.
-    """
-    radius = kernel_size // 2
-    if radius == 0:
-        return image
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    weights = torch.exp(-(offsets**2) / (2.0 * sigma**2))
-    weights = weights / weights.sum()
-    channels = image.shape[0]
-    padded = torch.nn.functional.pad(
-        image[None].float(), (radius, radius, radius, radius), mode="reflect"
-    )
-    rows = weights.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-    blurred = torch.nn.functional.conv2d(padded, rows, groups=channels)
-    blurred = torch.nn.functional.conv2d(blurred, rows.transpose(2, 3), groups=channels)
-    return blurred[0].round_().clamp_(0, 255).to(torch.uint8)
-
-
-@dataclass(frozen=True)
-class RandomGaussianBlur:
-    """Gaussian blur with probability `p`, sigma uniform in `sigma` (pixels), as MoCo-v2.
-
-    The kernel is `blur_kernel_size` of the view's shorter side. With p = 0 no
-    random number is drawn, so the rest of the view's stream is unchanged.
-    """
-
-    p: float = 0.5
-    sigma: tuple[float, float] = (0.1, 2.0)
-
-    def __call__(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Blur a uint8 [3, H, W] image, or return it as is."""
-        if self.p <= 0 or rng.random() >= self.p:
-            return image
-        sigma = float(rng.uniform(*self.sigma))
-        return gaussian_blur(image, sigma, blur_kernel_size(min(image.shape[-2:])))
-
-
 class PairViewTransform:
     """One augmented view of a frame or image (see the module docstring).
+
+    The random draws, in order: crop box, flip, jitter (`ColorJitter.draw`), grayscale,
+    blur (`RandomGaussianBlur.draw`). The crop is resized first (bilinear, antialiased),
+    so every colour and blur operation works on the view's pixels only; jitter and
+    grayscale are one affine map (`raycseg.data.photometric`), clamped but not rounded
+    before the blur, and the view is rounded to uint8 once. The flip is applied last:
+    colour maps act per pixel and the blur (symmetric kernel, reflect padding) commutes
+    with it, so the view is the same as flipping first.
 
     `blur_p` is the probability of the Gaussian blur (cacl.md §1: 0.5); 0 gives
     exactly the views of the transform without blur (same random stream).
@@ -230,11 +159,21 @@ class PairViewTransform:
         """Augment a uint8 [3, H, W] image into a uint8 [3, *image_size] view."""
         box = random_resized_crop_box(image.shape[-2], image.shape[-1], self.crop_scale, rng)
         view = crop_resize(image, box, self.size)
-        if rng.random() < self.flip_p:
-            view = TF.horizontal_flip(view)
-        view = self.jitter(view, rng)
-        view = random_grayscale(view, self.grayscale_p, rng)
-        return self.blur(view, rng)
+        flip = rng.random() < self.flip_p
+        jitter = self.jitter.draw(rng)
+        grayscale = self.grayscale_p > 0 and rng.random() < self.grayscale_p
+        sigma = self.blur.draw(rng)
+        radius = blur_radius(sigma, min(self.size)) if sigma is not None else 0
+        if jitter is not None or grayscale or radius:
+            pixels = view.reshape(3, -1).float()
+            if jitter is not None or grayscale:
+                needs_mean = jitter is not None and jitter.factors[1] is not None
+                mean = pixels.mean(dim=1).double().numpy() if needs_mean else None
+                pixels = apply_affine(pixels, *color_affine(jitter, grayscale, mean))
+            if radius:
+                pixels = blur_float(pixels.view(3, *self.size), sigma, radius)
+            view = to_uint8(pixels).view(3, *self.size)
+        return view.flip(-1) if flip else view
 
 
 class SegmentationTrainTransform:
