@@ -14,9 +14,10 @@ In this order (each run's idle nodes go before the next test starts):
   shards, checkpoints, config.yaml, stages.json, metrics.jsonl, eval.json; no
   credential appears in them or in any log;
 - `cseg pretrain --address` scales the cluster up, its driver is killed after a
-  checkpoint and `cseg pretrain --resume` finishes the run; its idle nodes go. Last,
-  because the killed driver's autoscaler request outlives it by up to 180 s
-  (docs/fault_tolerance.md), which holds the nodes that long.
+  checkpoint and `cseg pretrain --resume` finishes the run. Last, because the killed
+  driver's autoscaler request outlives it by 180 s (docs/fault_tolerance.md), which
+  holds the nodes that long; the test does not wait for them (Ray's timer, measured
+  once at 195 s after the kill, would cost the suite 3 minutes).
 
 In each run, metrics.jsonl holds every step exactly once. The worker-killed
 case is tests/train/test_pretrain_ray.py (not repeated here).
@@ -55,9 +56,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.integration]
 ON_WORKER_NODES = f"scaling.resources_per_worker={{{WORKER_RESOURCE}: 1}}"
 RUN_TIMEOUT_S = 420
 RELEASE_TIMEOUT_S = 120
-# A killed driver's Train run leaves its autoscaler request behind; Ray 2.60 drops it
-# after 180 s (docs/fault_tolerance.md), and only then can idle nodes go.
-ORPHANED_REQUEST_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +354,7 @@ def test_pretrain_scales_up_and_a_killed_driver_resumes_with_every_step_once(
     cluster, data_root, tmp_path
 ):
     """The last test: a killed driver's autoscaler request outlives it (Ray keeps it 180 s),
-    so its idle nodes go up to 180 s later than the other runs' (measured from the kill)."""
+    so its nodes stay up that long after the kill; the test does not wait for that."""
     steps, run_dir = 20, tmp_path / "runs" / "driver"
     command = cseg(
         "pretrain", "cacl/debug", *debug_run(data_root, tmp_path / "runs", "driver", steps),
@@ -394,11 +392,9 @@ def test_pretrain_scales_up_and_a_killed_driver_resumes_with_every_step_once(
     assert len(kept) >= 5 and kept == lines[: len(kept)] and len(kept) % 5 == 0
     workers = read_live_jsonl(run_dir / "workers.jsonl")
     assert len(workers) == 4 and {w["world_size"] for w in workers} == {2}
-    released = release_time(cluster, killed_at, ORPHANED_REQUEST_S + RELEASE_TIMEOUT_S)
     print(
         f"\npretrain: driver killed at step {len(before)} after {killed_at - started:.0f} s, "
-        f"resumed from step {len(kept)}, done after {finished - started:.0f} s; "
-        f"idle nodes gone {released:.0f} s after the kill"
+        f"resumed from step {len(kept)}, done after {finished - started:.0f} s"
     )
 
 
