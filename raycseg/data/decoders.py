@@ -35,8 +35,20 @@ def video_member(sample: dict) -> bytes:
     raise KeyError("sample has no video member")
 
 
+def frame_view(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] array -> uint8 [3, H, W] view of the same memory (channels-last strides)."""
+    return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
 class VideoPairDecoder:
-    """Decode two frames `gap` seconds apart from a clip sample and augment each."""
+    """Decode two frames `gap` seconds apart from a clip sample and augment each.
+
+    One reader per sample; decord decodes both frames in one `get_batch` call (each
+    from the keyframe before it, or onwards from the first frame when both share a
+    group of pictures). The transform receives each frame as a uint8 [3, H, W] view
+    of decord's [H, W, 3] array (`frame_view`, no copy), so it should crop before
+    anything that touches every pixel, as `PairViewTransform` does.
+    """
 
     def __init__(self, transform: PairViewTransform, frame_gap_s: tuple[float, float]):
         self.transform, self.frame_gap_s = transform, tuple(frame_gap_s)
@@ -49,8 +61,8 @@ class VideoPairDecoder:
         )
         frames = decode_frames(reader, [first, second])
         return {
-            "view_a": self.transform(image_tensor(frames[0]), rng),
-            "view_b": self.transform(image_tensor(frames[1]), rng),
+            "view_a": self.transform(frame_view(frames[0]), rng),
+            "view_b": self.transform(frame_view(frames[1]), rng),
             "frame_indices": torch.tensor([first, second]),
             "key": sample["__key__"],
         }
