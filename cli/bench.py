@@ -1,4 +1,4 @@
-"""`cseg bench data|loss|reco-semi`: measured throughput, memory and accuracy.
+"""`cseg bench data|decode-pool|loss|reco-semi`: measured throughput, memory and accuracy.
 
 Each command prints its results as tables and, with `--json FILE`, writes them as JSON.
 """
@@ -59,6 +59,31 @@ def bench_data(
         pairs_per_s=pairs_per_s,
     )  # fmt: skip
     _show("data decoding", results, json_out)
+
+
+@app.command(
+    "decode-pool",
+    epilog="""Examples:
+
+cseg bench decode-pool k400 --processes 2 --json pool.json""",
+)
+def bench_decode_pool(
+    shards: Path = typer.Argument(
+        ..., help="A video shard folder (from `cseg shards build --kind video`)."
+    ),
+    processes: int = typer.Option(2, "--processes", help="Decode processes of each path."),
+    seconds: float = typer.Option(20.0, "--seconds", help="Time budget per path."),
+    image_size: int = typer.Option(224, "--image-size", help="Side of the augmented views."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """Augmented training pairs per second: the in-worker loader vs the Ray Data decode pool."""
+    from raycseg.bench.decode_pool import benchmark_decode_pool
+
+    err.print(f"decoding for about {2 * seconds:.0f} s, then starting Ray", markup=False)
+    results = benchmark_decode_pool(
+        shards, processes=processes, seconds=seconds, image_size=image_size
+    )
+    _show("in-worker loader vs Ray Data pool", results, json_out)
 
 
 LossName = Literal[
