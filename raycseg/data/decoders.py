@@ -45,7 +45,11 @@ class VideoPairDecoder:
 
     One reader per sample; decord decodes both frames in one `get_batch` call (each
     from the keyframe before it, or onwards from the first frame when both share a
-    group of pictures). The transform receives each frame as a uint8 [3, H, W] view
+    group of pictures). The reader is closed before the frames are augmented: decord's
+    decoding thread keeps decoding the packets its reader queued ahead of the last
+    frame asked for until the reader is freed, and that work is wasted (measured on
+    the real clips, 2 CPU cores: 28.4 -> 21.5 ms of CPU per transcoded pair, 63.9 ->
+    60.0 ms per original one). The transform receives each frame as a uint8 [3, H, W] view
     of decord's [H, W, 3] array (`frame_view`, no copy), so it should crop before
     anything that touches every pixel, as `PairViewTransform` does.
     """
@@ -60,6 +64,7 @@ class VideoPairDecoder:
             len(reader), reader.get_avg_fps(), self.frame_gap_s, rng
         )
         frames = decode_frames(reader, [first, second])
+        del reader  # stop decord's decoding thread before augmenting (see the class docstring)
         return {
             "view_a": self.transform(frame_view(frames[0]), rng),
             "view_b": self.transform(frame_view(frames[1]), rng),

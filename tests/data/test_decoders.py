@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -33,3 +35,25 @@ def test_pair_views_equal_the_transform_of_the_decoded_frames(tiny_synthetic):
         assert item["frame_indices"].tolist() == list(indices)
         assert torch.equal(item["view_a"], transform(image_tensor(frames[0]), rng))
         assert torch.equal(item["view_b"], transform(image_tensor(frames[1]), rng))
+
+
+def test_the_reader_is_freed_before_the_frames_are_augmented(tiny_synthetic, monkeypatch):
+    # decord's decoding thread keeps decoding read-ahead packets while its reader lives
+    from raycseg.data import decoders
+
+    readers = []
+
+    def open_and_watch(data):
+        reader = open_video(data)
+        readers.append(weakref.ref(reader))
+        return reader
+
+    def transform(image, rng):
+        assert readers[-1]() is None  # freed: its thread is stopped
+        return image
+
+    monkeypatch.setattr(decoders, "open_video", open_and_watch)
+    (url, *_) = list_shard_urls(tiny_synthetic / "video", "train")
+    sample = next(iter(iter_shard_samples(url)))
+    item = VideoPairDecoder(transform, (0.1, 0.3))(sample, np.random.default_rng(0))
+    assert item["view_a"].shape == (3, 32, 32) and len(readers) == 1
