@@ -65,7 +65,8 @@ def bench_data(
     "decode-pool",
     epilog="""Examples:
 
-cseg bench decode-pool k400 --processes 2 --json pool.json""",
+cseg bench decode-pool k400
+cseg bench decode-pool k400 --processes 2 --seconds 30 --json pool.json""",
 )
 def bench_decode_pool(
     shards: Path = typer.Argument(
