@@ -5,8 +5,8 @@ augmentation twice, with the same number of decode processes: once through the
 default loader (`ShardStream` in `processes` DataLoader workers, as a Train
 worker runs it) and once through the Ray Data pool (`processes` Ray tasks on a
 local Ray of that many CPUs, read with `iter_batches` as a Train worker reads
-its share). Each path is timed for `seconds` after its first batch (worker and
-task start-up are not timed). A pass over a small shard set is short, so the
+its share). Each path is timed for `seconds` after its start-up (the loader's
+first batch; the pool's first pass, in which its tasks start). A pass over a small shard set is short, so the
 pool reads the shard list `repeat` times per pass, enough for a few hundred
 pairs; Ray Data's per-pass start is then a small part of the time, as it is on
 real datasets.
@@ -56,12 +56,13 @@ def benchmark_decode_pool(
     decode = pair_decoder(data)
     spec = StreamSpec(tuple(urls), BATCH_SIZE, True, seed, 0, 1, samples)
     loader = DataLoader(ShardStream(spec, decode), batch_size=None, num_workers=processes)
-    in_worker = _timed(iter(loader), seconds, processes)
+    in_worker = _timed(iter(loader), seconds, processes, warmup_batches=1)
 
     start_ray(None, cpus_needed=processes, quiet=True)
     repeat = max(1, math.ceil(PAIRS_PER_PASS / samples))
     dataset = decode_pool_dataset(urls * repeat, decode, DecodePoolSection(tasks=processes))
-    ray_data = _timed(_endless(dataset), seconds, processes)
+    first_pass = repeat * samples // BATCH_SIZE  # the tasks start (and import torch) in it
+    ray_data = _timed(_endless(dataset), seconds, processes, warmup_batches=first_pass)
     return {
         "shards": str(shards),
         "processes": processes,
@@ -78,9 +79,10 @@ def _endless(dataset) -> Iterator[dict]:
         yield from dataset.iter_batches(batch_size=BATCH_SIZE, drop_last=True)
 
 
-def _timed(batches: Iterator[dict], seconds: float, processes: int) -> dict:
-    """Pairs per wall-second of `batches` for `seconds` after the first one."""
-    next(batches)
+def _timed(batches: Iterator[dict], seconds: float, processes: int, warmup_batches: int) -> dict:
+    """Pairs per wall-second of `batches` for `seconds` after the first `warmup_batches`."""
+    for _ in range(warmup_batches):
+        next(batches)
     pairs, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
         pairs += len(next(batches)["view_a"])
