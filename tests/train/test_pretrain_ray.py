@@ -18,7 +18,7 @@ from live_jsonl import read_live_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
-STEPS = 60
+STEPS = 36
 
 
 def test_pretrain_survives_a_killed_worker_and_logs_every_step_once(tmp_path):
