@@ -10,6 +10,10 @@ crops. `transcode_clip` re-encodes a clip once, at shard build time:
 * the short side scaled down to `short_side` (never up; both sides even);
 * a keyframe at least every `gop` frames, and no B-frames (a frame never waits
   for a later one);
+* with `fast_decode` (the default), x264's `fastdecode` tune: no CABAC and no
+  deblocking filter, so each frame costs less to decode (measured on the real
+  clips: 48 against 41 pairs per CPU-second with the training augmentation) for
+  shards about 15 % larger at the same `crf`;
 * the frame rate and every frame's timestamp kept; audio dropped.
 
 x264 runs on one thread and ffmpeg's bit-exact flags are set, so the same clip
@@ -37,6 +41,7 @@ class TranscodeSettings:
     gop: int = 8
     crf: int = 23
     bframes: int = 0
+    fast_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.short_side < 16:
@@ -92,6 +97,7 @@ def _transcode_into(output: io.BytesIO, data: bytes, settings: TranscodeSettings
                 "flags": "+bitexact",
                 "crf": str(settings.crf),
                 "preset": "fast",
+                **({"tune": "fastdecode"} if settings.fast_decode else {}),
                 "x264-params": f"keyint={settings.gop}:min-keyint=1:scenecut=0:"
                 f"bframes={settings.bframes}:mbtree=0",
             }

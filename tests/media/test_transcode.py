@@ -73,7 +73,7 @@ def test_the_same_clip_and_settings_give_the_same_bytes():
     settings = TranscodeSettings(short_side=32, gop=3, crf=30)
     assert transcode_clip(original, settings) == transcode_clip(original, settings)
     assert settings.record() == {"codec": "h264", "short_side": 32, "gop": 3, "crf": 30,
-                                 "bframes": 0}  # fmt: skip
+                                 "bframes": 0, "fast_decode": True}  # fmt: skip
 
 
 def test_bad_settings_and_bytes_that_are_no_video_raise_value_errors():
@@ -99,3 +99,12 @@ def test_real_clips_keep_their_frame_count_and_look_the_same(real_data):
         (before,) = decode_frames(open_video(original), [middle])
         (after,) = decode_frames(open_video(clip), [middle])
         assert psnr(after, downscaled(before, (stored.width, stored.height))) > 30, path.name
+
+
+def test_fast_decode_turns_off_cabac_and_deblocking_and_can_be_turned_off():
+    original = encode_mp4(smooth_clip(frames=12), fps=8)
+    fast = transcode_clip(original, TranscodeSettings(short_side=32, gop=3))
+    plain = transcode_clip(original, TranscodeSettings(short_side=32, gop=3, fast_decode=False))
+    # x264 writes its options into the stream (an SEI message): the tune is visible there
+    assert b"cabac=0" in fast and b"deblock=0" in fast
+    assert b"cabac=1" in plain and b"deblock=1" in plain

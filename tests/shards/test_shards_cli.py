@@ -146,7 +146,7 @@ def test_video_builds_transcode_by_default_and_none_keeps_the_original(tmp_path)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["transcode"] == {"codec": "h264", "short_side": 32, "gop": 8, "crf": 23,
-                                     "bframes": 0}  # fmt: skip
+                                     "bframes": 0, "fast_decode": True}  # fmt: skip
     assert manifest["stats"]["all"]["width"]["max"] == 64
     result = invoke("build", "--kind", "video", clips, tmp_path / "o", "--transcode", "none",
                     "--procs", "1")  # fmt: skip
