@@ -28,8 +28,8 @@ import torch
 
 # torchvision's grayscale (ITU-R 601-2 luma) weights, used by contrast, saturation and grayscale
 LUMA = np.array([0.2989, 0.587, 0.114])
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ_TO_RGB = np.linalg.inv(RGB_TO_YIQ)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
@@ -41,7 +41,7 @@ def hue_matrix(turns: float) -> np.ndarray:
          [0.0, math.cos(angle), -math.sin(angle)],
          [0.0, math.sin(angle), math.cos(angle)]]
     )  # fmt: skip
-    return _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ
+    return YIQ_TO_RGB @ rotation @ RGB_TO_YIQ
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..data.photometric import RGB_TO_YIQ, YIQ_TO_RGB
+
 IGNORE_INDEX = 255
 MIX_MODES = ("classmix", "cutmix", "cutout")
 JITTER_P = 0.8
@@ -32,8 +34,8 @@ BLUR_P = 0.5
 BLUR_SIGMA = (0.15, 1.15)
 FLIP_P = 0.5
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+_RGB_TO_YIQ = torch.from_numpy(RGB_TO_YIQ).float()
+_YIQ_TO_RGB = torch.from_numpy(YIQ_TO_RGB).float()
 
 
 def _rand(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
