@@ -8,6 +8,7 @@ The bucket tests run against the moto server of tests/conftest.py, without Ray.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ def test_a_build_on_local_ray_is_byte_identical_to_one_process(tmp_path):
     common = dict(masks_dir=masks, mask_classes=["bg", "fg"], transcode=SETTINGS, max_count=3)
     build_shards("video", clips, tmp_path / "one", num_procs=1, **common)
     joined, progress = [], []
+    environment = dict(os.environ)  # ray.init sets RAY_AUTH_MODE=token in this process
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              logging_config=ray.LoggingConfig(log_level="ERROR"))  # fmt: skip
     try:
@@ -67,6 +69,10 @@ def test_a_build_on_local_ray_is_byte_identical_to_one_process(tmp_path):
             list(tasks([gone], options, None))
     finally:
         ray.shutdown()
+        # Left set, it would reach the clusters later tests start (the fake cluster's head
+        # and its drivers), whose actors then never run.
+        os.environ.clear()
+        os.environ.update(environment)
     assert not joined and progress == [(i, 4) for i in range(1, 5)]  # Ray was already up
     one, on_ray = tar_bytes(tmp_path / "one"), tar_bytes(tmp_path / "ray")
     assert list(one) == ["all/video-000000.tar", "all/video-000001.tar"]
