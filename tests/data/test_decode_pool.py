@@ -3,7 +3,7 @@
 `decode_parts` is the function the pool's tasks run and `PoolCollate` what each
 Train worker applies to its share; together they must give the default
 loader's batch dict. The pool on local Ray is tested in
-tests/train/test_decode_pool_ray.py.
+tests/train/test_pretrain_ray.py.
 """
 
 from __future__ import annotations
