@@ -23,13 +23,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from raycseg.config import StageData
 from raycseg.config.schema import DecodePoolSection
 from raycseg.data.decode_pool import decode_pool_dataset
-from raycseg.data.loaders import pair_decoder
-from raycseg.data.streams import ShardStream, StreamSpec
+from raycseg.data.loaders import StreamShare, build_pair_loader, pair_decoder
 from raycseg.methods.common import training_urls
 from raycseg.train.ray_start import start_ray
 
@@ -51,11 +48,11 @@ def benchmark_decode_pool(
         {"in_worker": {...}, "ray_data": {...}, "ratio": ray_data over in_worker}, each
         path with `pairs`, `seconds`, `pairs_per_s` and `pairs_per_s_per_process`.
     """
-    data = StageData(train=str(shards), image_size=image_size)
+    data = StageData(train=str(shards), image_size=image_size, batch_size=BATCH_SIZE)
     urls, samples = training_urls(data, 1)  # the train split, else all
     decode = pair_decoder(data)
-    spec = StreamSpec(tuple(urls), BATCH_SIZE, True, seed, 0, 1, samples)
-    loader = DataLoader(ShardStream(spec, decode), batch_size=None, num_workers=processes)
+    share = StreamShare(num_workers=processes, seed=seed)
+    loader = build_pair_loader(urls, data, share, samples_per_rank=samples)
     in_worker = _timed(iter(loader), seconds, processes, warmup_batches=1)
 
     start_ray(None, cpus_needed=processes, quiet=True)
