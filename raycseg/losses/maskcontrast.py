@@ -47,9 +47,13 @@ in or out instead of partly counted; the E-Net shares f_b and the prototypes are
 computed from cells, each cell weighted once rather than by how many upsampled
 pixels it covers; small objects under half a cell can vanish, which drops the
 image (as an empty mask does). The full-resolution path here is memory-lean: it
-gathers the salient anchors before normalising, and computes the [A, B + K]
-logits in chunks, each chunk's gradient rows being formed at once, so no
-[B·H·W, B + K] or full [A, B + K] logits tensor is ever kept.
+computes the logits in chunks of rows, each chunk's gradient rows being formed at
+once, so no [B·H·W, B + K] logits tensor is ever kept.
+
+No host sync. Every query pixel is a row of fixed shape [B·H·W, D] (weight 0 off
+the anchors); dropped images and all-zero queue rows stay as columns whose logit is
+pushed to -1e9 (probability 0). Nothing is gathered by a boolean mask, so no step
+waits on the device to learn how many anchors there are.
 """
 
 from __future__ import annotations
@@ -65,7 +69,10 @@ from raycseg.losses._precision import at_least_float32, full_precision
 __all__ = ["downsample_mask", "maskcontrast_loss", "saliency_bce_loss"]
 
 ENET_CONSTANT = 1.02
-_ANCHOR_CHUNK = 16384  # anchors per logits chunk
+_ANCHOR_CHUNK = 16384  # rows per logits chunk
+# The logit bias of a column that is not a candidate: exp() of it is 0, yet it stays finite,
+# so rows that are not anchors (weight 0) keep finite terms even when it is their target.
+EXCLUDED_LOGIT = -1e9
 
 
 def downsample_mask(
@@ -111,7 +118,11 @@ class _AnchorCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, anchors: torch.Tensor, candidates: torch.Tensor, targets: torch.Tensor
+        ctx,
+        anchors: torch.Tensor,
+        candidates: torch.Tensor,
+        column_bias: torch.Tensor,
+        targets: torch.Tensor,
     ) -> torch.Tensor:
         cross_entropy = anchors.new_empty(anchors.shape[0])
         gradient = torch.empty_like(anchors) if ctx.needs_input_grad[0] else None
@@ -123,7 +134,7 @@ class _AnchorCrossEntropy(torch.autograd.Function):
                 .reciprocal_()
             )
             unit = anchors[rows] * inverse_norm
-            logits = unit @ candidates.T  # [n, C]
+            logits = torch.addmm(column_bias, unit, candidates.T)  # [n, C]
             log_normaliser = torch.logsumexp(logits, dim=1, keepdim=True)
             target_logits = logits.gather(1, targets[rows, None])
             cross_entropy[rows] = (log_normaliser - target_logits).squeeze(1)
@@ -140,9 +151,9 @@ class _AnchorCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_cross_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_cross_entropy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (gradient,) = ctx.saved_tensors
-        return gradient * grad_cross_entropy.unsqueeze(1), None, None
+        return gradient * grad_cross_entropy.unsqueeze(1), None, None, None
 
 
 @full_precision
@@ -181,28 +192,26 @@ def maskcontrast_loss(
     q_mask, k_mask = q_mask.bool(), k_mask.bool()
     kept = q_mask.flatten(1).any(1) & k_mask.flatten(1).any(1)  # [B]
     prototypes = _key_prototypes(k, k_mask) * kept.unsqueeze(1)
-    if not kept.any():
-        return q.sum() * 0.0, prototypes
-    anchor_mask = q_mask & kept[:, None, None]
+    # Every query pixel is a row (fixed shapes, no host sync); rows that are not anchors
+    # weigh 0. Rows are taken from q's own layout, so its gradient comes back in it.
+    batch, dim = q.shape[:2]
+    anchor_mask = (q_mask & kept[:, None, None]).flatten(1)  # [B, HW]
+    rows = at_least_float32(q.flatten(2).transpose(1, 2).reshape(-1, dim))  # [B·HW, D]
     with torch.no_grad():
-        image_of_anchor, pixel_of_anchor = anchor_mask.flatten(1).nonzero(as_tuple=True)
-    # Gather [A, D] from q's own layout, so that q's gradient comes back in that layout.
-    anchors = at_least_float32(q.flatten(2)[image_of_anchor, :, pixel_of_anchor])
-    with torch.no_grad():
-        bank = F.normalize(queue.detach().to(anchors.dtype), dim=1)
-        bank = bank[
-            bank.abs().sum(1) > 0
-        ]  # all-zero rows (dropped images' prototypes) are not candidates
-        candidates = (
-            torch.cat([prototypes[kept].to(anchors.dtype), bank]) / temperature
-        )  # [B_kept + K, D]
-        column_of_image = torch.cumsum(kept.long(), 0) - 1
-        targets = column_of_image[image_of_anchor]
-        anchors_per_image = anchor_mask.flatten(1).sum(1).to(anchors.dtype)
-        share = anchors_per_image / anchors_per_image.sum()
-        weight = (1.0 / torch.log(ENET_CONSTANT + share))[image_of_anchor]  # [A]
-    cross_entropy = _AnchorCrossEntropy.apply(anchors, candidates, targets)
-    return (weight * cross_entropy).sum() / weight.sum(), prototypes
+        bank = F.normalize(queue.detach().to(rows.dtype), dim=1)
+        candidates = torch.cat([prototypes.to(rows.dtype), bank]) / temperature  # [B + K, D]
+        # Dropped images' prototypes and all-zero queue rows are not candidates.
+        is_candidate = torch.cat([kept, bank.abs().sum(1) > 0])
+        column_bias = torch.where(is_candidate, 0.0, EXCLUDED_LOGIT).to(rows.dtype)
+        targets = torch.arange(batch, device=q.device).repeat_interleave(
+            anchor_mask.shape[1], output_size=anchor_mask.numel()
+        )
+        anchors_per_image = anchor_mask.sum(1).to(rows.dtype)
+        share = anchors_per_image / anchors_per_image.sum().clamp_min(1)
+        enet = 1.0 / torch.log(ENET_CONSTANT + share)  # [B]
+        weight = (enet[:, None] * anchor_mask).reshape(-1)  # [B·HW], 0 off the anchors
+    cross_entropy = _AnchorCrossEntropy.apply(rows, candidates, column_bias, targets)
+    return (weight * cross_entropy).sum() / weight.sum().clamp_min(1e-12), prototypes
 
 
 @full_precision

@@ -33,13 +33,18 @@ reco_loss(rep [B, D, h, w] float, label [B, h, w] long, mask [B, h, w] bool,
 
 Class sets and prototypes are per call (per rank); the loss does no communication.
 
+No host sync: every shape is fixed by C, N_q and N_k, never by the data. Queries
+and negatives are drawn for all C classes, and the rows of classes that are absent
+or have no hard pixel are multiplied out of the loss (the official code reads the
+class counts back, about 87k device-to-host syncs a step).
+
 Cost: sampling is batched over all classes and queries (grouped draws by
 index arithmetic, inverse-CDF class draws). The negatives' logits are formed by
 gathering N_k bank rows for a few queries at a time into one reused cache-sized
-buffer (never a [S·N_q, N_k, D] tensor; the only Python loop runs over these
+buffer (never a [C·N_q, N_k, D] tensor; the only Python loop runs over these
 fixed-size memory chunks), and their backward is one ``embedding_bag`` (the sum
 of the gradient-weighted negative vectors of each query). Memory stays
-O(S·N_q·N_k + B·h·w·D).
+O(C·N_q·N_k + B·h·w·D).
 """
 
 from __future__ import annotations
@@ -76,38 +81,60 @@ class RecoSamples(NamedTuple):
     negative_index: torch.Tensor
 
 
+class _Draws(NamedTuple):
+    """The draws for every class id, present or not (fixed shapes: no host sync).
+
+    Attributes:
+        present: bool [C], the class has a valid pixel.
+        prototypes: float [C, D], mu_c (zero rows for absent classes).
+        queried: bool [C], the class's queries count: it has a hard pixel and S >= 2.
+        query_index: long [C, N_q]; rows of classes not queried hold any pixel.
+        negative_index: long [C, N_q, N_k]; likewise.
+    """
+
+    present: torch.Tensor
+    prototypes: torch.Tensor
+    queried: torch.Tensor
+    query_index: torch.Tensor
+    negative_index: torch.Tensor
+
+
 def _pixel_major(rep: torch.Tensor) -> torch.Tensor:
     """Reshape rep [B, D, h, w] to pixel rows [B·h·w, D] (one contiguous copy, gradient kept)."""
     return rep.permute(0, 2, 3, 1).reshape(-1, rep.shape[1])
 
 
+def _group_sizes(group_of_pixel: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """How many pixels each group has: long [num_groups] (a scatter: bincount syncs on a GPU)."""
+    sizes = torch.zeros(num_groups, dtype=torch.long, device=group_of_pixel.device)
+    return sizes.scatter_add_(0, group_of_pixel, torch.ones_like(group_of_pixel))
+
+
 def _draw_from_groups(
-    members: torch.Tensor,
-    member_group: torch.Tensor,
+    group_of_pixel: torch.Tensor,
     num_groups: int,
     wanted_groups: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """For each entry of ``wanted_groups``, one member of that group, uniformly with replacement.
+    """For each entry of ``wanted_groups``, one pixel of that group, uniformly with replacement.
 
     Args:
-        members: long [M] items.
-        member_group: long [M], the group of each item, in [0, num_groups).
+        group_of_pixel: long [P], each pixel's group in [0, num_groups).
         num_groups: number of groups.
-        wanted_groups: long tensor of group ids (each group must be non-empty).
+        wanted_groups: long tensor of group ids. An empty group gives some pixel.
         generator: random source.
 
     Returns:
-        long tensor shaped like ``wanted_groups``.
+        long tensor shaped like ``wanted_groups``: pixel indices in [0, P).
     """
-    order = torch.argsort(member_group, stable=True)
-    sorted_members = members[order]
-    group_size = torch.bincount(member_group, minlength=num_groups)
-    group_start = torch.cumsum(group_size, 0) - group_size
-    uniform = torch.rand(wanted_groups.shape, generator=generator, device=members.device)
-    size = group_size[wanted_groups]
-    offset = torch.minimum((uniform * size).long(), size - 1)
-    return sorted_members[group_start[wanted_groups] + offset]
+    pixels_by_group = torch.argsort(group_of_pixel, stable=True)
+    size = _group_sizes(group_of_pixel, num_groups)
+    group_start = torch.cumsum(size, 0) - size
+    uniform = torch.rand(wanted_groups.shape, generator=generator, device=size.device)
+    wanted_size = size[wanted_groups]
+    offset = torch.minimum((uniform * wanted_size).long(), (wanted_size - 1).clamp_min(0))
+    position = (group_start[wanted_groups] + offset).clamp_max(group_of_pixel.numel() - 1)
+    return pixels_by_group[position]
 
 
 def _draw_categorical(
@@ -141,15 +168,30 @@ def draw_reco_samples(
 ) -> RecoSamples | None:
     """Draw ReCo's hard queries and class-relation negatives (no gradient).
 
+    The draws `reco_loss` makes with the same generator, kept for the present
+    classes only (this compaction reads the class counts: not for training steps).
+
     Args: as :func:`reco_loss`.
 
     Returns:
         The draws, or None when at most one class is present.
     """
-    return _draw_samples(
+    draws = _draw_samples(
         at_least_float32(_pixel_major(rep.detach())), label, mask, prob, strong_threshold, temperature,
         num_queries, num_negatives, generator,
     )  # fmt: skip
+    classes = draws.present.nonzero().squeeze(1)
+    if classes.numel() <= 1:
+        return None
+    slot_of_class = torch.cumsum(draws.present.long(), 0) - 1
+    queried = draws.queried.nonzero().squeeze(1)
+    return RecoSamples(
+        classes,
+        draws.prototypes[classes],
+        slot_of_class[queried],
+        draws.query_index[queried],
+        draws.negative_index[queried],
+    )
 
 
 @torch.no_grad()
@@ -163,45 +205,48 @@ def _draw_samples(
     num_queries: int,
     num_negatives: int,
     generator: torch.Generator | None,
-) -> RecoSamples | None:
-    """:func:`draw_reco_samples` on detached float pixel rows [B·h·w, D]."""
-    num_classes, device = prob.shape[1], pixels.device
+) -> _Draws:
+    """The draws of :func:`reco_loss` for all C classes, on detached float pixel rows [B·h·w, D].
+
+    Group C collects the pixels that belong to no class (invalid ones; for the
+    queries, easy ones too).
+    """
+    num_classes = prob.shape[1]
     label_flat = label.reshape(-1)
     valid = mask.reshape(-1).bool() & (label_flat >= 0) & (label_flat < num_classes)
-    valid_pixels = valid.nonzero().squeeze(1)
-    valid_labels = label_flat[valid_pixels]
-    pixels_per_class = torch.bincount(valid_labels, minlength=num_classes)
-    classes = (pixels_per_class > 0).nonzero().squeeze(1)
-    num_slots = classes.numel()
-    if num_slots <= 1:
-        return None
-    slot_of_class = torch.full((num_classes,), -1, dtype=torch.long, device=device)
-    slot_of_class[classes] = torch.arange(num_slots, device=device)
-    valid_slots = slot_of_class[valid_labels]
-    prototypes = torch.zeros(num_slots, pixels.shape[1], dtype=pixels.dtype, device=device)
-    prototypes.index_add_(0, valid_slots, pixels[valid_pixels])
-    prototypes /= pixels_per_class[classes].unsqueeze(1)
+    safe_label = torch.where(valid, label_flat, 0)
+    class_of_pixel = torch.where(valid, label_flat, num_classes)  # [P], C = no class
+    pixels_per_class = _group_sizes(class_of_pixel, num_classes + 1)[:num_classes]
+    present = pixels_per_class > 0
+    sums = torch.zeros(num_classes + 1, pixels.shape[1], dtype=pixels.dtype, device=pixels.device)
+    sums.index_add_(0, class_of_pixel, pixels)
+    prototypes = sums[:num_classes] / pixels_per_class.clamp_min(1).unsqueeze(1).to(pixels.dtype)
 
-    grid = label.shape[1] * label.shape[2]
-    label_prob = prob.detach().flatten(2)[valid_pixels // grid, valid_labels, valid_pixels % grid]
-    hard = label_prob < strong_threshold
-    query_slots = (torch.bincount(valid_slots[hard], minlength=num_slots) > 0).nonzero().squeeze(1)
-    wanted = query_slots.unsqueeze(1).expand(-1, num_queries)
+    label_prob = prob.detach().flatten(2).gather(1, safe_label.view(label.shape[0], 1, -1))
+    hard = valid & (label_prob.reshape(-1) < strong_threshold)
+    hard_class_of_pixel = torch.where(hard, label_flat, num_classes)
+    has_hard = _group_sizes(hard_class_of_pixel, num_classes + 1)[:num_classes] > 0
+    queried = has_hard & (present.sum() > 1)
+    all_classes = torch.arange(num_classes, device=pixels.device)
     query_index = _draw_from_groups(
-        valid_pixels[hard], valid_slots[hard], num_slots, wanted, generator
-    )
+        hard_class_of_pixel, num_classes + 1, all_classes.unsqueeze(1).expand(-1, num_queries),
+        generator,
+    )  # fmt: skip
 
     unit = F.normalize(prototypes, dim=1)
-    relation = (unit[query_slots] @ unit.T) / temperature  # [S_q, S]
-    relation[torch.arange(query_slots.numel(), device=device), query_slots] = float("-inf")
-    negative_slots = _draw_categorical(
+    relation = (unit @ unit.T) / temperature  # [C, C]
+    other_present = present.unsqueeze(0) & ~torch.eye(
+        num_classes, dtype=torch.bool, device=pixels.device
+    )
+    relation = relation.masked_fill(~other_present, float("-inf"))
+    # A row with no other present class is never queried: give it any distribution.
+    relation = torch.where(other_present.any(1, keepdim=True), relation, 0.0)
+    negative_classes = _draw_categorical(
         torch.softmax(relation, 1), num_queries * num_negatives, generator
     )
-    negative_index = _draw_from_groups(
-        valid_pixels, valid_slots, num_slots, negative_slots, generator
-    )
-    negative_index = negative_index.view(-1, num_queries, num_negatives)
-    return RecoSamples(classes, prototypes, query_slots, query_index, negative_index)
+    negative_index = _draw_from_groups(class_of_pixel, num_classes + 1, negative_classes, generator)
+    negative_index = negative_index.view(num_classes, num_queries, num_negatives)
+    return _Draws(present, prototypes, queried, query_index, negative_index)
 
 
 class _GatheredDot(torch.autograd.Function):
@@ -273,22 +318,20 @@ def reco_loss(
     if prob.dim() != 4 or prob.shape[0] != rep.shape[0] or prob.shape[2:] != rep.shape[2:]:
         raise ValueError(f"prob must be [B, C, h, w] matching rep; got {tuple(prob.shape)}")
     pixels = at_least_float32(_pixel_major(rep))  # [B·h·w, D], gradient flows back to rep
-    samples = _draw_samples(
+    draws = _draw_samples(
         pixels.detach(), label, mask, prob, strong_threshold, temperature, num_queries,
         num_negatives, generator,
     )  # fmt: skip
-    if samples is None or samples.query_slots.numel() == 0:
-        return rep.sum() * 0.0
-    anchors = F.normalize(pixels[samples.query_index.reshape(-1)], dim=1)  # [S_q·N_q, D]
-    positives = F.normalize(samples.prototypes[samples.query_slots], dim=1)
-    positive_logits = (anchors.view(*samples.query_index.shape, -1) * positives.unsqueeze(1)).sum(
-        -1
-    )
+    num_classes = prob.shape[1]
+    anchors = F.normalize(pixels[draws.query_index.reshape(-1)], dim=1)  # [C·N_q, D]
+    positives = F.normalize(draws.prototypes, dim=1)  # [C, D]
+    positive_logits = (anchors.view(num_classes, num_queries, -1) * positives.unsqueeze(1)).sum(-1)
     positive_logits = positive_logits.reshape(-1, 1) / temperature
     with torch.no_grad():
         bank = F.normalize(pixels.detach(), dim=1)
-    negative_index = samples.negative_index.reshape(-1, num_negatives)
+    negative_index = draws.negative_index.reshape(-1, num_negatives)
     negative_logits = _GatheredDot.apply(anchors, bank, negative_index) / temperature
     logits = torch.cat([positive_logits, negative_logits], dim=1)
     cross_entropy = torch.logsumexp(logits, dim=1) - positive_logits.squeeze(1)
-    return cross_entropy.sum() / (num_queries * samples.classes.numel())
+    counted = cross_entropy.view(num_classes, num_queries) * draws.queried.unsqueeze(1)
+    return counted.sum() / (num_queries * draws.present.sum().clamp_min(1))
