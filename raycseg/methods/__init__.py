@@ -8,7 +8,6 @@ members of `raycseg.methods.interface.StageMethod`.
 from __future__ import annotations
 
 from ..config import CACLStage, MaskContrastStage, ModelSection, StageBase
-from ..data.decode_pool import decode_pool_dataset
 from ..data.loaders import pair_decoder, saliency_view_decoder
 from .cacl import CACL
 from .common import training_urls
@@ -43,5 +42,7 @@ def decode_pool_training_dataset(stage: StageBase):
         decode = saliency_view_decoder(stage.data)
     else:
         raise ValueError(f"stage {stage.name}: {stage.method} has no decode pool")
+    from ..data.decode_pool import decode_pool_dataset  # Ray Data: only where a pool runs
+
     urls, _ = training_urls(stage.data, 1)
     return decode_pool_dataset(urls, decode, stage.data.decode_pool)

@@ -48,7 +48,7 @@ from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank, ge
 from ..losses.cacl import CACLLoss, draw_pixel_negatives
 from ..models import DenseHead, build_backbone, normalize_images
 from ..models.global_batchnorm import convert_to_global_batchnorm
-from .common import backbone_kmeans_miou, training_urls
+from .common import backbone_kmeans_miou, enqueue, training_urls
 from .interface import StepOutput
 
 
@@ -149,10 +149,7 @@ class CACL(nn.Module):
             torch.randint(0, pixels, (videos,), device=pool.device),
         ]
         picked = nn.functional.normalize(picked[: self.queue_size], dim=1)
-        start = int(self.queue_pointer)
-        index = (start + torch.arange(picked.shape[0], device=pool.device)) % self.queue_size
-        self.queue[index] = picked.to(self.queue.dtype)
-        self.queue_pointer.fill_((start + picked.shape[0]) % self.queue_size)
+        enqueue(self.queue, self.queue_pointer, picked)
 
 
 def _flatten(maps: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Pieces the methods share.
 
-Which shards to train on, how many samples, the backbone k-means validation, and
-a method rebuilt from a checkpoint for the protocols that read its heads.
+Which shards to train on, how many samples, the FIFO queue write, the backbone
+k-means validation, and a method rebuilt from a checkpoint for the protocols that
+read its heads.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def training_urls(data: StageData, world_size: int) -> tuple[list[str], int]:
             f"{data.train} has {total} samples, fewer than the {world_size} workers; add data"
         )
     return urls, per_rank
+
+
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, pointer: torch.Tensor, rows: torch.Tensor) -> None:
+    """Write `rows` [n, D] into the FIFO `queue` [K, D] at `pointer` (long 0-dim); advance it.
+
+    The pointer stays on the device and moves by n mod K there, so a step never
+    waits to read it (n <= K; the caller keeps the rows it wants).
+    """
+    size = queue.shape[0]
+    index = (pointer + torch.arange(rows.shape[0], device=queue.device)) % size
+    queue[index] = rows.to(queue.dtype)
+    pointer.copy_((pointer + rows.shape[0]) % size)
 
 
 def backbone_kmeans_miou(backbone: nn.Module, data: StageData, device: torch.device) -> float:

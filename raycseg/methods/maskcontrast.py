@@ -80,7 +80,7 @@ from ..models import (
     update_ema,
 )
 from ..models.deeplab import MASKCONTRAST_ASPP_RATES
-from .common import method_from_checkpoint, training_urls
+from .common import enqueue, method_from_checkpoint, training_urls
 from .interface import StepOutput
 
 # The official ASPP rates 12/24/36 are set for 28×28 feature maps (224 crops at stride 8).
@@ -125,6 +125,7 @@ class MaskContrast(nn.Module):
         self.loss_resolution = stage.loss_resolution
         self.queue_size = stage.queue_size
         self.register_buffer("key_synced", torch.zeros((), dtype=torch.bool))
+        self._key_known_synced = False
         self.register_buffer(
             "queue", F.normalize(torch.randn(stage.queue_size, stage.embedding_dim), dim=1)
         )
@@ -185,8 +186,11 @@ class MaskContrast(nn.Module):
     def _encode_keys(self, images: torch.Tensor) -> torch.Tensor:
         """Key embeddings [B, D, h, w] of uint8 key views: sync or EMA, then shuffle-BN forward."""
         if self.training:
-            if not bool(self.key_synced):
+            if not self._key_known_synced:  # the buffer is read once, not on every step
+                self._key_known_synced = bool(self.key_synced)
+            if not self._key_known_synced:
                 self.sync_key_encoder()
+                self._key_known_synced = True
             else:
                 update_ema(self.key_encoder, self.query_encoder, self.momentum)
         if get_world_size() == 1:
@@ -204,13 +208,7 @@ class MaskContrast(nn.Module):
         """Write every worker's prototypes [W·B, D] at the pointer; advance it by W·B mod K."""
         if not self.queue_size:
             return
-        gathered = all_gather_no_grad(prototypes)[-self.queue_size :]
-        start = int(self.queue_pointer)
-        index = (
-            start + torch.arange(gathered.shape[0], device=self.queue.device)
-        ) % self.queue_size
-        self.queue[index] = gathered.to(self.queue.dtype)
-        self.queue_pointer.fill_((start + gathered.shape[0]) % self.queue_size)
+        enqueue(self.queue, self.queue_pointer, all_gather_no_grad(prototypes)[-self.queue_size :])
 
     def after_step(self, step: int) -> None:
         """Nothing: the key encoder and the queue are updated in `forward`."""

@@ -126,6 +126,7 @@ class ReCo(nn.Module):
         if self.semi:
             self.teacher = build_ema_copy(self.student)
             self.register_buffer("teacher_synced", torch.zeros((), dtype=torch.bool))
+            self._teacher_known_synced = False
         self.register_buffer("best_val_miou", torch.full((), -1.0, dtype=torch.float64))
 
     @property
@@ -216,9 +217,12 @@ class ReCo(nn.Module):
     @torch.no_grad()
     def _sync_teacher_once(self) -> None:
         """Copy the student (with its loaded weights) into the teacher before its first use."""
+        if self._teacher_known_synced:  # the buffer is read once, not on every step
+            return
         if not bool(self.teacher_synced):
             self.teacher.load_state_dict(self.student.state_dict())
             self.teacher_synced.fill_(True)
+        self._teacher_known_synced = True
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:

@@ -119,8 +119,8 @@ def class_mix_masks(labels: torch.Tensor, generator: torch.Generator | None = No
         bool [B, H, W], True where image b keeps its own pixels.
     """
     batch = labels.shape[0]
-    valid = labels != IGNORE_INDEX
-    num_ids = int(labels[valid].max()) + 1 if bool(valid.any()) else 1
+    num_ids = IGNORE_INDEX  # class ids are below 255: a fixed width, so no host sync
+    valid = (labels >= 0) & (labels < num_ids)
     safe = torch.where(valid, labels, 0).flatten(1)
     counts = torch.zeros(batch, num_ids, dtype=torch.long, device=labels.device)
     present = counts.scatter_add_(1, safe, valid.flatten(1).long()) > 0
