@@ -27,9 +27,6 @@ import io
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-import av
-import av.logging
-
 CODEC = "h264"
 
 
@@ -68,6 +65,8 @@ def transcode_clip(data: bytes, settings: TranscodeSettings) -> bytes:
     Raises:
         ValueError: the clip has no video stream or ffmpeg cannot read it.
     """
+    import av.logging  # PyAV is imported where clips are built, never by training
+
     output = io.BytesIO()
     with av.logging.Capture():  # x264's settings and statistics lines
         try:
@@ -78,6 +77,8 @@ def transcode_clip(data: bytes, settings: TranscodeSettings) -> bytes:
 
 
 def _transcode_into(output: io.BytesIO, data: bytes, settings: TranscodeSettings) -> None:
+    import av
+
     with av.open(io.BytesIO(data), mode="r") as source:
         if not source.streams.video:
             raise ValueError("the file has no video stream")

@@ -32,8 +32,6 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
-import decord
-import decord.logging
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -43,8 +41,17 @@ _DECORD_OPEN_ERROR = re.compile(r"ERROR opening: .*, (?P<reason>[^,]+)$")
 _native_stderr = threading.Lock()  # one file descriptor 2 per process
 _sink: dict = {"pid": None, "file": None}  # one catch file per process (forked loaders too)
 
-# decord raises on every real failure; ffmpeg's log lines only repeat them, per clip.
-decord.logging.set_level(decord.logging.QUIET)
+
+def _decord():
+    """Decord, imported on first use, with its ffmpeg logging silenced.
+
+    What never opens a clip (`cseg bench train`) runs without it. decord raises on
+    every real failure; ffmpeg's log lines only repeat them, per clip.
+    """
+    import decord.logging
+
+    decord.logging.set_level(decord.logging.QUIET)
+    return decord
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ def decord_reason(error: BaseException) -> str:
     return _DECORD_PREFIX.sub("", text)[:200]
 
 
-def open_video(data: bytes, *, num_threads: int = 1) -> decord.VideoReader:
+def open_video(data: bytes, *, num_threads: int = 1) -> decord.VideoReader:  # noqa: F821 (imported on first use)
     """Open a clip held in memory.
 
     Args:
@@ -82,6 +89,7 @@ def open_video(data: bytes, *, num_threads: int = 1) -> decord.VideoReader:
         raise ValueError("empty video (0 bytes)")
     with _NativeStderr() as native:
         try:
+            decord = _decord()
             reader = decord.VideoReader(
                 io.BytesIO(data), ctx=decord.cpu(0), num_threads=num_threads
             )
@@ -158,7 +166,10 @@ class _NativeStderr:
         return None
 
 
-def decode_frames(reader: decord.VideoReader, indices: list[int] | np.ndarray) -> np.ndarray:
+def decode_frames(
+    reader: decord.VideoReader,  # noqa: F821 (imported on first use)
+    indices: list[int] | np.ndarray,
+) -> np.ndarray:
     """Decode the given frame indices.
 
     Returns:
