@@ -25,12 +25,10 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_no_grad",
     "all_gather_with_grad",
-    "finite_on_every_rank",
     "gather_objects",
     "get_rank",
     "get_world_size",
-    "mean_over_ranks",
-    "sum_over_ranks",
+    "reduce_logged_values",
 ]
 
 
@@ -129,29 +127,30 @@ def all_gather_no_grad(x: torch.Tensor, *, equal_shapes: bool = False) -> torch.
     return gathered
 
 
-def mean_over_ranks(values: list[torch.Tensor], device: torch.device) -> list[float]:
-    """The mean over ranks of each 0-dim tensor in `values` (every rank must call it)."""
-    stacked = torch.stack([v.float() for v in values]).to(device)
+def reduce_logged_values(
+    values: list[torch.Tensor], count: int, first_step: torch.Tensor, device: torch.device
+) -> tuple[list[float], int, int]:
+    """A logging step's reductions over ranks, read back with one host sync.
+
+    Every rank must call it.
+
+    Args:
+        values: 0-dim tensors (the loss and its terms); their means over ranks.
+        count: an integer (skipped corrupt samples); its sum over ranks.
+        first_step: long 0-dim, below 2**53; its minimum over ranks.
+        device: where the reductions run (the process group's device).
+
+    Returns:
+        (the means, the sum, the minimum).
+    """
+    summed = torch.stack([v.float() for v in values] + [torch.tensor(float(count))]).to(device)
+    minimum = first_step.detach().clone().to(device)
     if _has_process_group():
-        dist.all_reduce(stacked)
-        stacked /= dist.get_world_size()
-    return stacked.tolist()
-
-
-def sum_over_ranks(value: int, device: torch.device) -> int:
-    """The sum over ranks of an integer (every rank must call it)."""
-    total = torch.tensor([value], dtype=torch.long, device=device)
-    if _has_process_group():
-        dist.all_reduce(total)
-    return int(total.item())
-
-
-def finite_on_every_rank(loss: torch.Tensor, device: torch.device) -> bool:
-    """True when the loss is finite on every rank, so that all ranks stop together."""
-    flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device)
-    if _has_process_group():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        dist.all_reduce(summed)
+        dist.all_reduce(minimum, op=dist.ReduceOp.MIN)
+        summed[:-1] /= dist.get_world_size()
+    *means, total, smallest = torch.cat([summed.double(), minimum.double().view(1)]).tolist()
+    return means, round(total), int(smallest)
 
 
 def gather_objects(record: object) -> list[object]:

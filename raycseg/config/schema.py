@@ -238,6 +238,13 @@ class ScalingSection(Section):
         default_factory=dict, description="what each `cseg tune` trial driver asks for"
     )
     mixed_precision: bool = Field(True, description="bf16 autocast + channels_last on GPU")
+    fused_optimizer: bool = Field(
+        True, description="torch's fused SGD/Adam/AdamW kernels (no host read of step counts)"
+    )
+    cudnn_benchmark: bool = Field(False, description="let cuDNN time its kernels (GPU)")
+    compile: bool = Field(False, description="torch.compile the method's networks")
+    gradient_as_bucket_view: bool = Field(False, description="DDP: gradients in its buckets")
+    static_graph: bool = Field(False, description="DDP: the same graph every step")
 
 
 class StorageSection(Section):

@@ -77,6 +77,7 @@ class StreamShare:
         seed: Stream seed: the shuffle and the augmentations (with the three above).
         start_batch: Resume at this batch without decoding the skipped samples.
         shuffle_buffer: Raw samples held for shuffling, per loader worker.
+        pin_memory: Batches in page-locked memory (for non-blocking copies to a GPU).
     """
 
     rank: int = 0
@@ -85,6 +86,7 @@ class StreamShare:
     seed: int = 0
     start_batch: int = 0
     shuffle_buffer: int = 64
+    pin_memory: bool = False
 
     def spec(self, urls: list[str], batch_size: int, samples_per_rank: int) -> StreamSpec:
         """The stream of `urls` this share reads, `samples_per_rank` raw samples per epoch."""
@@ -92,12 +94,15 @@ class StreamShare:
                           samples_per_rank, self.start_batch, self.shuffle_buffer)  # fmt: skip
 
 
-def _loader(spec: StreamSpec, decode, num_workers: int, collate_fn=None) -> DataLoader:
+def _loader(
+    spec: StreamSpec, decode, num_workers: int, collate_fn=None, pin_memory: bool = False
+) -> DataLoader:
     return DataLoader(
         ShardStream(spec, decode, collate_fn),
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,
+        pin_memory=pin_memory,
     )
 
 
@@ -128,7 +133,8 @@ def build_pair_loader(
         samples_per_rank: Raw samples per rank per epoch.
     """
     decode = pair_decoder(data, mode)
-    return _loader(share.spec(urls, data.batch_size, samples_per_rank), decode, share.num_workers)
+    spec = share.spec(urls, data.batch_size, samples_per_rank)
+    return _loader(spec, decode, share.num_workers, pin_memory=share.pin_memory)
 
 
 def build_saliency_view_loader(
@@ -150,7 +156,9 @@ def build_saliency_view_loader(
     fall in the open interval (`min_mask_area`, `max_mask_area`).
     """
     spec = share.spec(urls, data.batch_size, samples_per_rank)
-    return _loader(spec, saliency_view_decoder(data), share.num_workers)
+    return _loader(
+        spec, saliency_view_decoder(data), share.num_workers, pin_memory=share.pin_memory
+    )
 
 
 def pair_decoder(data: StageData, mode: str = "video") -> VideoPairDecoder | ImagePairDecoder:
@@ -218,7 +226,9 @@ def build_segmentation_loader(
     if transform is None:
         transform = _segmentation_transform(crop_size, scale_range, photometric, crop_only)
     spec = share.spec(urls, batch_size, samples_per_rank)
-    return _loader(spec, SegmentationDecoder(transform), share.num_workers)
+    return _loader(
+        spec, SegmentationDecoder(transform), share.num_workers, pin_memory=share.pin_memory
+    )
 
 
 def _segmentation_transform(

@@ -32,23 +32,18 @@ import torch
 import torch.distributed as dist
 
 from .. import storage
-from ..config import OptimSection, Recipe, is_torchvision_weights
+from ..config import Recipe, is_torchvision_weights
 from ..data.decode_pool import pool_batches
 from ..data.loaders import StreamShare
 from ..data.synthetic import prepare_data
-from ..distributed import (
-    finite_on_every_rank,
-    gather_objects,
-    mean_over_ranks,
-    sum_over_ranks,
-)
+from ..distributed import gather_objects
 from ..methods import StageMethod, build_method
 from ..models import load_backbone_weights
 from ..run_directory import METRICS_FILE, MetricsLog, latest_local_checkpoint, record_workers
 from ..storage import is_url
 from .checkpoint import StageCheckpoints, load_ray_checkpoint, load_state, training_state
 from .progress import ProgressStream
-from .schedules import build_lr_schedule
+from .step import LoggedValues, StageStep, compile_networks
 
 
 # One loop in numbered sections on purpose (house_check exempts this file for the same reason).
@@ -62,7 +57,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    use_amp = device.type == "cuda" and recipe.scaling.mixed_precision
     progress = ProgressStream(config["progress_queue"] if rank == 0 else None)
     torch.manual_seed(recipe.seed)  # same initial weights on every rank and in the random baseline
     _quiet_per_report_logs()
@@ -76,25 +70,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
         load_init_weights(method.backbone, init_from)
     if rank == 0:
         _log_loaded_weights(method.backbone, stage.name)
-    if use_amp:
+    if device.type == "cuda" and recipe.scaling.mixed_precision:
         method = method.to(memory_format=torch.channels_last)
+    if recipe.scaling.compile:
+        compile_networks(method)
     model = ray.train.torch.prepare_model(
         method,
         parallel_strategy="ddp" if world_size > 1 else None,
-        parallel_strategy_kwargs={"find_unused_parameters": method.find_unused_parameters},
+        parallel_strategy_kwargs={
+            "find_unused_parameters": method.find_unused_parameters,
+            "gradient_as_bucket_view": recipe.scaling.gradient_as_bucket_view,
+            "static_graph": recipe.scaling.static_graph,
+        },
     )
 
     # 3. Optimizer and per-step schedules ------------------------------------------------
     optim = recipe.optim_for(stage)
-    optimizer = build_optimizer(method, optim)
-    lr_schedule = build_lr_schedule(optim, stage.steps)
+    steps = StageStep(method, model, optim, stage.steps, recipe.scaling, device)
 
     # 4. Resume from the latest registered checkpoint ------------------------------------
     start_step = 0
     state = _restored_state(config, stage.name, device)
     if state is not None:
         method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        steps.optimizer.load_state_dict(state["optimizer"])
         start_step = state["stage_step"]
     metrics_log = MetricsLog(storage.join(run_dir, METRICS_FILE))
     if rank == 0:
@@ -108,7 +107,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
     if stage.data.loader == "ray_data":  # decoded by the Ray Data pool the driver started
         batches = pool_batches(ray.train.get_dataset_shard("train"), stage.data.batch_size)
     else:
-        share = StreamShare(rank, world_size, recipe.data.loader_workers, recipe.seed, start_step)
+        share = StreamShare(
+            rank, world_size, recipe.data.loader_workers, recipe.seed, start_step,
+            pin_memory=device.type == "cuda",
+        )  # fmt: skip
         batches = iter(method.training_loader(share))
     progress.phase("waiting for the first batch")
 
@@ -118,28 +120,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
     window_start, window_samples = time.perf_counter(), 0
     last_metrics: dict[str, Any] = {}
     for stage_step in range(start_step, stage.steps):
-        batch = {
-            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in next(batches).items()
-        }
+        batch, corrupt = steps.to_device(next(batches))
+        skipped_corrupt += corrupt
         if stage_step == start_step:
             progress.phase("running the first step")
-        skipped_corrupt += int(batch.pop("skipped_corrupt", 0))
-        for group in optimizer.param_groups:
-            group["lr"] = float(lr_schedule[stage_step])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            output = model(batch)
-        loss, terms = output["loss"], output["terms"]
-        if not finite_on_every_rank(loss, device):
-            if rank == 0:
-                metrics_log.close()
-            return _stop_non_finite(stage.name, step_offset + stage_step + 1, terms)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(method.parameters(), optim.grad_clip)
-        optimizer.step()
-        method.after_step(stage_step)
+        output = steps.run(batch, stage_step)  # no host sync: non-finite losses are flagged
         window_samples += _batch_size(batch)
 
         step = step_offset + stage_step + 1
@@ -152,15 +137,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
         if not (report_now or (stage_step + 1) % recipe.storage.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
-        values = mean_over_ranks([loss.detach(), *[t.detach() for t in terms.values()]], device)
+        logged = steps.logged_values(output, skipped_corrupt)  # the step's one host sync
+        if logged.first_non_finite is not None:  # before any checkpoint holds its weights
+            if rank == 0:
+                metrics_log.close()
+            return _stop_non_finite(stage.name, step_offset + logged.first_non_finite + 1, logged)
         metrics = {
             "stage": stage.name,
             "step": step,
-            "loss": values[0],
-            **{f"loss_{name}": value for name, value in zip(terms, values[1:], strict=True)},
-            "lr": float(lr_schedule[stage_step]),
+            "loss": logged.loss,
+            **{f"loss_{name}": value for name, value in logged.terms.items()},
+            "lr": steps.lr(stage_step),
             "samples_per_s": window_samples * world_size / max(elapsed, 1e-9),
-            "skipped_corrupt": sum_over_ranks(skipped_corrupt, device),
+            "skipped_corrupt": logged.skipped_corrupt,
         }
         best = False
         if validate_now and rank == 0 and stage.data.val is not None:
@@ -177,7 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
             state = None
             if rank == 0 and (save_now or best):
                 state = training_state(
-                    method, optimizer, config["recipe"],
+                    method, steps.optimizer, config["recipe"],
                     stage_name=stage.name, step=step, stage_step=stage_step + 1,
                 )  # fmt: skip
             checkpoints.report(metrics, state, save=save_now, best=best)
@@ -205,21 +194,6 @@ def _log_loaded_weights(backbone: torch.nn.Module, stage_name: str) -> None:
     for report in backbone.weights_reports:
         for line in report.lines():
             print(f"stage {stage_name}: {line}", file=sys.stderr, flush=True)
-
-
-def build_optimizer(module: torch.nn.Module, optim: OptimSection) -> torch.optim.Optimizer:
-    """SGD (with momentum, optional Nesterov), Adam or AdamW over the trainable parameters."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    if optim.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=optim.lr,
-            momentum=optim.momentum,
-            nesterov=optim.nesterov,
-            weight_decay=optim.weight_decay,
-        )
-    kind = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
-    return kind(params, lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 def _restored_state(
@@ -272,11 +246,11 @@ def _quiet_per_report_logs() -> None:
     logging.getLogger(train_fn_utils.__name__).setLevel(logging.WARNING)
 
 
-def _stop_non_finite(stage_name: str, step: int, terms: dict[str, torch.Tensor]) -> dict[str, Any]:
-    values = ", ".join(f"loss_{k}={float(v.detach()):.4g}" for k, v in terms.items())
+def _stop_non_finite(stage_name: str, step: int, logged: LoggedValues) -> dict[str, Any]:
+    values = ", ".join(f"loss_{k}={v:.4g}" for k, v in logged.terms.items())
     message = (
-        f"stage {stage_name}: the loss became non-finite at step {step} ({values}); "
-        "lower optim.lr, set optim.grad_clip (e.g. 3.0), or resume from the last checkpoint"
+        f"stage {stage_name}: the loss became non-finite at step {step} ({values}); lower "
+        "optim.lr, set optim.grad_clip (e.g. 3.0), or resume from the last checkpoint"
     )
     return {"stage": stage_name, "step": step, "error": message}
 
