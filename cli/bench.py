@@ -1,4 +1,4 @@
-"""`cseg bench data|decode-pool|loss|reco-semi`: measured throughput, memory and accuracy.
+"""`cseg bench train|data|decode-pool|loss|reco-semi`: measured throughput, memory and accuracy.
 
 Each command prints its results as tables and, with `--json FILE`, writes them as JSON.
 """
@@ -15,14 +15,57 @@ from rich.table import Table
 from .console import err, out
 
 app = typer.Typer(
-    help="Benchmarks: data decoding, loss forward+backward, ReCo semi vs supervised.",
+    help="Benchmarks: training steps, data decoding, losses, ReCo semi vs supervised.",
     epilog="""Examples:
 
+cseg bench train reco/voc_60labels --synthetic stages.reco.data.batch_size=2
 cseg bench loss cacl
 cseg bench data data/synthetic/video --seconds 5
 cseg bench reco-semi --seeds 3 --steps 600""",
     no_args_is_help=True,
 )
+
+
+@app.command(
+    "train",
+    epilog="""Examples:
+
+cseg bench train cacl/debug --synthetic
+cseg bench train maskcontrast/voc --synthetic stages.maskcontrast.data.batch_size=2
+cseg bench train quickstart --steps 20 --json step.json   # on the recipe's shards
+cseg bench train reco/voc_60labels --synthetic scaling.compile=true""",
+)
+def bench_train(
+    recipe: str = typer.Argument(..., help="A shipped recipe name or a YAML path."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the recipe."),
+    stage: str = typer.Option(None, "--stage", help="The stage to time (default: the first)."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Timed steps (after the warm-up)."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Untimed steps first."),
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Random batches of the stage's shapes and random weights."
+    ),
+    threads: int = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda if present)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """One stage's training steps in this process, without Ray.
+
+    Reports the step's time split, FLOPs, host syncs, memory, and the overhead over a
+    step of the bare network passes (CONTRACTS.md §8 names the JSON keys).
+    """
+    import torch
+
+    from raycseg.bench.train_step import benchmark_training_step
+    from raycseg.config import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [], check_files=not synthetic)
+    if threads:
+        torch.set_num_threads(threads)
+    results = benchmark_training_step(
+        loaded, stage_name=stage, steps=steps, warmup=warmup, synthetic=synthetic, device=device,
+        on_progress=lambda line: err.print(line, markup=False),
+    )  # fmt: skip
+    _show(f"training step: {results['recipe']} / {results['stage']}", results, json_out)
 
 
 @app.command(
