@@ -51,7 +51,7 @@ def bench_train(
     """One stage's training steps in this process, without Ray.
 
     Reports the step's time split, FLOPs, host syncs, memory, and the overhead over a
-    step of the bare network passes (CONTRACTS.md §8 names the JSON keys).
+    step of the bare network passes (docs/benchmarks.md, "Training step").
     """
     import torch
 

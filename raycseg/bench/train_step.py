@@ -60,13 +60,9 @@ def benchmark_training_step(
     on_progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time `steps` training steps of one stage (default: the first); see the module docstring."""
-    stage = _pick_stage(recipe, stage_name)
-    notes = []
-    if synthetic:
-        recipe, stage, notes = _random_weights_and_shapes(recipe, stage)
-    else:
-        _complete_from_the_data(recipe)
+    say = on_progress or (lambda _: None)
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    recipe, stage, notes = _stage_to_time(recipe, stage_name, synthetic)
     torch.manual_seed(recipe.seed)
     method = build_method(stage, recipe.model).to(where)
     if where.type == "cuda" and recipe.scaling.mixed_precision:
@@ -75,16 +71,7 @@ def benchmark_training_step(
     step = StageStep(
         method, method, recipe.optim_for(stage), warmup + steps + 2, recipe.scaling, where
     )
-    if synthetic:
-        batches = _synthetic_batches(stage, where)
-    else:
-        share = StreamShare(
-            num_workers=recipe.data.loader_workers,
-            seed=recipe.seed,
-            pin_memory=where.type == "cuda",
-        )
-        batches = iter(method.training_loader(share))
-    say = on_progress or (lambda _: None)
+    batches = _batches(recipe, stage, method, synthetic, where)
 
     say("counting FLOPs and host syncs")
     batch, _ = step.to_device(next(batches))
@@ -98,25 +85,19 @@ def benchmark_training_step(
 
     say(f"timing {warmup} + {steps} steps, each beside a baseline step")
     clock = _PhaseClock(where)
-    timed, baseline = [], []
     _reset_peaks(where)
+    timed, baseline = [], []
     for index in range(warmup + steps):
         phases = _timed_step(step, batches, index + 2, clock)
         base = _timed_baseline(step, method, stage.method, batches, clock)
         if index >= warmup:
             timed.append(phases)
             baseline.append(base)
-
     split = sorted(timed, key=lambda phases: phases["step_s"])[len(timed) // 2]  # the median step
-    step_s = split["step_s"]
-    per_step_flops = flops.get_total_flops()
-    tflops = per_step_flops / step_s / 1e12 if step_s > 0 else None
-    peak = _peak_tflops(where)
     return {
         "recipe": recipe.name,
         "stage": stage.name,
         "method": stage.method,
-        "device": _device_name(where),
         "synthetic": synthetic,
         "batch_size": stage.data.batch_size,
         "image_size": stage.data.image_size,
@@ -124,19 +105,30 @@ def benchmark_training_step(
         "threads": torch.get_num_threads(),
         "compile": recipe.scaling.compile,
         **split,
-        "samples_per_s": stage.data.batch_size / step_s if step_s > 0 else None,
-        "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_device_mib": (
-            torch.cuda.max_memory_allocated(where) / 2**20 if where.type == "cuda" else None
-        ),
-        "flops_per_step": per_step_flops,
-        "tflops": tflops,
-        "mfu": tflops / peak if tflops is not None and peak else None,
+        **_rates_and_memory(split["step_s"], stage.data.batch_size, flops.get_total_flops(), where),
         "host_syncs_per_step": syncs.count,
         "host_syncs_by_op": dict(syncs.by_op),
         "baseline_step_s": statistics.median(baseline),
-        "overhead_ratio": step_s / statistics.median(baseline),
+        "overhead_ratio": split["step_s"] / statistics.median(baseline),
         "notes": notes,
+    }
+
+
+def _rates_and_memory(
+    step_s: float, batch_size: int, flops: int, device: torch.device
+) -> dict[str, Any]:
+    tflops = flops / step_s / 1e12 if step_s > 0 else None
+    peak = _peak_tflops(device)
+    return {
+        "device": _device_name(device),
+        "samples_per_s": batch_size / step_s if step_s > 0 else None,
+        "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+        "flops_per_step": flops,
+        "tflops": tflops,
+        "mfu": tflops / peak if tflops is not None and peak else None,
     }
 
 
@@ -248,6 +240,28 @@ def _pick_stage(recipe: Recipe, stage_name: str | None) -> StageBase:
             return stage
     names = ", ".join(stage.name for stage in recipe.stages)
     raise CsegError(f"recipe {recipe.name} has no stage {stage_name!r}; use one of: {names}")
+
+
+def _stage_to_time(
+    recipe: Recipe, stage_name: str | None, synthetic: bool
+) -> tuple[Recipe, StageBase, list[str]]:
+    """The recipe and stage to time: random weights and shapes, or completed from the data."""
+    stage = _pick_stage(recipe, stage_name)
+    if synthetic:
+        return _random_weights_and_shapes(recipe, stage)
+    _complete_from_the_data(recipe)
+    return recipe, stage, []
+
+
+def _batches(
+    recipe: Recipe, stage: StageBase, method: StageMethod, synthetic: bool, device: torch.device
+) -> Iterator[dict]:
+    if synthetic:
+        return _synthetic_batches(stage, device)
+    share = StreamShare(
+        num_workers=recipe.data.loader_workers, seed=recipe.seed, pin_memory=device.type == "cuda"
+    )
+    return iter(method.training_loader(share))
 
 
 def _random_weights_and_shapes(
