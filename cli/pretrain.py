@@ -65,12 +65,13 @@ def pretrain(
             quiet=quiet,
             on_phase=display.phase,
         )
+    run_dir = result.run_dir if isinstance(result.run_dir, str) else result.run_dir.resolve()
     if quiet:
-        out.print(str(result.run_dir.resolve()), markup=False)
+        out.print(str(run_dir), markup=False)
     else:
         if result.eval:
             print_eval_table(result.eval)
-        out.print(f"run directory: {result.run_dir.resolve()}", markup=False)
+        out.print(f"run directory: {run_dir}", markup=False)
     raise_if_skipped(result.eval)
 
 

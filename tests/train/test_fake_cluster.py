@@ -48,7 +48,6 @@ from raycseg import storage
 from raycseg.config import load_recipe
 from raycseg.data.synthetic import prepare_data
 from raycseg.train.checkpoint import load_state
-from raycseg.train.launch import run_pretrain
 from raycseg.tune.spaces import find_space
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
@@ -192,31 +191,22 @@ def test_tune_trials_scale_the_cluster_up_then_the_idle_nodes_go(cluster, data_r
     )
 
 
-def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
-    cluster, data_root, s3_bucket, capfd
-):
+def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(cluster, data_root, s3_bucket):
+    """`cseg pretrain --address` as its own process (as the other runs here: a driver
+    in the test process, after the earlier tests' local Ray sessions in it, once saw its
+    Train controller cancelled before it ran)."""
     steps, shards = 20, f"{s3_bucket.url}/shards/synthetic-debug"
     s3_bucket.upload_folder(data_root / "synthetic-debug", shards)
-    recipe = load_recipe(
-        "cacl/debug",
-        [
-            f"data.root={data_root}", "data.synthetic=null",
-            f"stages.cacl.data.train={shards}/video", "stages.cacl.data.val=null",
-            f"eval.data={shards}/segmentation", "eval.linear_probe.epochs=1",
-            f"storage.path={s3_bucket.url}/runs", "storage.name=node", "storage.max_failures=2",
-            f"stages.cacl.steps={steps}", "stages.cacl.val_every=0", "storage.checkpoint_every=5",
-            "scaling.num_workers=2", "scaling.min_workers=1", ON_WORKER_NODES,
-        ],
+    command = cseg(
+        "pretrain", "cacl/debug", "--address", cluster.address,
+        f"data.root={data_root}", "data.synthetic=null",
+        f"stages.cacl.data.train={shards}/video", "stages.cacl.data.val=null",
+        f"eval.data={shards}/segmentation", "eval.linear_probe.epochs=1",
+        f"storage.path={s3_bucket.url}/runs", "storage.name=node", "storage.max_failures=2",
+        f"stages.cacl.steps={steps}", "stages.cacl.val_every=0", "storage.checkpoint_every=5",
+        "scaling.num_workers=2", "scaling.min_workers=1", ON_WORKER_NODES,
     )  # fmt: skip
-    removed, training = [], []
-
-    def remove_a_node_once(record: dict) -> None:
-        if not training:  # the run's own request holds both nodes now
-            release_worker_nodes()
-            training.append(record["step"])
-        if record["step"] >= 7 and not removed:  # after the checkpoint of step 5
-            removed.append(_kill_a_worker_node(cluster))
-
+    keys = s3_bucket.keys
     started = time.monotonic()
     # Both nodes up, and known to Ray's autoscaling coordinator, before training starts,
     # so the elastic run starts with 2 workers (it starts with whatever the coordinator
@@ -224,14 +214,32 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
     hold_worker_nodes(2)
     try:
         with PeakNodes() as nodes:
-            result = run_pretrain(recipe, address=cluster.address, on_metrics=remove_a_node_once)
+            run = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                # Training has started once the workers are recorded: the run's own request
+                # holds both nodes now.
+                wait_for(lambda: "runs/node/workers.jsonl" in keys(), RUN_TIMEOUT_S, "the workers")
+                release_worker_nodes()
+                wait_for(
+                    lambda: any(k.endswith("/state.pt") for k in keys()),
+                    RUN_TIMEOUT_S,
+                    "the checkpoint of step 5",
+                    poll_s=0.2,
+                )
+                removed = _kill_a_worker_node(cluster)
+                out, err = run.communicate(timeout=RUN_TIMEOUT_S)
+            finally:
+                run.kill()
     finally:
         release_worker_nodes()
     finished = time.monotonic()
-    assert removed, "the run finished before a node could be removed"
+    assert run.returncode == 0, err[-3000:]
+    assert removed, "a worker node was removed"
     assert nodes.peak == 2, "the autoscaler added one node per worker (the head has none)"
     run_dir = f"{s3_bucket.url}/runs/node"
-    assert result.run_dir == run_dir
+    assert out.strip().splitlines()[-1] == f"run directory: {run_dir}"
 
     metrics = read_jsonl_at(f"{run_dir}/metrics.jsonl")
     assert [r["step"] for r in metrics] == list(range(1, steps + 1))
@@ -239,19 +247,21 @@ def test_a_node_removed_mid_run_the_elastic_run_goes_on_in_a_bucket(
     sizes = [w["world_size"] for w in workers if w["rank"] == 0]
     assert sizes[0] == 2 and 1 in sizes[1:], f"went on with the remaining node: {sizes}"
 
-    keys = s3_bucket.keys()
+    stored = keys()
     for name in ("config.yaml", "stages.json", "metrics.jsonl", "workers.jsonl", "eval.json"):
-        assert f"runs/node/{name}" in keys
-    assert any(k.startswith("runs/node/cacl/checkpoint_") and k.endswith("/state.pt") for k in keys)
+        assert f"runs/node/{name}" in stored
+    assert any(
+        k.startswith("runs/node/cacl/checkpoint_") and k.endswith("/state.pt") for k in stored
+    )
     final = json.loads(storage.read_text(f"{run_dir}/stages.json"))["cacl"]["checkpoint"]
     assert final.startswith("cacl/checkpoint_")  # stored relative to the run
     assert load_state(f"{run_dir}/{final}")["step"] == steps
     assert "kmeans" in json.loads(storage.read_text(f"{run_dir}/eval.json"))
-    _assert_no_secret(s3_bucket, cluster, capfd.readouterr())
+    _assert_no_secret(s3_bucket, cluster, out + err)
     released = release_time(cluster, finished)
     print(
-        f"\nS3 run, a node removed at step 7: {finished - started:.0f} s, rank-0 world sizes "
-        f"{sizes}; idle nodes gone {released:.0f} s later"
+        f"\nS3 run, a node removed after the checkpoint of step 5: {finished - started:.0f} s, "
+        f"rank-0 world sizes {sizes}; idle nodes gone {released:.0f} s later"
     )
 
 
@@ -325,11 +335,11 @@ def _kill_a_worker_node(cluster) -> str:
     raise AssertionError(f"no raylet found for worker node {node_id}")
 
 
-def _assert_no_secret(s3_bucket, cluster, captured) -> None:
+def _assert_no_secret(s3_bucket, cluster, driver_output: str) -> None:
     """The credentials appear in no stored object, no driver output and no Ray log."""
     secrets = [s3_bucket.env["AWS_SECRET_ACCESS_KEY"], s3_bucket.env["AWS_ACCESS_KEY_ID"]]
     texts = {f"s3 {key}": s3_bucket.read(key) for key in s3_bucket.keys()}
-    texts["driver output"] = (captured.out + captured.err).encode()
+    texts["driver output"] = driver_output.encode()
     logs = [p for p in cluster.temp_dir.rglob("*") if p.is_file() and not p.is_socket()]
     assert any(p.suffix in (".log", ".out", ".err") for p in logs), "Ray logs were found"
     texts.update({str(p): p.read_bytes() for p in logs})
