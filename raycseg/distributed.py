@@ -76,25 +76,27 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """Autograd all-gather: forward concatenates, backward sums over ranks and slices."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        gathered, row_counts = _gather_rows(x)
+    def forward(ctx, x: torch.Tensor, equal_shapes: bool) -> torch.Tensor:
+        gathered, row_counts = _gather_rows(x, equal_shapes)
         rank = get_rank()
         ctx.row_range = (sum(row_counts[:rank]), sum(row_counts[: rank + 1]))
         return gathered
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad_output.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start, stop = ctx.row_range
-        return grad[start:stop]
+        return grad[start:stop], None
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def all_gather_with_grad(x: torch.Tensor, *, equal_shapes: bool = False) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, keeping a correct gradient path.
 
     Args:
         x: any tensor; its first dim may differ between ranks.
+        equal_shapes: promise that every rank passes the same shape, which saves the
+            size exchange and its host sync (a training step's full batches).
 
     Returns:
         The rank-ordered concatenation, shape ``[sum_r x_r.shape[0], ...]``. Its
@@ -105,7 +107,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if get_world_size() == 1:
         return x
-    return _AllGatherWithGrad.apply(x)
+    return _AllGatherWithGrad.apply(x, equal_shapes)
 
 
 @torch.no_grad()
@@ -115,7 +117,8 @@ def all_gather_no_grad(x: torch.Tensor, *, equal_shapes: bool = False) -> torch.
     Args:
         x: any tensor; its first dim may differ between ranks.
         equal_shapes: promise that every rank passes the same shape, which saves
-            the size exchange (one collective instead of two; e.g. per-layer statistics).
+            the size exchange (one collective instead of two, and no host sync; e.g.
+            per-layer statistics, a training step's full batches).
 
     Returns:
         The rank-ordered concatenation, detached from the graph. Without a process

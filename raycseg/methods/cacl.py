@@ -101,8 +101,10 @@ class CACL(nn.Module):
         if self.pixel_head is not None:
             p_a, p_b = _flatten(self.pixel_head(features)).chunk(2)
             negatives = self._pixel_negatives(p_a, p_b)
-        g_a = all_gather_with_grad(u_a.mean(dim=2))
-        g_b = all_gather_with_grad(u_b.mean(dim=2))
+        # Training batches are full on every rank (the streams drop the remainder), so the
+        # gathers need no size exchange, which would read sizes back to the host.
+        g_a = all_gather_with_grad(u_a.mean(dim=2), equal_shapes=True)
+        g_b = all_gather_with_grad(u_b.mean(dim=2), equal_shapes=True)
         total, terms = self.criterion(g_a, g_b, p_a, p_b, u_a, u_b, c_a, c_b, negatives)
         return {"loss": total, "terms": terms}
 
@@ -129,7 +131,7 @@ class CACL(nn.Module):
         Returns [B, K + queue_size, D], or None when there is no other video and no queue.
         """
         local = p_a.shape[0]
-        pool = all_gather_no_grad(torch.cat([p_a, p_b], dim=2))  # [W·B, D, 2N]
+        pool = all_gather_no_grad(torch.cat([p_a, p_b], dim=2), equal_shapes=True)  # [W·B, D, 2N]
         owners = get_rank() * local + torch.arange(local, device=pool.device)
         parts = []
         if self.num_pixel_negatives:

@@ -208,7 +208,8 @@ class MaskContrast(nn.Module):
         """Write every worker's prototypes [W·B, D] at the pointer; advance it by W·B mod K."""
         if not self.queue_size:
             return
-        enqueue(self.queue, self.queue_pointer, all_gather_no_grad(prototypes)[-self.queue_size :])
+        gathered = all_gather_no_grad(prototypes, equal_shapes=True)  # full batches everywhere
+        enqueue(self.queue, self.queue_pointer, gathered[-self.queue_size :])
 
     def after_step(self, step: int) -> None:
         """Nothing: the key encoder and the queue are updated in `forward`."""
@@ -247,17 +248,17 @@ class MaskContrast(nn.Module):
 def _shuffled_forward(encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Shuffle-BN: encode a random slice of the global key batch, return this rank's embeddings.
 
-    Each rank encodes as many images as it holds, so unequal batch sizes work.
-    Every rank must call this (it runs four collectives).
+    Every rank holds a full batch of the same size (the training streams drop the
+    remainder), so no sizes are exchanged and nothing is read back to the host.
+    Every rank must call this (it runs three collectives).
     """
     rank, local = get_rank(), images.shape[0]
-    everything = all_gather_no_grad(images)  # [N, 3, H, W], rank order
-    counts = all_gather_no_grad(torch.tensor([local], device=images.device))
-    start = int(counts[:rank].sum())
+    everything = all_gather_no_grad(images, equal_shapes=True)  # [N, 3, H, W], rank order
+    start = rank * local
     order = torch.randperm(everything.shape[0], device=images.device)
     dist.broadcast(order, src=0)  # one permutation for every rank
     embeddings = encoder(normalize_images(everything[order[start : start + local]]))[0]
-    encoded = all_gather_no_grad(embeddings)  # row j holds image order[j]
+    encoded = all_gather_no_grad(embeddings, equal_shapes=True)  # row j holds image order[j]
     row_of_image = torch.argsort(order)
     return encoded[row_of_image[start : start + local]]
 
