@@ -19,12 +19,17 @@ if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     GPU=1
     [ -d .device_wheels ] || { echo "no .device_wheels/: run scripts/device_wheels.sh where pip works, and carry the folder" >&2; exit 2; }
     VENV=/tmp/cseg-device-venv
-    python3 -m venv --system-site-packages "$VENV"
-    # The machine's python3 may itself be a venv: its packages (torch) join through a .pth.
+    python3 -m venv --without-pip --system-site-packages "$VENV"
+    # The machine's python3 may itself be a venv: its packages (torch, pip, setuptools)
+    # join through a .pth.
     python3 -c 'import site; print("\n".join(site.getsitepackages()))' \
         > "$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')/machine.pth"
     "$VENV/bin/python" -m pip install --quiet --no-index --no-deps .device_wheels/*.whl
-    "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+    # This checkout itself; where the machine's setuptools cannot build it, the wheel
+    # scripts/device_wheels.sh built from it.
+    "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e . \
+        || { echo "installing the checkout failed: using .device_wheels/project" >&2;
+             "$VENV/bin/python" -m pip install --quiet --no-index --no-deps .device_wheels/project/*.whl; }
     CSEG="$VENV/bin/cseg"
     STEPS=${DEVICE_CHECK_STEPS:-10}
 else

@@ -4,6 +4,8 @@
 # with the working tree). The GPU machines have Python 3.12, PyTorch, torchvision, typer,
 # rich, PyYAML, numpy, scipy and matplotlib, and reach no package registry.
 # Versions are those of this checkout's .venv (uv.lock); run scripts/setup.sh first.
+# The project's own wheel goes to .device_wheels/project/, for a machine whose setuptools
+# is too old to install the checkout itself (rebuild it after changing the code).
 set -eu
 cd "$(dirname "$0")/.."
 PACKAGES="pydantic pydantic-core annotated-types typing-inspection webdataset braceexpand"
@@ -15,7 +17,9 @@ python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-bin
     --python-version "$PY_VERSION" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .device_wheels.partial $pins
+UV="$(command -v uv || echo .tools/bin/uv)"
+"$UV" build --quiet --wheel --out-dir .device_wheels.partial/project . >&2
 rm -rf .device_wheels
 mv .device_wheels.partial .device_wheels
 echo "wheels for Python $PY_VERSION in .device_wheels/ ($(du -sh .device_wheels | cut -f1)):" >&2
-ls .device_wheels >&2
+ls -R .device_wheels >&2

@@ -86,14 +86,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
 
     # 3. Optimizer and per-step schedules ------------------------------------------------
     optim = recipe.optim_for(stage)
-    steps = StageStep(method, model, optim, stage.steps, recipe.scaling, device)
+    stepper = StageStep(method, model, optim, stage.steps, recipe.scaling, device)
 
     # 4. Resume from the latest registered checkpoint ------------------------------------
     start_step = 0
     state = _restored_state(config, stage.name, device)
     if state is not None:
         method.load_state_dict(state["model"])
-        steps.optimizer.load_state_dict(state["optimizer"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
         start_step = state["stage_step"]
     metrics_log = MetricsLog(storage.join(run_dir, METRICS_FILE))
     if rank == 0:
@@ -120,11 +120,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
     window_start, window_samples = time.perf_counter(), 0
     last_metrics: dict[str, Any] = {}
     for stage_step in range(start_step, stage.steps):
-        batch, corrupt = steps.to_device(next(batches))
+        batch, corrupt = stepper.to_device(next(batches))
         skipped_corrupt += corrupt
         if stage_step == start_step:
             progress.phase("running the first step")
-        output = steps.run(batch, stage_step)  # no host sync: non-finite losses are flagged
+        output = stepper.run(batch, stage_step)  # no host sync: non-finite losses are flagged
         window_samples += _batch_size(batch)
 
         step = step_offset + stage_step + 1
@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
         if not (report_now or (stage_step + 1) % recipe.storage.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
-        logged = steps.logged_values(output, skipped_corrupt)  # the step's one host sync
+        logged = stepper.logged_values(output, skipped_corrupt)  # the step's one host sync
         if logged.first_non_finite is not None:  # before any checkpoint holds its weights
             if rank == 0:
                 metrics_log.close()
@@ -147,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
             "step": step,
             "loss": logged.loss,
             **{f"loss_{name}": value for name, value in logged.terms.items()},
-            "lr": steps.lr(stage_step),
+            "lr": stepper.lr(stage_step),
             "samples_per_s": window_samples * world_size / max(elapsed, 1e-9),
             "skipped_corrupt": logged.skipped_corrupt,
         }
@@ -166,7 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
             state = None
             if rank == 0 and (save_now or best):
                 state = training_state(
-                    method, steps.optimizer, config["recipe"],
+                    method, stepper.optimizer, config["recipe"],
                     stage_name=stage.name, step=step, stage_step=stage_step + 1,
                 )  # fmt: skip
             checkpoints.report(metrics, state, save=save_now, best=best)
