@@ -20,8 +20,7 @@ app = typer.Typer(
 
 cseg bench train reco/voc_60labels --synthetic stages.reco.data.batch_size=2
 cseg bench loss cacl
-cseg bench data data/synthetic/video --seconds 5
-cseg bench reco-semi --seeds 3 --steps 600""",
+cseg bench data data/synthetic/video --seconds 5""",
     no_args_is_help=True,
 )
 
@@ -32,8 +31,7 @@ cseg bench reco-semi --seeds 3 --steps 600""",
 
 cseg bench train cacl/debug --synthetic
 cseg bench train maskcontrast/voc --synthetic stages.maskcontrast.data.batch_size=2
-cseg bench train quickstart --steps 20 --json step.json   # on the recipe's shards
-cseg bench train reco/voc_60labels --synthetic scaling.compile=true""",
+cseg bench train quickstart --steps 20 --json step.json   # on the recipe's shards""",
 )
 def bench_train(
     recipe: str = typer.Argument(..., help="A shipped recipe name or a YAML path."),
