@@ -14,8 +14,9 @@ Per step, after `warmup` steps (the figures are those of the median step):
     optimizer_s   clipping, the optimizer step and the method's after_step (EMA, ...)
     step_s        the four together
 
-On a GPU the phases are timed with CUDA events and the step ends with one
-synchronisation (the worker has none). `overhead_ratio` is step_s over the step of
+On a GPU the three compute phases are timed with CUDA events, the step ends with
+one synchronisation (the worker has none), and data_wait_s is the rest of the step's
+wall time (the batch, and any time the device waited for the host). `overhead_ratio` is step_s over the step of
 a baseline with the same network passes (`NETWORK_PASSES`: the student with
 gradient, the momentum encoder or teacher without), the backward of the sum of the
 student's outputs and the optimizer step, timed interleaved with the method's
