@@ -30,8 +30,8 @@ cseg bench data data/synthetic/video --seconds 5""",
     epilog="""Examples:
 
 cseg bench train cacl/debug --synthetic
-cseg bench train maskcontrast/voc --synthetic stages.maskcontrast.data.batch_size=2
-cseg bench train quickstart --steps 20 --json step.json   # on the recipe's shards""",
+cseg bench train reco/voc_60labels --synthetic stages.reco.data.batch_size=2
+cseg bench train quickstart --steps 20 --json step.json   # its own shards""",
 )
 def bench_train(
     recipe: str = typer.Argument(..., help="A shipped recipe name or a YAML path."),

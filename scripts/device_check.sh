@@ -32,11 +32,13 @@ if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
              "$VENV/bin/python" -m pip install --quiet --no-index --no-deps .device_wheels/project/*.whl; }
     CSEG="$VENV/bin/cseg"
     STEPS=${DEVICE_CHECK_STEPS:-10}
+    WARMUP=${DEVICE_CHECK_WARMUP:-3}
 else
     GPU=0
     [ -x .venv/bin/cseg ] || { echo "no .venv: run scripts/setup.sh first" >&2; exit 2; }
     CSEG=.venv/bin/cseg
     STEPS=${DEVICE_CHECK_STEPS:-5}
+    WARMUP=${DEVICE_CHECK_WARMUP:-2}
 fi
 PYTHON=$(dirname "$CSEG")/python
 
@@ -68,7 +70,7 @@ PY
 bench() {  # bench NAME RECIPE [key=value ...]
     name=$1; recipe=$2; shift 2
     echo "== $name" >&2
-    "$CSEG" bench train "$recipe" --synthetic --steps "$STEPS" --warmup 2 \
+    "$CSEG" bench train "$recipe" --synthetic --steps "$STEPS" --warmup "$WARMUP" \
         --json "$RESULTS/$name.json" "$@" >/dev/null || echo "   $name failed" >&2
 }
 

@@ -88,7 +88,10 @@ print(sorted(m for m in ("ray", "decord", "av") if m in sys.modules))
 
 
 def _every_shipped_stage():
+    """The stages of every shipped recipe but the pipelines (theirs are those recipes' own)."""
     for name in shipped_recipes():
+        if name.startswith("pipeline/"):
+            continue
         recipe = load_recipe(name, check_files=False)
         for stage in recipe.stages:
             yield name, stage.name, stage.method
@@ -115,7 +118,7 @@ def test_the_device_check_runs_without_a_gpu_and_says_what_it_skipped(tmp_path):
     run = subprocess.run(
         ["sh", str(repo / "scripts" / "device_check.sh")],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "OUT": str(tmp_path), "DEVICE_CHECK_STEPS": "1"},
+        env={**os.environ, "OUT": str(tmp_path), "DEVICE_CHECK_STEPS": "1", "DEVICE_CHECK_WARMUP": "0"},
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     assert "no GPU here" in run.stderr and "skipped" in run.stderr
