@@ -87,7 +87,7 @@ class StageStep:
     def forward(self, batch: dict[str, Any], stage_step: int) -> StepOutput:
         """Set this step's learning rate and compute the loss (noting a non-finite one)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = float(self.lr_schedule[stage_step])
+            group["lr"] = self.lr(stage_step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.model(batch)
         bad = ~torch.isfinite(output["loss"].detach())
