@@ -34,7 +34,18 @@ def evaluate(
         None, "--recipe", help="For plain weights: the recipe whose model and eval sections apply."
     ),
     data: str = typer.Option(
-        None, "--data", help="Segmentation shards (default: the recipe's eval.data)."
+        None,
+        "--data",
+        help="Segmentation shards (default: the recipe's eval.data), or vos shards for davis.",
+    ),
+    vos: str = typer.Option(
+        None, "--vos", help="VOS shards for the davis protocol (default: eval.davis.data)."
+    ),
+    save_predictions: Path = typer.Option(
+        None,
+        "--save-predictions",
+        metavar="DIR",
+        help="davis: write DIR/<sequence>/<frame>.png, DAVIS palette PNGs of every frame.",
     ),
     split: str = typer.Option("val", "--split", help="The split to score (no other stands in)."),
     num_classes: int = typer.Option(
@@ -66,14 +77,15 @@ def evaluate(
     """
     from raycseg.train.preflight import check_eval_inputs
 
-    check_eval_inputs(target, overrides or [], data, split)  # before torch: fast failures
+    check_eval_inputs(target, overrides or [], data, split, vos)  # before torch: fast failures
     from raycseg.train.evaluation import evaluate_target
 
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     scores, path = evaluate_target(
         target, recipe=recipe, overrides=overrides or [], data=data, split=split,
         num_classes=num_classes, protocols=[p.value for p in protocol or []] or None,
-        baseline=baseline.value if baseline else None, on_message=say,
+        baseline=baseline.value if baseline else None, vos=vos,
+        save_predictions=save_predictions, on_message=say,
     )  # fmt: skip
     if quiet:
         out.print(str(path.resolve()), markup=False)
@@ -96,7 +108,10 @@ def print_eval_table(scores: dict) -> None:
         gain = "" if random_miou is None else f"{result['miou'] - random_miou:+.3f}"
         random_text = "" if random_miou is None else f"{random_miou:.3f}"
         table.add_row(name, f"{result['miou']:.3f}", random_text, gain)
-    out.print(table)
+    if table.row_count:
+        out.print(table)
+    if "davis" in scores:
+        out.print(davis_line(scores["davis"], baseline.get("davis")), markup=False)
     data = scores.get("data")
     if data:
         out.print(
@@ -104,6 +119,20 @@ def print_eval_table(scores: dict) -> None:
             f"{len(data['classes'])} classes",
             markup=False,
         )
+
+
+def davis_line(result: dict, random_init: dict | None) -> str:
+    """The davis scores in one line: J&F, J, F, the random-init J&F and what was scored."""
+    line = (
+        f"davis: J&F {result['jf_mean']:.3f} (J {result['j_mean']:.3f}, F {result['f_mean']:.3f})"
+    )
+    if random_init is not None:
+        gain = result["jf_mean"] - random_init["jf_mean"]
+        line += f"; random-init J&F {random_init['jf_mean']:.3f} ({gain:+.3f})"
+    return (
+        f"{line}; {len(result['sequences'])} sequences, {result['objects']} objects, "
+        f"{result['frames_scored']} frames scored"
+    )
 
 
 def raise_if_skipped(scores: dict | None) -> None:

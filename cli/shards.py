@@ -41,17 +41,17 @@ cseg shards verify data/video""",
 
 cseg shards build --kind video ~/kinetics/train k400   # 256 px, GOP 8
 cseg shards build --kind video ~/k400 s3://bucket/k400 --address auto
-cseg shards build --kind saliency --images ~/voc/JPEGImages --compute sal""",
+cseg shards build --kind vos --layout davis ~/DAVIS davis""",
 )
 def build(
     paths: list[str] = typer.Argument(
         ..., metavar="[SRC] OUT", help="Source (omit with --images) and output folder or URL."
     ),
-    kind: Literal["video", "image", "segmentation", "saliency"] = typer.Option(
-        ..., "--kind", help="What the source holds."
+    kind: Literal["video", "image", "segmentation", "saliency", "vos"] = typer.Option(
+        ..., "--kind", help="What the source holds (vos: annotated video sequences)."
     ),
-    layout: Literal["voc", "cityscapes", "ade20k"] = typer.Option(
-        "voc", "--layout", help="Segmentation: the dataset tree's layout."
+    layout: Literal["voc", "cityscapes", "ade20k", "davis"] = typer.Option(
+        None, "--layout", help="The dataset tree's layout (segmentation: voc; vos: davis)."
     ),
     images: Path = typer.Option(
         None, "--images", help="Saliency: the image folder (instead of SRC)."
@@ -119,7 +119,8 @@ def build(
     settings = TranscodeSettings(short_side, gop, crf, fast_decode=fast_decode)
     with ExitStack() as stack:
         report = build_shards(
-            kind, src, dest, layout=layout, masks_dir=masks, compute_saliency=compute,
+            kind, src, dest, layout=layout or ("davis" if kind == "vos" else "voc"),
+            masks_dir=masks, compute_saliency=compute,
             split_list=split_list, exclude_list=exclude,
             resize_to=parse_height_width(resize_to) if resize_to else None,
             transcode=settings if kind == "video" and transcode == "h264" else None,

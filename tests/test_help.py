@@ -158,7 +158,7 @@ def test_shell_completion_is_installed_and_shown(monkeypatch):
     [
         ("cseg pre", ["pretrain"]),
         ("cseg shards b", ["build"]),
-        ("cseg shards build --kind ", ["video", "image", "segmentation", "saliency"]),
+        ("cseg shards build --kind ", ["video", "image", "segmentation", "saliency", "vos"]),
         ("cseg eval runs/x --baseline ", ["random", "none"]),
     ],
 )

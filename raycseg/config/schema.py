@@ -278,7 +278,23 @@ class LinearProbeSection(Section):
     select_best: bool = Field(True, description="score the best epoch on the scored split")
 
 
-EvalProtocol = Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation"]
+class DavisSection(Section):
+    """Label propagation on DAVIS-style video (CRW's test code, docs/methods/crw.md §4)."""
+
+    data: str | None = Field(None, description="vos shards (`cseg shards build --kind vos`)")
+    resolution: int = Field(
+        480, ge=32, description="each frame resized so its short side is this (DAVIS 480p: as is)"
+    )
+    feature_stride: int = Field(
+        8, ge=1, description="features are average-pooled (or upsampled) to this stride"
+    )
+    context: int = Field(20, ge=1, description="previous frames in the context, besides the first")
+    radius: int = Field(12, ge=1, description="feature cells; the first frame is not limited")
+    topk: int = Field(10, ge=1)
+    temperature: float = Field(0.05, gt=0)
+
+
+EvalProtocol = Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation", "davis"]
 DEFAULT_PROTOCOLS: tuple[EvalProtocol, ...] = (
     "linear-probe",
     "kmeans",
@@ -302,6 +318,7 @@ class EvalSection(Section):
         "to this square (MaskContrast: 512); `segmentation` uses its stage's full resolution",
     )
     linear_probe: LinearProbeSection = Field(default_factory=LinearProbeSection)
+    davis: DavisSection = Field(default_factory=DavisSection)
 
 
 class TuneSection(Section):

@@ -15,7 +15,8 @@ The design follows the short study behind the quickstart recipe
   coordinates, so it moves with the object. About 60 % of pixels are
   background.
 
-`render_clip` draws one clip from a random generator; `encode_mp4` encodes frames
+`render_clip` draws one clip from a random generator (`render_clip_objects` also
+returns each object's mask, for video object segmentation); `encode_mp4` encodes frames
 byte-identically from run to run. `raycseg.data.synthetic` turns clips into shard sets.
 """
 
@@ -124,12 +125,26 @@ def render_clip(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndar
     Returns:
         frames uint8 [T, S, S, 3] and class masks uint8 [T, S, S].
     """
+    frames, masks, _ = render_clip_objects(rng, cfg)
+    return frames, masks
+
+
+def render_clip_objects(
+    rng: np.random.Generator, cfg: SyntheticConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one clip, with each object's own mask.
+
+    Returns:
+        frames uint8 [T, S, S, 3], class masks uint8 [T, S, S] and object ids uint8
+        [T, S, S] (0 = background, k = the k-th object drawn; later ones occlude earlier).
+    """
     size, frames, scale = cfg.image_size, cfg.frames, cfg.scale
     video = _background(rng, cfg)
     masks = np.zeros((frames, size, size), dtype=np.uint8)
+    objects = np.zeros_like(masks)
     grid_y, grid_x = np.mgrid[0:size, 0:size] + 0.5
     time = np.arange(frames, dtype=np.float64)[:, None, None]
-    for _ in range(rng.integers(cfg.min_objects, cfg.max_objects + 1)):
+    for index in range(1, rng.integers(cfg.min_objects, cfg.max_objects + 1) + 1):
         cls = int(rng.integers(1, len(SYNTHETIC_CLASSES)))
         radius = rng.uniform(*cfg.radius_px) * scale
         centre = rng.uniform(0.15 * size, 0.85 * size, size=2)
@@ -150,7 +165,8 @@ def render_clip(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[np.ndar
         colour = np.where(second_tone[..., None], dark, light)
         video = np.where(inside[..., None], colour, video)
         masks[inside] = cls
-    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks
+        objects[inside] = index
+    return np.clip(np.rint(video), 0, 255).astype(np.uint8), masks, objects
 
 
 def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ Which protocol is whose:
   (docs/methods/README.md#evaluation-protocols); no paper uses it.
 * ``maskcontrast-kmeans``: MaskContrast's prototype k-means (docs/methods/maskcontrast.md §6.2).
 * ``segmentation``: ReCo's evaluation of its own segmenter (reco.md §7).
+* ``davis``: CRW's label propagation scored with DAVIS-2017 J&F, on VOS shards
+  (`raycseg.eval.davis`; not run by `evaluate_backbone`, which scores images).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ PROTOCOLS = {
     "kmeans": "kmeans",
     "maskcontrast-kmeans": "maskcontrast_kmeans",
     "segmentation": "segmentation",
+    "davis": "davis",  # on video, not images: raycseg.eval.davis
 }
 PAPER_PROBE = LinearProbeSection()
 

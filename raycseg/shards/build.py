@@ -128,11 +128,11 @@ def build_shards(
     """Turn a source (folder, CSV or dataset tree) into shards plus a manifest.
 
     Args:
-        kind: "video", "image", "segmentation" or "saliency".
+        kind: "video", "image", "segmentation", "saliency" or "vos".
         src: The source (see `raycseg.shards.sources` for the accepted layouts).
         out: Output folder or URL (s3://, gs://); `out/<split>/<kind>-%06d.tar` and
             `out/manifest.json`.
-        layout: Segmentation layout: "voc", "cityscapes" or "ade20k".
+        layout: Segmentation layout: "voc", "cityscapes" or "ade20k"; vos: "davis".
         masks_dir: Saliency masks (paired by stem) or, for videos, per-frame
             mask strips `<stem>.png`.
         classes: Segmentation class names replacing the layout's own (a
@@ -186,7 +186,7 @@ def build_shards(
     if kind == "segmentation" and classes:
         listing.classes = list(classes)
     listing.mask_classes = list(mask_classes) if kind == "video" and mask_classes else None
-    layout_used = layout if kind == "segmentation" else None
+    layout_used = layout if kind in ("segmentation", "vos") else None
     rules = _mask_rules(kind, layout_used, listing)
     options = PrepareOptions(
         kind, src, layout_used, rules, compute_saliency, masks_dir,
@@ -338,6 +338,7 @@ def _write_samples(
         }
         writers[result.split].write(result.key, files)
         metas.setdefault(result.split, []).append(result.meta)
+        left_out += result.left_out
     return {split: writer.close() for split, writer in writers.items()}, metas, left_out
 
 
@@ -373,7 +374,7 @@ def summarise_metas(kind: str, metas: list[dict]) -> dict:
         stats["images_per_class_id"] = {str(k): v for k, v in sorted(counts.items())}
     if kind == "saliency":
         stats["foreground"] = _summary([m["foreground"] for m in metas])
-    numeric = ("width", "height", "num_frames", "fps", "duration_s")
+    numeric = ("width", "height", "num_frames", "fps", "duration_s", "num_objects")
     for name in numeric:
         values = [m[name] for m in metas if name in m]
         if values:

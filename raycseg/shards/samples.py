@@ -41,6 +41,7 @@ from ..media.saliency import compute_saliency_mask
 from ..media.transcode import TranscodeSettings, transcode_clip
 from ..media.video import VideoInfo, decode_every_frame, probe_video
 from .sources import VIDEO_EXTENSIONS, LeftOut, SourceItem
+from .vos import check_stored_sequence, prepare_sequence
 
 VIDEO_MEMBERS = tuple(sorted(ext.lstrip(".") for ext in VIDEO_EXTENSIONS))
 MASK_STRIP = "masks.png"
@@ -86,6 +87,7 @@ class PreparedSample:
     split: str
     files: dict[str, bytes | Path]
     meta: dict = field(default_factory=dict)
+    left_out: list[LeftOut] = field(default_factory=list)  # vos: frames left out of a sequence
 
 
 def prepare_sample(item: SourceItem, options: PrepareOptions) -> PreparedSample | LeftOut:
@@ -95,6 +97,7 @@ def prepare_sample(item: SourceItem, options: PrepareOptions) -> PreparedSample 
         "image": _prepare_image,
         "segmentation": _prepare_segmentation,
         "saliency": _prepare_saliency,
+        "vos": _prepare_vos,
     }
     try:
         return preparers[options.kind](item, options)
@@ -228,6 +231,16 @@ def _prepare_segmentation(item: SourceItem, options: PrepareOptions) -> Prepared
     return _finish(item, {"jpg": jpg, "png": png}, meta)
 
 
+def _prepare_vos(item: SourceItem, options: PrepareOptions) -> PreparedSample:
+    files, meta, skipped = prepare_sequence(item)
+    meta["source"] = _display(item.path, options.source_root)
+    left_out = [
+        LeftOut(_display(item.path / f"{name}.jpg", options.source_root), reason)
+        for name, reason in skipped.items()
+    ]
+    return PreparedSample(item.key, item.split, files, meta, left_out)
+
+
 def resize_image_and_mask(
     rgb: np.ndarray, mask: np.ndarray, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -274,6 +287,9 @@ def check_stored_sample(kind: str, sample: dict[str, bytes], rules: MaskRules | 
         int(sample["cls"]) if "cls" in sample else None
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"bad json/cls member: {error}") from error
+    if kind == "vos":
+        check_stored_sequence(sample)
+        return
     if kind == "video":
         members = [ext for ext in VIDEO_MEMBERS if ext in sample]
         if not members:

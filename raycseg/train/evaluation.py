@@ -20,12 +20,14 @@ workers seed with `recipe.seed` right before building the model, and so does
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..config import (
+    DavisSection,
     EvalSection,
     Recipe,
     StageBase,
@@ -37,6 +39,7 @@ from ..config import (
 from ..errors import CsegError
 from ..eval import evaluate_backbone, protocol_key
 from ..eval.batches import data_record, evaluation_batches, num_classes_of, probe_training_epochs
+from ..eval.davis import davis_record, run_davis_protocol
 from ..eval.metrics import ProtocolSkipped
 from ..eval.samples import write_eval_samples
 from ..methods.common import checkpoint_stage
@@ -44,9 +47,11 @@ from ..methods.maskcontrast import load_query_encoder
 from ..methods.reco import load_segmenter
 from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
 from ..run_directory import EVAL_FILE, is_run_directory, merge_eval_json, run_checkpoint
+from ..shards.manifest import read_manifest
 from .checkpoint import load_state
 
 EVAL_SPLIT = "val"
+DAVIS = "davis"
 EVAL_SAMPLES = 4  # validation images kept for the report's pictures
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
@@ -74,6 +79,8 @@ def evaluate_checkpoint(
     num_classes: int | None = None,
     protocols: list[str] | None = None,
     baseline: str | None = None,
+    vos: str | None = None,
+    save_predictions: Path | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Score a checkpoint (and, if asked, the random-init baseline) on one split (`val`).
@@ -91,22 +98,33 @@ def evaluate_checkpoint(
             default the recipe's.
         baseline: `random` to also score the initial weights, `none` not to; default the
             recipe's.
+        vos: VOS shards for the davis protocol; default `recipe.eval.davis.data`.
+        save_predictions: davis: write every frame's predicted mask under this folder.
         on_message: called with each progress note (what is evaluated, what is skipped
             and why).
     """
     data = data or (recipe.eval.data if recipe.eval else None)
+    # without an eval section: the papers' protocols
+    section = recipe.eval or EvalSection(data=data)
+    keys = list(dict.fromkeys(map(protocol_key, protocols or section.protocols)))
+    baseline = (baseline or section.baseline) if baseline != "none" else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scores: dict[str, Any] = {}
+    if DAVIS in keys:
+        on_message(f"evaluating {checkpoint} with davis")
+        settings = section.davis.model_copy(update={"data": vos or section.davis.data})
+        scores = davis_scores(recipe, checkpoint, settings, split, baseline, device,
+                              save_predictions, on_message)  # fmt: skip
+        keys.remove(DAVIS)
+    if not keys:
+        return _finish(scores, run_dir, on_message)
     if data is None:
         raise CsegError(
             "no evaluation data: pass --data SEG_SHARDS (built with `cseg shards build --kind segmentation`)"
         )
-    # without an eval section: the papers' protocols
-    section = recipe.eval or EvalSection(data=data)
     own_data = recipe.eval is not None and data == recipe.eval.data
     num_classes = num_classes or (section.num_classes if own_data else None)
     num_classes = num_classes or num_classes_of(data)
-    keys = list(dict.fromkeys(map(protocol_key, protocols or section.protocols)))
-    baseline = (baseline or section.baseline) if baseline != "none" else None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = recipe.data.loader_workers
     resized = evaluation_batches(
         data, split, input_policy="resize", input_size=section.image_size, num_workers=workers
@@ -122,9 +140,9 @@ def evaluate_checkpoint(
               "probe_settings": section.linear_probe, "seed": recipe.seed}  # fmt: skip
     backbone_keys = [key for key in keys if key in ("linear_probe", "kmeans")]
     keep = EVAL_SAMPLES if run_dir is not None else 0
-    scores = _backbone_scores(
+    _merge(scores, _backbone_scores(
         backbone, state, resized, backbone_keys, {**common, "keep_samples": keep}
-    )
+    ))  # fmt: skip
     samples = {key: scores[key].pop("samples", []) for key in backbone_keys if key in scores}
     if MASKCONTRAST_KMEANS in keys:
         _merge(scores, _maskcontrast_kmeans(state, resized, common))
@@ -138,17 +156,52 @@ def evaluate_checkpoint(
         on_message("evaluating the random-init baseline")
         if probe is not None:  # a fresh stream: the same images in the same order
             common["probe"] = _probe_epochs(data, section, workers)
-        scores["baseline_random"] = evaluate_backbone(
+        scores["baseline_random"] = scores.get("baseline_random", {}) | evaluate_backbone(
             backbone, val_batches=resized, protocols=backbone_keys, **common
         )
         _add_inputs(scores["baseline_random"], inputs)
     _add_inputs(scores, inputs)
     scores["data"] = data_record(data, split)
+    if run_dir is not None:
+        write_eval_samples(Path(run_dir), samples, scores["data"]["classes"])
+    return _finish(scores, run_dir, on_message)
+
+
+def _finish(scores: dict[str, Any], run_dir: Path | None, on_message) -> dict[str, Any]:
+    """Say what was skipped and merge the scores into the run's eval.json."""
     for key, reason in scores.get("skipped", {}).items():
         on_message(f"{key} skipped: {reason}")
     if run_dir is not None:
         merge_eval_json(Path(run_dir) / EVAL_FILE, scores)
-        write_eval_samples(Path(run_dir), samples, scores["data"]["classes"])
+    return scores
+
+
+def davis_scores(
+    recipe: Recipe,
+    checkpoint: str | Path,
+    settings: DavisSection,
+    split: str,
+    baseline: str | None,
+    device: torch.device,
+    save_predictions: Path | None,
+    on_message: Callable[[str], None],
+) -> dict[str, Any]:
+    """`{"davis": ...}` (and `{"baseline_random": {"davis": ...}}`), or `skipped` without data."""
+    if settings.data is None:
+        reason = "davis needs VOS shards: pass --data VOS_SHARDS (`cseg shards build --kind vos`)"
+        return {"skipped": {DAVIS: reason}}
+    backbone = build_initial_backbone(recipe)
+    initial = {k: v.clone() for k, v in backbone.state_dict().items()}
+    load_backbone_weights(backbone, checkpoint)
+    record = {**davis_record(settings, backbone.output_stride), "data": settings.data,
+              "split": split}  # fmt: skip
+    run = partial(run_davis_protocol, root=settings.data, split=split, settings=settings,
+                  device=device, on_message=on_message)  # fmt: skip
+    scores = {DAVIS: {**run(backbone, save_predictions=save_predictions), "protocol": record}}
+    if baseline == "random":
+        on_message("evaluating the random-init baseline with davis")
+        backbone.load_state_dict(initial)
+        scores["baseline_random"] = {DAVIS: {**run(backbone), "protocol": record}}
     return scores
 
 
@@ -282,6 +335,8 @@ def evaluate_target(
     num_classes: int | None = None,
     protocols: list[str] | None = None,
     baseline: str | None = None,
+    vos: str | None = None,
+    save_predictions: Path | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> tuple[dict[str, Any], Path]:
     """`cseg eval`: score a run directory, a raycseg checkpoint or plain backbone weights.
@@ -300,7 +355,10 @@ def evaluate_target(
         run_dir = target if target.is_dir() else target.parent
     else:
         raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
-    data = str(Path(data).expanduser().resolve()) if data and "://" not in data else data
+    data, vos = _local_or_url(data), _local_or_url(vos)
+    if data is not None and read_manifest(data).get("kind") == "vos":
+        data, vos = None, vos or data  # --data VOS_SHARDS: the davis protocol's data
+        protocols = protocols or [DAVIS]
     scores = evaluate_checkpoint(
         checkpoint,
         with_eval_overrides(trained, overrides or [], data),
@@ -310,9 +368,15 @@ def evaluate_target(
         num_classes=num_classes,
         protocols=protocols,
         baseline=baseline,
+        vos=vos,
+        save_predictions=save_predictions,
         on_message=on_message,
     )
     return scores, run_dir / EVAL_FILE
+
+
+def _local_or_url(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path and "://" not in path else path
 
 
 def _recipe_of_weights(target: Path, recipe: str | None) -> Recipe:

@@ -66,12 +66,14 @@ def check_run_data(recipe: Recipe) -> None:
         raise RecipeError("; ".join(dict.fromkeys(problems)))
 
 
-def check_eval_inputs(target: Path, overrides: list[str], data: str | None, split: str) -> None:
+def check_eval_inputs(
+    target: Path, overrides: list[str], data: str | None, split: str, vos: str | None = None
+) -> None:
     """`cseg eval`'s arguments, checked before torch is imported (fast failures).
 
     Raises:
         CsegError: the target does not exist, an override is not of the eval section,
-            or the data is not segmentation shards with `split`.
+            `data` is not segmentation (or vos) shards with `split`, or `vos` not vos shards.
     """
     if not Path(target).expanduser().exists():
         raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
@@ -81,20 +83,24 @@ def check_eval_inputs(target: Path, overrides: list[str], data: str | None, spli
             f"cseg eval takes overrides of the eval section only (eval.KEY=VALUE), not "
             f"{outside[0]!r}; e.g. eval.image_size=256 eval.linear_probe.epochs=10"
         )
-    if data is None:
-        return
-    manifest = read_manifest(data)
-    if manifest.get("kind") != "segmentation":
-        raise DataError(
-            f"--data {data} holds {manifest.get('kind')} shards; evaluation needs segmentation "
-            "shards (`cseg shards build --kind segmentation`)"
-        )
-    splits = sorted(manifest.get("splits", {}))
-    if split not in splits:
-        raise DataError(
-            f"{data} has no {split!r} split (it has {', '.join(splits) or 'none'}); choose one "
-            "with --split"
-        )
+    for option, path, kinds in (
+        ("--data", data, ("segmentation", "vos")),
+        ("--vos", vos, ("vos",)),
+    ):
+        if path is None:
+            continue
+        manifest = read_manifest(path)
+        if manifest.get("kind") not in kinds:
+            raise DataError(
+                f"{option} {path} holds {manifest.get('kind')} shards; evaluation needs "
+                f"{' or '.join(kinds)} shards (`cseg shards build --kind {kinds[0]}`)"
+            )
+        splits = sorted(manifest.get("splits", {}))
+        if split not in splits:
+            raise DataError(
+                f"{path} has no {split!r} split (it has {', '.join(splits) or 'none'}); choose "
+                "one with --split"
+            )
 
 
 def _needed_kinds(stage: StageBase) -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,93 @@
+"""`cseg eval --protocol davis`: label propagation on VOS shards, scores and predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cseg.main import app
+from PIL import Image
+from typer.testing import CliRunner
+
+from raycseg.config import load_recipe
+from raycseg.data.synthetic_vos import write_davis_tree
+from raycseg.methods import build_method
+from raycseg.shards.build import build_shards
+from raycseg.train.checkpoint import save_state
+
+RUNNER = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A cacl/debug checkpoint (random weights, the tiny stride-4 backbone)."""
+    recipe = load_recipe("cacl/debug", check_files=False)
+    torch.manual_seed(0)
+    method = build_method(recipe.stages[0], recipe.model)
+    folder = tmp_path_factory.mktemp("ckpt") / "run"
+    save_state(folder, {"backbone": method.backbone.state_dict(), "model": method.state_dict(),
+                        "recipe": recipe.model_dump(mode="json"), "stage": "cacl"})  # fmt: skip
+    return folder
+
+
+@pytest.mark.real_data
+def test_the_real_sequences_are_scored_and_every_frame_predicted(checkpoint, real_data, tmp_path):
+    vos = tmp_path / "vos"
+    build_shards("vos", real_data / "davis", vos, layout="davis")
+    predictions = tmp_path / "predictions"
+    result = RUNNER.invoke(app, [
+        "eval", str(checkpoint), "--data", str(vos), "--save-predictions", str(predictions),
+        "eval.davis.resolution=96",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "davis: J&F" in result.stdout
+        and "3 sequences, 3 objects, 94 frames scored" in result.stdout
+    )
+    davis = json.loads((checkpoint / "eval.json").read_text())["davis"]
+    assert set(davis["sequences"]) == {"blackswan", "car-shadow", "chair"}
+    assert davis["frames_scored"] == 28 + 28 + 38  # the first and last frames are not scored
+    assert 0.0 <= davis["jf_mean"] <= 1.0
+    assert davis["jf_mean"] == pytest.approx((davis["j_mean"] + davis["f_mean"]) / 2)
+    assert davis["protocol"]["radius"] == 12 and davis["protocol"]["topk"] == 10
+    assert "short side of 96 px" in davis["protocol"]["input"]
+    assert "average-pooled to stride 8" in davis["protocol"]["features"]
+
+    chair = sorted((predictions / "chair").iterdir())
+    assert [p.stem for p in chair] == [f"{i:05d}" for i in range(40)]  # frame 0 included
+    first = Image.open(chair[0])
+    assert first.mode == "P" and first.size == (720, 480)  # a palette PNG at the frame's size
+    given = Image.open(real_data / "davis" / "Annotations" / "480p" / "chair" / "00000.png")
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(given))
+    assert set(np.unique(np.asarray(Image.open(chair[20])))) <= {0, 1}
+    assert not list(predictions.glob(".*"))  # no staging folder left behind
+
+
+def test_generated_multi_object_sequences_score_both_models_with_the_protocol_record(
+    checkpoint, tmp_path
+):
+    tree = write_davis_tree(tmp_path / "davis", sequences=2, frames=6, image_size=48)
+    vos = tmp_path / "vos"
+    build_shards("vos", tree, vos, layout="davis")
+    result = RUNNER.invoke(app, [
+        "eval", str(checkpoint), "--protocol", "davis", "--vos", str(vos), "--baseline", "random",
+        "eval.davis.radius=6", "eval.davis.context=3", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["davis"]["objects"] >= 4  # two sequences of 2-3 objects
+    assert scores["davis"]["protocol"]["radius"] == 6
+    assert "previous 3" in scores["davis"]["protocol"]["context"]
+    assert "davis" in scores["baseline_random"]
+    # this checkpoint holds the recipe's initial weights, which is what the baseline rebuilds
+    assert scores["davis"]["jf_mean"] == scores["baseline_random"]["davis"]["jf_mean"]
+
+
+def test_missing_or_wrong_vos_data_is_refused_with_the_fix(checkpoint, tmp_path):
+    result = RUNNER.invoke(app, ["eval", str(checkpoint), "--vos", str(checkpoint)])
+    assert result.exit_code == 2 and "no manifest.json" in result.stderr
+    result = RUNNER.invoke(app, ["eval", str(checkpoint), "--protocol", "davis"])
+    assert result.exit_code == 1  # no VOS data: davis is skipped, and says why
+    assert "davis needs VOS shards" in result.stderr
