@@ -16,6 +16,7 @@ from .console import err, out
 
 Protocol = Enum("Protocol", {name: name for name in EVAL_PROTOCOLS}, type=str)
 Baseline = Enum("Baseline", {name: name for name in ("random", "none")}, type=str)
+Suite = Enum("Suite", {"paper": "paper"}, type=str)
 
 
 def evaluate(
@@ -66,6 +67,12 @@ def evaluate(
         "--baseline",
         help="random: also score the random-init backbone; none: do not (default: the recipe's).",
     ),
+    suite: Suite = typer.Option(
+        None,
+        "--suite",
+        help="paper: every protocol the checkpoint and data support, in one eval.json "
+        "(k-means over 5 seeds); the others are listed as skipped.",
+    ),
     json_output: bool = typer.Option(
         False, "--json", help="Print this evaluation's scores as JSON on stdout."
     ),
@@ -78,14 +85,14 @@ def evaluate(
     from raycseg.train.preflight import check_eval_inputs
 
     check_eval_inputs(target, overrides or [], data, split, vos)  # before torch: fast failures
-    from raycseg.train.evaluation import evaluate_target
+    from raycseg.train.eval_targets import evaluate_target
 
     say = (lambda message: None) if quiet else (lambda message: err.print(message, markup=False))
     scores, path = evaluate_target(
         target, recipe=recipe, overrides=overrides or [], data=data, split=split,
         num_classes=num_classes, protocols=[p.value for p in protocol or []] or None,
         baseline=baseline.value if baseline else None, vos=vos,
-        save_predictions=save_predictions, on_message=say,
+        save_predictions=save_predictions, suite=suite is not None, on_message=say,
     )  # fmt: skip
     if quiet:
         out.print(str(path.resolve()), markup=False)
@@ -94,20 +101,19 @@ def evaluate(
     else:
         print_eval_table(scores)
         out.print(f"wrote {path.resolve()}", markup=False)
-    raise_if_skipped(scores)
+    if suite is None:  # a suite runs what can run; the rest is listed as skipped
+        raise_if_skipped(scores)
 
 
 def print_eval_table(scores: dict) -> None:
     """A protocol x (pretrained, random) mIoU table on stdout, and the data that was scored."""
     baseline = scores.get("baseline_random", {})
     table = Table("protocol", "pretrained mIoU", "random-init mIoU", "gain", title="evaluation")
-    for name, result in scores.items():
-        if not isinstance(result, dict) or "miou" not in result:
-            continue
-        random_miou = baseline.get(name, {}).get("miou")
+    for name, result, random_init in miou_rows(scores, baseline):
+        random_miou = (random_init or {}).get("miou")
         gain = "" if random_miou is None else f"{result['miou'] - random_miou:+.3f}"
         random_text = "" if random_miou is None else f"{random_miou:.3f}"
-        table.add_row(name, f"{result['miou']:.3f}", random_text, gain)
+        table.add_row(name, _miou_text(result), random_text, gain)
     if table.row_count:
         out.print(table)
     if "davis" in scores:
@@ -119,6 +125,23 @@ def print_eval_table(scores: dict) -> None:
             f"{len(data['classes'])} classes",
             markup=False,
         )
+
+
+def miou_rows(scores: dict, baseline: dict) -> list[tuple[str, dict, dict | None]]:
+    """(name, result, random-init result) of every mIoU score; overcluster gives one per K."""
+    rows = []
+    for name, result in scores.items():
+        if isinstance(result, dict) and "miou" in result:
+            rows.append((name, result, baseline.get(name)))
+        elif isinstance(result, dict) and "per_k" in result:
+            random_per_k = baseline.get(name, {}).get("per_k", {})
+            rows += [(f"{name} K={k}", r, random_per_k.get(k)) for k, r in result["per_k"].items()]
+    return rows
+
+
+def _miou_text(result: dict) -> str:
+    spread = f" ± {result['miou_std']:.3f}" if "miou_std" in result else ""
+    return f"{result['miou']:.3f}{spread}"
 
 
 def davis_line(result: dict, random_init: dict | None) -> str:

@@ -294,7 +294,9 @@ class DavisSection(Section):
     temperature: float = Field(0.05, gt=0)
 
 
-EvalProtocol = Literal["linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation", "davis"]
+EvalProtocol = Literal[
+    "linear-probe", "kmeans", "maskcontrast-kmeans", "segmentation", "overcluster", "davis"
+]
 DEFAULT_PROTOCOLS: tuple[EvalProtocol, ...] = (
     "linear-probe",
     "kmeans",
@@ -318,6 +320,10 @@ class EvalSection(Section):
         "to this square (MaskContrast: 512); `segmentation` uses its stage's full resolution",
     )
     linear_probe: LinearProbeSection = Field(default_factory=LinearProbeSection)
+    overcluster_ks: list[int] = Field(
+        default_factory=lambda: [100, 300, 500],
+        description="overcluster's cluster counts (each clamped to the train pixels)",
+    )
     davis: DavisSection = Field(default_factory=DavisSection)
 
 

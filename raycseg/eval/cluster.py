@@ -44,7 +44,7 @@ class KMeansResult:
     inertia: float
 
 
-def _squared_distances(
+def squared_distances(
     x: torch.Tensor, x_squared_norms: torch.Tensor, centroids: torch.Tensor
 ) -> torch.Tensor:
     """‖x_n − c_j‖² for every pair: x [N, D] (‖x_n‖² given, [N]) × [k, D] → [N, k].
@@ -62,14 +62,12 @@ def _kmeans_plus_plus(
     """k-means++ seeding: each next centre drawn with probability ∝ squared distance."""
     first = torch.randint(x.shape[0], (1,), generator=generator, device=x.device)
     centroids = [x[first]]
-    closest = _squared_distances(x, x_squared_norms, centroids[0])[:, 0]
+    closest = squared_distances(x, x_squared_norms, centroids[0])[:, 0]
     for _ in range(1, k):
         weights = closest if float(closest.sum()) > 0 else torch.ones_like(closest)
         chosen = torch.multinomial(weights, 1, generator=generator)
         centroids.append(x[chosen])
-        closest = torch.minimum(
-            closest, _squared_distances(x, x_squared_norms, centroids[-1])[:, 0]
-        )
+        closest = torch.minimum(closest, squared_distances(x, x_squared_norms, centroids[-1])[:, 0])
     return torch.cat(centroids)
 
 
@@ -78,16 +76,16 @@ def _lloyd(
 ) -> KMeansResult:
     """At most `iters` assign/update rounds (stopping at a fixed point); empty clusters keep their centre."""
     k = centroids.shape[0]
-    assignments = _squared_distances(x, x_squared_norms, centroids).argmin(1)
+    assignments = squared_distances(x, x_squared_norms, centroids).argmin(1)
     for _ in range(iters):
         sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
         counts = torch.bincount(assignments, minlength=k).unsqueeze(1)
         centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-        updated = _squared_distances(x, x_squared_norms, centroids).argmin(1)
+        updated = squared_distances(x, x_squared_norms, centroids).argmin(1)
         if torch.equal(updated, assignments):
             break
         assignments = updated
-    distances = _squared_distances(x, x_squared_norms, centroids)
+    distances = squared_distances(x, x_squared_norms, centroids)
     inertia = float(distances.gather(1, assignments[:, None]).sum())
     return KMeansResult(centroids, assignments, inertia)
 
@@ -150,7 +148,7 @@ def run_kmeans_protocol(
     num_classes: int,
     *,
     device: str | torch.device,
-    seed: int = KMEANS_SEED,
+    seeds: Sequence[int] = (KMEANS_SEED,),
     restarts: int = KMEANS_RESTARTS,
     iters: int = KMEANS_ITERS,
     keep_samples: int = 0,
@@ -158,14 +156,16 @@ def run_kmeans_protocol(
     """Pixel k-means on frozen features: the project's own protocol, pinned so that runs compare.
 
     Features are L2-normalised per pixel (not mean-centred) and clustered at the
-    feature grid: K = num_classes; k-means++ with `restarts` restarts, seed `seed`
-    and at most `iters` rounds on every pixel. Cluster ids are nearest-resized to
-    each mask's own size; Hungarian matching on the split's confusion matrix
-    (pixel counts at that size).
+    feature grid: K = num_classes; k-means++ with `restarts` restarts, each seed of
+    `seeds` in turn, and at most `iters` rounds on every pixel. Cluster ids are
+    nearest-resized to each mask's own size; Hungarian matching on the split's
+    confusion matrix (pixel counts at that size).
 
     Returns:
-        ``{"miou", "per_class_iou", "pixels_scored", "seed"}``; plus ``"samples"`` (the
-        first `keep_samples` images' matched clusters, `raycseg.eval.scoring.EvalSample`s).
+        ``{"miou", "per_class_iou", "pixels_scored", "seed"}`` for one seed; for several,
+        ``"seeds"``, the mean ``"miou"``, ``"miou_std"``, ``"miou_per_seed"`` and the
+        per-class means. Plus ``"samples"`` (the first `keep_samples` images' matched
+        clusters of the first seed, `raycseg.eval.scoring.EvalSample`s).
 
     Raises:
         ProtocolSkipped: fewer pixels than classes.
@@ -182,15 +182,33 @@ def run_kmeans_protocol(
         raise ProtocolSkipped(
             f"k-means with K={num_classes} needs at least {num_classes} feature pixels"
         )
-    result = kmeans(torch.cat(pixels).to(device), num_classes, restarts=restarts, iters=iters,
-                    seed=seed)  # fmt: skip
-    ids = result.assignments.split([b * h * w for b, h, w in grids])
-    score = SplitScore(num_classes, device, keep_samples)  # the batches again: their labels
-    for batch, batch_ids, grid in zip(val_batches, ids, grids, strict=True):
-        score.add_batch(batch_ids.view(grid), batch)
-    score.rename_predictions(hungarian_match(score.confusion))
-    samples = {"samples": score.samples} if keep_samples else {}
-    return {**score.result(), "seed": seed, **samples}
+    points = torch.cat(pixels).to(device)
+    runs = []
+    for seed in seeds:
+        result = kmeans(points, num_classes, restarts=restarts, iters=iters, seed=seed)
+        ids = result.assignments.split([b * h * w for b, h, w in grids])
+        score = SplitScore(num_classes, device, keep_samples if not runs else 0)
+        for batch, batch_ids, grid in zip(val_batches, ids, grids, strict=True):
+            score.add_batch(batch_ids.view(grid), batch)  # the batches again: their labels
+        score.rename_predictions(hungarian_match(score.confusion))
+        runs.append((score.result(), score.samples))
+    samples = {"samples": runs[0][1]} if keep_samples else {}
+    if len(runs) == 1:
+        return {**runs[0][0], "seed": seeds[0], **samples}
+    return {**seed_summary([run for run, _ in runs]), "seeds": list(seeds), **samples}
+
+
+def seed_summary(runs: Sequence[dict]) -> dict:
+    """Mean and std of `miou` over runs of several seeds, and the per-class means."""
+    mious = torch.tensor([run["miou"] for run in runs], dtype=torch.float64)
+    classes = zip(*(run["per_class_iou"] for run in runs), strict=True)
+    return {
+        "miou": float(mious.mean()),
+        "miou_std": float(mious.std(unbiased=False)),
+        "miou_per_seed": mious.tolist(),
+        "per_class_iou": [_mean_of_present(values) for values in classes],
+        "pixels_scored": runs[0]["pixels_scored"],
+    }
 
 
 EmbedFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -318,20 +336,7 @@ def run_maskcontrast_kmeans(
     if whitened.shape[1] == 0:
         raise ProtocolSkipped("maskcontrast-kmeans: every image prototype is the same")
     runs = [_score_prototype_clusters(data, whitened, num_classes, seed) for seed in seeds]
-    per_class = [
-        _mean_of_present(values)
-        for values in zip(*(run["per_class_iou"] for run in runs), strict=True)
-    ]
-    mious = torch.tensor([run["miou"] for run in runs], dtype=torch.float64)
-    return {
-        "miou": float(mious.mean()),
-        "miou_std": float(mious.std(unbiased=False)),
-        "per_class_iou": per_class,
-        "pixels_scored": runs[0]["pixels_scored"],
-        "seeds": list(seeds),
-        "miou_per_seed": mious.tolist(),
-        "notes": notes,
-    }
+    return {**seed_summary(runs), "seeds": list(seeds), "notes": notes}
 
 
 def _score_prototype_clusters(
@@ -357,5 +362,6 @@ def _score_prototype_clusters(
 
 
 def _mean_of_present(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not None (None when all are)."""
     present = [value for value in values if value is not None]
     return sum(present) / len(present) if present else None

@@ -16,6 +16,8 @@ Which protocol is whose:
   (docs/methods/README.md#evaluation-protocols); no paper uses it.
 * ``maskcontrast-kmeans``: MaskContrast's prototype k-means (docs/methods/maskcontrast.md §6.2).
 * ``segmentation``: ReCo's evaluation of its own segmenter (reco.md §7).
+* ``overcluster``: k-means with K in 100, 300, 500 matched many-to-one
+  (`raycseg.eval.overcluster`), as unsupervised segmentation work reports it.
 * ``davis``: CRW's label propagation scored with DAVIS-2017 J&F, on VOS shards
   (`raycseg.eval.davis`; not run by `evaluate_backbone`, which scores images).
 """
@@ -33,6 +35,7 @@ from raycseg.eval.batches import ProbeEpochs
 from raycseg.eval.cluster import (
     KMEANS_ITERS,
     KMEANS_RESTARTS,
+    KMEANS_SEED,
     MASKCONTRAST_KMEANS_ITERS,
     MASKCONTRAST_SEEDS,
     EmbedFn,
@@ -41,6 +44,7 @@ from raycseg.eval.cluster import (
 )
 from raycseg.eval.features import Batch, frozen, require_reiterable
 from raycseg.eval.metrics import ProtocolSkipped
+from raycseg.eval.overcluster import OVERCLUSTER_KS, OVERCLUSTER_SEEDS, run_overcluster_protocol
 from raycseg.eval.probe import run_linear_probe
 from raycseg.eval.scoring import package_versions
 from raycseg.eval.segmentation import SegmentFn, run_segmentation_protocol
@@ -50,6 +54,7 @@ PROTOCOLS = {
     "kmeans": "kmeans",
     "maskcontrast-kmeans": "maskcontrast_kmeans",
     "segmentation": "segmentation",
+    "overcluster": "overcluster",
     "davis": "davis",  # on video, not images: raycseg.eval.davis
 }
 PAPER_PROBE = LinearProbeSection()
@@ -83,6 +88,9 @@ def evaluate_backbone(
     embed_fn: EmbedFn | None = None,
     segment_fn: SegmentFn | None = None,
     keep_samples: int = 0,
+    train_batches: Iterable[Batch] | None = None,
+    overcluster_ks: Sequence[int] = OVERCLUSTER_KS,
+    kmeans_seeds: Sequence[int] = (KMEANS_SEED,),
 ) -> dict:
     """Score a frozen backbone with each protocol.
 
@@ -106,6 +114,10 @@ def evaluate_backbone(
             segmenter); like `embed_fn`, it runs with `backbone` frozen.
         keep_samples: the linear probe and k-means also return their predictions of
             this many images under ``"samples"`` (not JSON: pop them before writing).
+        train_batches: the train split at the same input (re-iterable), which
+            ``overcluster`` fits on; None skips it.
+        overcluster_ks: ``overcluster``'s cluster counts.
+        kmeans_seeds: pixel k-means runs once per seed (the mean and std when several).
 
     Returns:
         ``{"linear_probe": {...}, "kmeans": {...}, ...}`` plus ``"skipped":
@@ -127,20 +139,29 @@ def evaluate_backbone(
             keep_samples,
         ),  # fmt: skip
         "kmeans": lambda: run_kmeans_protocol(
-            backbone, val_batches, num_classes, device=device, keep_samples=keep_samples
-        ),
+            backbone,
+            val_batches,
+            num_classes,
+            device=device,
+            seeds=kmeans_seeds,
+            keep_samples=keep_samples,
+        ),  # fmt: skip
         "maskcontrast_kmeans": lambda: _maskcontrast_kmeans(
             backbone, embed_fn, val_batches, num_classes, device
         ),
         "segmentation": lambda: _segmentation(
             backbone, segment_fn, val_batches, num_classes, device
         ),
+        "overcluster": lambda: _overcluster(
+            backbone, train_batches, val_batches, num_classes, device, overcluster_ks
+        ),
     }
     records = {
         "linear_probe": lambda: linear_probe_record(probe_settings, feature_source, seed),
-        "kmeans": lambda: kmeans_record(num_classes),
+        "kmeans": lambda: kmeans_record(num_classes, kmeans_seeds),
         "maskcontrast_kmeans": lambda: maskcontrast_kmeans_record(num_classes),
         "segmentation": segmentation_record,
+        "overcluster": overcluster_record,
     }
     scores: dict = {}
     skipped: dict[str, str] = {}
@@ -178,7 +199,7 @@ def linear_probe_record(settings: LinearProbeSection, features: str, seed: int) 
     }
 
 
-def kmeans_record(num_classes: int) -> dict:
+def kmeans_record(num_classes: int, seeds: Sequence[int] = (KMEANS_SEED,)) -> dict:
     """What the project's pixel k-means ran, for eval.json's `protocol` record."""
     return {
         "name": "raycseg pixel k-means (the project's own protocol, not a paper's)",
@@ -187,7 +208,7 @@ def kmeans_record(num_classes: int) -> dict:
         "init": "k-means++",
         "restarts": KMEANS_RESTARTS,
         "iterations": KMEANS_ITERS,
-        "seeds": [0],
+        "seeds": list(seeds),
         "matching": "Hungarian on the split's pixel counts, ids nearest-resized to each mask",
         "versions": package_versions(),
     }
@@ -205,6 +226,20 @@ def maskcontrast_kmeans_record(num_classes: int) -> dict:
         "iterations": MASKCONTRAST_KMEANS_ITERS,
         "seeds": list(MASKCONTRAST_SEEDS),
         "matching": "Hungarian on the split's IoU matrix, background included",
+        "versions": package_versions(),
+    }
+
+
+def overcluster_record() -> dict:
+    """What overclustering ran (raycseg.eval.overcluster)."""
+    return {
+        "name": "overclustering: k-means with K >> classes, many-to-one (as Leopart reports it)",
+        "features": "backbone, L2-normalised per pixel, not centred, at the feature grid",
+        "fit": "k-means++ with one seeding per seed, on every train-split feature pixel",
+        "iterations": KMEANS_ITERS,
+        "seeds": list(OVERCLUSTER_SEEDS),
+        "matching": "each cluster to the class it overlaps most on the train split, at each "
+        "mask's own size; val scored at each mask's own size",
         "versions": package_versions(),
     }
 
@@ -234,6 +269,14 @@ def _linear_probe(
         seed=seed,
         feature_fn=features,
         keep_samples=keep_samples,
+    )
+
+
+def _overcluster(backbone, train_batches, val_batches, num_classes, device, ks) -> dict:
+    if train_batches is None:
+        raise ProtocolSkipped("overcluster fits its clusters on a train split; the data has none")
+    return run_overcluster_protocol(
+        backbone, train_batches, val_batches, num_classes, device=device, ks=ks
     )
 
 

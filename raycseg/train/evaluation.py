@@ -31,14 +31,11 @@ from ..config import (
     EvalSection,
     Recipe,
     StageBase,
-    apply_overrides,
-    load_recipe,
-    resolve_paths,
-    validate_recipe,
 )
 from ..errors import CsegError
 from ..eval import evaluate_backbone, protocol_key
 from ..eval.batches import data_record, evaluation_batches, num_classes_of, probe_training_epochs
+from ..eval.cluster import KMEANS_SEED
 from ..eval.davis import davis_record, run_davis_protocol
 from ..eval.metrics import ProtocolSkipped
 from ..eval.samples import write_eval_samples
@@ -46,12 +43,21 @@ from ..methods.common import checkpoint_stage
 from ..methods.maskcontrast import load_query_encoder
 from ..methods.reco import load_segmenter
 from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
-from ..run_directory import EVAL_FILE, is_run_directory, merge_eval_json, run_checkpoint
-from ..shards.manifest import read_manifest
+from ..run_directory import EVAL_FILE, merge_eval_json
 from .checkpoint import load_state
 
 EVAL_SPLIT = "val"
 DAVIS = "davis"
+SUITE_PROTOCOLS = (
+    "linear-probe",
+    "kmeans",
+    "overcluster",
+    "maskcontrast-kmeans",
+    "segmentation",
+    "davis",
+)  # `cseg eval --suite paper`
+SUITE_SEEDS = (0, 1, 2, 3, 4)  # its k-means seeds
+OVERCLUSTER = "overcluster"
 EVAL_SAMPLES = 4  # validation images kept for the report's pictures
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
@@ -81,6 +87,7 @@ def evaluate_checkpoint(
     baseline: str | None = None,
     vos: str | None = None,
     save_predictions: Path | None = None,
+    suite: bool = False,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Score a checkpoint (and, if asked, the random-init baseline) on one split (`val`).
@@ -100,6 +107,8 @@ def evaluate_checkpoint(
             recipe's.
         vos: VOS shards for the davis protocol; default `recipe.eval.davis.data`.
         save_predictions: davis: write every frame's predicted mask under this folder.
+        suite: run every protocol of `SUITE_PROTOCOLS` the checkpoint and data support
+            (`protocols` is then ignored); k-means over the 5 seeds of `SUITE_SEEDS`.
         on_message: called with each progress note (what is evaluated, what is skipped
             and why).
     """
@@ -107,6 +116,8 @@ def evaluate_checkpoint(
     # without an eval section: the papers' protocols
     section = recipe.eval or EvalSection(data=data)
     keys = list(dict.fromkeys(map(protocol_key, protocols or section.protocols)))
+    if suite:
+        keys = [protocol_key(name) for name in SUITE_PROTOCOLS]
     baseline = (baseline or section.baseline) if baseline != "none" else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scores: dict[str, Any] = {}
@@ -116,12 +127,29 @@ def evaluate_checkpoint(
         scores = davis_scores(recipe, checkpoint, settings, split, baseline, device,
                               save_predictions, on_message)  # fmt: skip
         keys.remove(DAVIS)
+    if data is None and suite:
+        reason = "no segmentation data: pass --data SEG_SHARDS"
+        _merge(scores, {"skipped": dict.fromkeys(keys, reason)})
+        keys = []
     if not keys:
         return _finish(scores, run_dir, on_message)
     if data is None:
         raise CsegError(
             "no evaluation data: pass --data SEG_SHARDS (built with `cseg shards build --kind segmentation`)"
         )
+    on_message(f"evaluating {checkpoint} with {', '.join(keys)}")
+    options = {"num_classes": num_classes, "baseline": baseline, "device": device,
+               "kmeans_seeds": SUITE_SEEDS if suite else (KMEANS_SEED,)}  # fmt: skip
+    _merge(scores, _image_scores(checkpoint, recipe, section, keys, data, split, run_dir,
+                                 options, on_message))  # fmt: skip
+    return _finish(scores, run_dir, on_message)
+
+
+def _image_scores(
+    checkpoint, recipe, section, keys, data, split, run_dir, options, on_message
+) -> dict[str, Any]:
+    """The image protocols' scores on one split of segmentation shards (and eval samples)."""
+    num_classes, baseline, device = options["num_classes"], options["baseline"], options["device"]
     own_data = recipe.eval is not None and data == recipe.eval.data
     num_classes = num_classes or (section.num_classes if own_data else None)
     num_classes = num_classes or num_classes_of(data)
@@ -130,19 +158,20 @@ def evaluate_checkpoint(
         data, split, input_policy="resize", input_size=section.image_size, num_workers=workers
     )
     state = _raycseg_state(checkpoint)
-    on_message(f"evaluating {checkpoint} with {', '.join(keys)}")
-
     backbone = build_initial_backbone(recipe)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}
     load_backbone_weights(backbone, checkpoint)
     probe = _probe_epochs(data, section, workers) if "linear_probe" in keys else None
+    train = _train_batches(data, section, workers) if OVERCLUSTER in keys else None
     common = {"num_classes": num_classes, "device": device, "probe": probe,
-              "probe_settings": section.linear_probe, "seed": recipe.seed}  # fmt: skip
-    backbone_keys = [key for key in keys if key in ("linear_probe", "kmeans")]
+              "probe_settings": section.linear_probe, "seed": recipe.seed,
+              "train_batches": train, "overcluster_ks": section.overcluster_ks,
+              "kmeans_seeds": options["kmeans_seeds"]}  # fmt: skip
+    backbone_keys = [key for key in keys if key in ("linear_probe", "kmeans", OVERCLUSTER)]
     keep = EVAL_SAMPLES if run_dir is not None else 0
-    _merge(scores, _backbone_scores(
+    scores = _backbone_scores(
         backbone, state, resized, backbone_keys, {**common, "keep_samples": keep}
-    ))  # fmt: skip
+    )
     samples = {key: scores[key].pop("samples", []) for key in backbone_keys if key in scores}
     if MASKCONTRAST_KMEANS in keys:
         _merge(scores, _maskcontrast_kmeans(state, resized, common))
@@ -156,7 +185,7 @@ def evaluate_checkpoint(
         on_message("evaluating the random-init baseline")
         if probe is not None:  # a fresh stream: the same images in the same order
             common["probe"] = _probe_epochs(data, section, workers)
-        scores["baseline_random"] = scores.get("baseline_random", {}) | evaluate_backbone(
+        scores["baseline_random"] = evaluate_backbone(
             backbone, val_batches=resized, protocols=backbone_keys, **common
         )
         _add_inputs(scores["baseline_random"], inputs)
@@ -164,7 +193,7 @@ def evaluate_checkpoint(
     scores["data"] = data_record(data, split)
     if run_dir is not None:
         write_eval_samples(Path(run_dir), samples, scores["data"]["classes"])
-    return _finish(scores, run_dir, on_message)
+    return scores
 
 
 def _finish(scores: dict[str, Any], run_dir: Path | None, on_message) -> dict[str, Any]:
@@ -230,8 +259,19 @@ def _probe_epochs(data: str, section: EvalSection, workers: int):
         raise
 
 
+def _train_batches(data: str, section: EvalSection, workers: int):
+    """The train split at the resize input (overcluster fits on it), or None without one."""
+    try:
+        return evaluation_batches(data, "train", input_policy="resize",
+                                  input_size=section.image_size, num_workers=workers)  # fmt: skip
+    except CsegError as error:
+        if "no 'train' split" in str(error):
+            return None
+        raise
+
+
 def _backbone_scores(backbone, state, batches, keys, common) -> dict[str, Any]:
-    """linear-probe and kmeans; the probe reads a MaskContrast checkpoint's decoder features."""
+    """linear-probe, kmeans and overcluster (a MaskContrast checkpoint's probe: its decoder)."""
     if not keys:
         return {}
     encoder = _maskcontrast_encoder(state) if "linear_probe" in keys else None
@@ -245,10 +285,9 @@ def _backbone_scores(backbone, state, batches, keys, common) -> dict[str, Any]:
         feature_source="MaskContrast decoder features (256-d)",
         **common,
     )
-    if "kmeans" in keys:
-        _merge(
-            scores, evaluate_backbone(backbone, val_batches=batches, protocols=["kmeans"], **common)
-        )
+    rest = [key for key in keys if key != "linear_probe"]
+    if rest:
+        _merge(scores, evaluate_backbone(backbone, val_batches=batches, protocols=rest, **common))
     return scores
 
 
@@ -320,95 +359,9 @@ def _add_inputs(scores: dict[str, Any], inputs: dict[str, str]) -> None:
 
 def _merge(scores: dict[str, Any], more: dict[str, Any]) -> None:
     skipped = {**scores.get("skipped", {}), **more.pop("skipped", {})}
+    baseline = {**scores.get("baseline_random", {}), **more.pop("baseline_random", {})}
     scores.update(more)
+    if baseline:
+        scores["baseline_random"] = baseline
     if skipped:
         scores["skipped"] = skipped
-
-
-def evaluate_target(
-    target: Path,
-    *,
-    recipe: str | None = None,
-    overrides: list[str] | None = None,
-    data: str | None = None,
-    split: str = EVAL_SPLIT,
-    num_classes: int | None = None,
-    protocols: list[str] | None = None,
-    baseline: str | None = None,
-    vos: str | None = None,
-    save_predictions: Path | None = None,
-    on_message: Callable[[str], None] = lambda _: None,
-) -> tuple[dict[str, Any], Path]:
-    """`cseg eval`: score a run directory, a raycseg checkpoint or plain backbone weights.
-
-    A run directory is scored at its last stage; plain weights (a torchvision, MoCo or
-    DenseCL file) with `recipe`'s model and eval sections. Returns the scores and the
-    eval.json they were merged into (next to a file). `overrides` are `eval.KEY=VALUE`
-    strings (`with_eval_overrides`); the other arguments are `evaluate_checkpoint`'s.
-    """
-    target = Path(target).expanduser().resolve()
-    if is_run_directory(target):
-        trained, checkpoint = run_checkpoint(target)
-        run_dir = target
-    elif target.exists():
-        trained, checkpoint = _recipe_of_weights(target, recipe), target
-        run_dir = target if target.is_dir() else target.parent
-    else:
-        raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
-    data, vos = _local_or_url(data), _local_or_url(vos)
-    if data is not None and read_manifest(data).get("kind") == "vos":
-        data, vos = None, vos or data  # --data VOS_SHARDS: the davis protocol's data
-        protocols = protocols or [DAVIS]
-    scores = evaluate_checkpoint(
-        checkpoint,
-        with_eval_overrides(trained, overrides or [], data),
-        run_dir=run_dir,
-        data=data,
-        split=split,
-        num_classes=num_classes,
-        protocols=protocols,
-        baseline=baseline,
-        vos=vos,
-        save_predictions=save_predictions,
-        on_message=on_message,
-    )
-    return scores, run_dir / EVAL_FILE
-
-
-def _local_or_url(path: str | None) -> str | None:
-    return str(Path(path).expanduser().resolve()) if path and "://" not in path else path
-
-
-def _recipe_of_weights(target: Path, recipe: str | None) -> Recipe:
-    """The recipe stored in a raycseg checkpoint, else the one given for plain weights."""
-    state = load_state(target)
-    if "recipe" in state:
-        return Recipe.model_validate(state["recipe"])
-    if recipe is None:
-        raise CsegError(
-            f"{target} holds weights but no recipe; pass --recipe NAME (its model section "
-            "describes the backbone, its eval section the protocols), or evaluate a run directory"
-        )
-    loaded = load_recipe(recipe, check_files=False)
-    # the weights are the backbone: the recipe's own init is not read (the baseline is random)
-    return loaded.model_copy(update={"model": loaded.model.model_copy(update={"init_from": None})})
-
-
-def with_eval_overrides(recipe: Recipe, overrides: list[str], data: str | None) -> Recipe:
-    """`recipe` with `eval.KEY=VALUE` overrides of its eval section (as in recipes).
-
-    A recipe without an eval section gets one for `data`. Only `eval.` keys are taken
-    (`raycseg.train.preflight.check_eval_inputs`): evaluation cannot change how a run
-    trained.
-
-    Raises:
-        RecipeError: a value the schema refuses.
-    """
-    if not overrides:
-        return recipe
-    raw = recipe.model_dump(mode="json")
-    if raw.get("eval") is None:
-        raw["eval"] = {"data": data} if data else {}
-    overridden = validate_recipe(apply_overrides(raw, overrides), source="cseg eval overrides")
-    resolve_paths(overridden)
-    return overridden

@@ -24,7 +24,7 @@ from raycseg.methods.reco import (
 from raycseg.models import DeepLabV2, DeepLabV3Plus, load_backbone_weights, normalize_images
 from raycseg.shards.splits import build_label_split
 from raycseg.train.checkpoint import load_state
-from raycseg.train.evaluation import evaluate_target
+from raycseg.train.eval_targets import evaluate_target
 from raycseg.train.launch import run_pretrain
 
 MODEL = ModelSection(backbone="tiny", output_stride=4, width=8)

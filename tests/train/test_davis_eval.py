@@ -91,3 +91,32 @@ def test_missing_or_wrong_vos_data_is_refused_with_the_fix(checkpoint, tmp_path)
     result = RUNNER.invoke(app, ["eval", str(checkpoint), "--protocol", "davis"])
     assert result.exit_code == 1  # no VOS data: davis is skipped, and says why
     assert "davis needs VOS shards" in result.stderr
+
+
+def test_the_paper_suite_runs_what_the_checkpoint_and_data_support_in_one_eval_json(
+    checkpoint, tmp_path
+):
+    from voc_tree import voc_shards
+
+    segmentation = voc_shards(tmp_path / "seg", train=4, val=2, size=16)
+    tree = write_davis_tree(tmp_path / "davis", sequences=1, frames=4, image_size=32)
+    vos = tmp_path / "vos"
+    build_shards("vos", tree, vos, layout="davis")
+    result = RUNNER.invoke(app, [
+        "eval", str(checkpoint), "--suite", "paper", "--data", str(segmentation), "--vos", str(vos),
+        "eval.image_size=16", "eval.linear_probe.epochs=1", "eval.linear_probe.batch_size=2",
+        "eval.overcluster_ks=[4, 1000]",
+        "eval.davis.resolution=32", "--baseline", "none", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.stderr  # the protocols it cannot run are no failure
+    scores = json.loads(result.stdout)
+    assert {"linear_probe", "kmeans", "overcluster", "davis"} <= set(scores)
+    assert scores["kmeans"]["seeds"] == [0, 1, 2, 3, 4] and "miou_std" in scores["kmeans"]
+    assert scores["kmeans"]["protocol"]["seeds"] == [0, 1, 2, 3, 4]
+    overcluster = scores["overcluster"]
+    assert set(overcluster["per_k"]) == {"4", "1000"} and overcluster["seeds"] == [0, 1, 2, 3, 4]
+    assert overcluster["per_k"]["1000"]["k"] < 1000 and "clamped" in overcluster["notes"][0]
+    assert set(scores["skipped"]) == {"maskcontrast_kmeans", "segmentation"}
+    assert "maskcontrast stage" in scores["skipped"]["maskcontrast_kmeans"]
+    written = json.loads((checkpoint / "eval.json").read_text())
+    assert {"linear_probe", "kmeans", "overcluster", "davis", "data"} <= set(written)

@@ -93,7 +93,7 @@ def test_plain_weights_are_evaluated_with_the_recipe_given(tmp_path, segmentatio
     import yaml
 
     from raycseg.errors import CsegError
-    from raycseg.train.evaluation import evaluate_target
+    from raycseg.train.eval_targets import evaluate_target
 
     weights = tmp_path / "weights" / "resnet18.pth"
     weights.parent.mkdir()

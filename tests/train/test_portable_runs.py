@@ -31,7 +31,7 @@ from raycseg.run_directory import (
     write_stages,
 )
 from raycseg.train.checkpoint import load_state
-from raycseg.train.evaluation import evaluate_target
+from raycseg.train.eval_targets import evaluate_target
 from raycseg.train.export import export_backbone
 from raycseg.train.launch import run_pretrain
 
