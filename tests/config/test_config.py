@@ -215,4 +215,6 @@ def test_the_decode_pool_is_offered_to_single_stream_stages_with_ray_workers(tmp
     recipe = load_recipe(path, ["stages.cacl.data.decode_pool.tasks=3"], check_files=False)
     assert recipe.stages[0].data.decode_pool.tasks == 3
     assert recipe.stages[0].data.decode_pool.cpus_per_task == 1.0
-    assert recipe.decode_pool_cpus() == 3.0  # local Ray and Tune trials reserve these beside workers
+    assert (
+        recipe.decode_pool_cpus() == 3.0
+    )  # local Ray and Tune trials reserve these beside workers
