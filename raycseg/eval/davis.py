@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from raycseg.config.schema import DavisSection
@@ -171,13 +172,15 @@ def run_davis_protocol(
     settings: DavisSection,
     device: torch.device,
     save_predictions: Path | None = None,
+    strip: Path | None = None,
     on_message: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """eval.json's `davis` entry (without `protocol`) for one split of VOS shards.
 
     `save_predictions` gets `<sequence>/<frame>.png` for every frame (DAVIS palette
     PNGs at the frame's size, frame 0 the given mask), each sequence written under a
-    temporary name and renamed when whole.
+    temporary name and renamed when whole. `strip` gets a picture of the first
+    sequence's frames with their propagated masks overlaid (`write_davis_strip`).
     """
     scores = {}
     with frozen(backbone, device):
@@ -190,6 +193,8 @@ def run_davis_protocol(
             )
             if save_predictions is not None:
                 _save(Path(save_predictions), sequence, predictions)
+            if strip is not None and len(scores) == 1:
+                write_davis_strip(strip, sequence, predictions)
             on_message(
                 f"davis {sequence.name}: {len(predictions)} frames, "
                 f"J&F {np.mean(scores[sequence.name]['j'] + scores[sequence.name]['f']):.3f}"
@@ -209,6 +214,28 @@ def _save(folder: Path, sequence: Sequence, predictions: list[np.ndarray]) -> No
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
+
+
+STRIP_FRAMES = 5
+STRIP_HEIGHT = 160
+
+
+def write_davis_strip(path: Path, sequence: Sequence, predictions: list[np.ndarray]) -> None:
+    """A row of `STRIP_FRAMES` evenly spaced frames, objects tinted in the DAVIS palette."""
+    palette = voc_palette()
+    picks = np.linspace(0, len(predictions) - 1, min(STRIP_FRAMES, len(predictions)))
+    tiles = []
+    for index in np.unique(picks.round().astype(int)):
+        frame, ids = sequence.frames[index].astype(np.float32), predictions[index]
+        tinted = np.where((ids > 0)[..., None], 0.45 * frame + 0.55 * palette[ids], frame)
+        image = Image.fromarray(tinted.round().astype(np.uint8))
+        width = round(image.width * STRIP_HEIGHT / image.height)
+        tiles.append(np.asarray(image.resize((width, STRIP_HEIGHT), Image.Resampling.BILINEAR)))
+    gap = np.full((STRIP_HEIGHT, 4, 3), 255, dtype=np.uint8)
+    row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
+    partial = path.with_name(f".{path.name}.partial")
+    Image.fromarray(row).save(partial, format="PNG")
+    os.replace(partial, path)
 
 
 def davis_record(settings: DavisSection, stride: int | None) -> dict:

@@ -24,6 +24,8 @@ matrix over a split and counts the pixels it scored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,6 +173,16 @@ class SplitScore:
         """``{"miou", "per_class_iou", "pixels_scored"}``."""
         miou, ious = miou_from_confusion(self.confusion)
         return {"miou": miou, "per_class_iou": ious, "pixels_scored": self.pixels_scored}
+
+
+def protocol_fingerprint(record: dict) -> str:
+    """12 hex digits of sha256 over a `protocol` record (sorted JSON, without its fingerprint).
+
+    Equal fingerprints mean the same protocol, settings and package versions.
+    """
+    settings = {key: value for key, value in record.items() if key != "fingerprint"}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def package_versions() -> dict[str, str]:

@@ -102,6 +102,9 @@ class RunSummary:
         files: The files the report wrote (filled in by the writer).
         eval_data: eval.json's `data` record (None in older files).
         eval_samples: The saved validation images (None without `eval_samples/`).
+        fingerprints: Each protocol's `protocol.fingerprint` (`-` in older files).
+        davis: eval.json's `davis` entry (J&F per sequence), and `davis_baseline` the
+            random-init one.
     """
 
     path: Path
@@ -116,6 +119,9 @@ class RunSummary:
     files: list[Path] = field(default_factory=list)
     eval_data: EvalData | None = None
     eval_samples: EvalSamples | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    davis: dict[str, Any] | None = None
+    davis_baseline: dict[str, Any] | None = None
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """The finite values of `key` against `step`, for plotting."""
@@ -164,6 +170,13 @@ def load_run(path: Path) -> RunSummary:
         skipped_corrupt=_skipped_total(records),
         eval_data=_read_data(scores.get(DATA_KEY)),
         eval_samples=_read_samples(path / SAMPLES_DIR),
+        fingerprints={
+            name: (result.get("protocol") or {}).get("fingerprint", "-")
+            for name, result in scores.items()
+            if isinstance(result, dict) and isinstance(result.get("protocol"), dict)
+        },
+        davis=scores.get("davis") if isinstance(scores.get("davis"), dict) else None,
+        davis_baseline=(scores.get(BASELINE_KEY) or {}).get("davis"),
     )
 
 
@@ -234,6 +247,13 @@ def _read_eval(scores: dict[str, Any]) -> tuple[list[ProtocolScore], int | None]
     for name, result in scores.items():
         if name in (BASELINE_KEY, DATA_KEY) or not isinstance(result, dict):
             continue  # the baseline is read with its protocol; `data` is not a protocol
+        if "per_k" in result:  # overclustering: one row per K
+            random_per_k = (baseline.get(name) or {}).get("per_k") or {}
+            protocols += [
+                _protocol_score(f"{name} K={k}", entry, random_per_k.get(k) or {}, result)
+                for k, entry in result["per_k"].items()
+            ]
+            continue
         if "miou" not in result:
             continue
         random = baseline.get(name) or {}
@@ -248,6 +268,17 @@ def _read_eval(scores: dict[str, Any]) -> tuple[list[ProtocolScore], int | None]
             )
         )
     return protocols, _find_seed(scores)
+
+
+def _protocol_score(name: str, result: dict, random: dict, outer: dict) -> ProtocolScore:
+    return ProtocolScore(
+        protocol=name,
+        miou=result.get("miou"),
+        per_class_iou=list(result.get("per_class_iou") or []),
+        baseline_miou=random.get("miou"),
+        baseline_per_class_iou=list(random.get("per_class_iou") or []),
+        pixels_scored=_count(outer.get("pixels_scored")),
+    )
 
 
 def _count(value: object) -> int | None:

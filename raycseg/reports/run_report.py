@@ -25,6 +25,7 @@ from .render import (
 from .run import RunSummary, load_run
 
 SAMPLES_PICTURE = "eval_samples.png"
+DAVIS_STRIP = "davis_strip.png"  # written by `cseg eval --protocol davis`
 
 
 def write_run_report(path: Path) -> RunSummary:
@@ -162,16 +163,17 @@ def run_blocks(summary: RunSummary, plots: list[Path]) -> list[Block]:
 
 def _eval_blocks(summary: RunSummary, plot_names: set[str]) -> list[Block]:
     blocks: list[Block] = [Heading("Evaluation")]
-    if not summary.evaluation:
+    if not summary.evaluation and summary.davis is None:
         command = f"cseg eval {summary.path} --baseline random"
         return [*blocks, Paragraph("No `eval.json` yet. Evaluate the run with:"), Code(command)]
     seed = "" if summary.eval_seed is None else f" k-means seed: {summary.eval_seed}."
-    blocks.append(Paragraph(f"mIoU of the frozen backbone against a random-init one.{seed}"))
     scored = data_text(summary)
-    if scored is not None:
-        blocks.append(Paragraph(scored))
-    header = eval_header(summary)
-    blocks.append(Table(header, eval_rows(summary), numeric=frozenset(header[1:])))
+    if summary.evaluation:
+        blocks.append(Paragraph(f"mIoU of the frozen backbone against a random-init one.{seed}"))
+        if scored is not None:
+            blocks.append(Paragraph(scored))
+        header = eval_header(summary)
+        blocks.append(Table(header, eval_rows(summary), numeric=frozenset(header[1:])))
     if "eval.png" in plot_names:
         blocks.append(Image("eval.png", "mIoU per protocol, pretrained vs random init"))
     if SAMPLES_PICTURE in plot_names and summary.eval_samples is not None:
@@ -179,14 +181,52 @@ def _eval_blocks(summary: RunSummary, plot_names: set[str]) -> list[Block]:
         loaded = pictures.load_samples(summary.eval_samples)
         caption = pictures.sample_caption(summary.eval_samples, loaded, sample_classes(summary))
         blocks += [Heading("Validation images", level=3), Image(SAMPLES_PICTURE, caption)]
+    blocks += _davis_blocks(summary)
     blocks += [
-        Heading("Per-class IoU", level=3),
+        Heading("Protocol fingerprints", level=3),
         Paragraph(
-            "By class id (and name, where eval.json records it); `-` where the class "
-            "never occurs (TP+FP+FN = 0)."
+            "sha256 (12 digits) of each protocol record in eval.json: what ran, its settings "
+            "and package versions. Scores compare only where fingerprints are equal."
         ),
-        _per_class_table(summary),
+        Table(["protocol", "fingerprint"], [[k, v] for k, v in summary.fingerprints.items()]),
     ]
+    if summary.evaluation:
+        blocks += [
+            Heading("Per-class IoU", level=3),
+            Paragraph(
+                "By class id (and name, where eval.json records it); `-` where the class "
+                "never occurs (TP+FP+FN = 0)."
+            ),
+            _per_class_table(summary),
+        ]
+    return blocks
+
+
+def _davis_blocks(summary: RunSummary) -> list[Block]:
+    """DAVIS label propagation: J&F per sequence and the strip of propagated masks."""
+    davis = summary.davis
+    if davis is None:
+        return []
+    random = summary.davis_baseline
+    text = (
+        f"J&F {davis['jf_mean']:.4f} (J {davis['j_mean']:.4f}, F {davis['f_mean']:.4f}) over "
+        f"{davis['objects']} objects, {davis['frames_scored']} frames scored"
+    )
+    if random is not None:
+        text += f"; random init J&F {random['jf_mean']:.4f}"
+    rows = [
+        [name, format_number(s["j_mean"]), format_number(s["f_mean"]), format_number(s["jf_mean"]),
+         str(s["objects"])]
+        for name, s in davis["sequences"].items()
+    ]  # fmt: skip
+    blocks = [
+        Heading("DAVIS label propagation", level=3),
+        Paragraph(text + "."),
+        Table(["sequence", "J", "F", "J&F", "objects"], rows, numeric=frozenset({"J", "F", "J&F"})),
+    ]
+    if (summary.path / DAVIS_STRIP).is_file():
+        caption = "the first sequence's frames, propagated masks overlaid (DAVIS palette)"
+        blocks.append(Image(DAVIS_STRIP, caption))
     return blocks
 
 

@@ -39,6 +39,7 @@ from ..eval.cluster import KMEANS_SEED
 from ..eval.davis import davis_record, run_davis_protocol
 from ..eval.metrics import ProtocolSkipped
 from ..eval.samples import write_eval_samples
+from ..eval.scoring import protocol_fingerprint
 from ..methods.common import checkpoint_stage
 from ..methods.maskcontrast import load_query_encoder
 from ..methods.reco import load_segmenter
@@ -58,6 +59,7 @@ SUITE_PROTOCOLS = (
 )  # `cseg eval --suite paper`
 SUITE_SEEDS = (0, 1, 2, 3, 4)  # its k-means seeds
 OVERCLUSTER = "overcluster"
+DAVIS_STRIP = "davis_strip.png"  # in the run directory, for the report
 EVAL_SAMPLES = 4  # validation images kept for the report's pictures
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
@@ -125,7 +127,7 @@ def evaluate_checkpoint(
         on_message(f"evaluating {checkpoint} with davis")
         settings = section.davis.model_copy(update={"data": vos or section.davis.data})
         scores = davis_scores(recipe, checkpoint, settings, split, baseline, device,
-                              save_predictions, on_message)  # fmt: skip
+                              save_predictions, run_dir, on_message)  # fmt: skip
         keys.remove(DAVIS)
     if data is None and suite:
         reason = "no segmentation data: pass --data SEG_SHARDS"
@@ -197,7 +199,10 @@ def _image_scores(
 
 
 def _finish(scores: dict[str, Any], run_dir: Path | None, on_message) -> dict[str, Any]:
-    """Say what was skipped and merge the scores into the run's eval.json."""
+    """Fingerprint each protocol, say what was skipped, merge the scores into eval.json."""
+    for entry in [*scores.values(), *scores.get("baseline_random", {}).values()]:
+        if isinstance(entry, dict) and isinstance(entry.get("protocol"), dict):
+            entry["protocol"]["fingerprint"] = protocol_fingerprint(entry["protocol"])
     for key, reason in scores.get("skipped", {}).items():
         on_message(f"{key} skipped: {reason}")
     if run_dir is not None:
@@ -213,9 +218,13 @@ def davis_scores(
     baseline: str | None,
     device: torch.device,
     save_predictions: Path | None,
+    run_dir: Path | None,
     on_message: Callable[[str], None],
 ) -> dict[str, Any]:
-    """`{"davis": ...}` (and `{"baseline_random": {"davis": ...}}`), or `skipped` without data."""
+    """`{"davis": ...}` (and `{"baseline_random": {"davis": ...}}`), or `skipped` without data.
+
+    With a `run_dir`, the first sequence's propagated masks are drawn into its `DAVIS_STRIP`.
+    """
     if settings.data is None:
         reason = "davis needs VOS shards: pass --data VOS_SHARDS (`cseg shards build --kind vos`)"
         return {"skipped": {DAVIS: reason}}
@@ -226,7 +235,9 @@ def davis_scores(
               "split": split}  # fmt: skip
     run = partial(run_davis_protocol, root=settings.data, split=split, settings=settings,
                   device=device, on_message=on_message)  # fmt: skip
-    scores = {DAVIS: {**run(backbone, save_predictions=save_predictions), "protocol": record}}
+    strip = Path(run_dir) / DAVIS_STRIP if run_dir is not None else None
+    scores = {DAVIS: {**run(backbone, save_predictions=save_predictions, strip=strip),
+                      "protocol": record}}  # fmt: skip
     if baseline == "random":
         on_message("evaluating the random-init baseline with davis")
         backbone.load_state_dict(initial)

@@ -139,3 +139,43 @@ def test_a_directory_of_neither_kind_is_a_cseg_error(tmp_path: Path, kind: str) 
     assert "cseg pretrain" in message and "cseg tune" in message
     if target.is_dir():
         assert not list(target.glob("report.*"))
+
+
+def test_the_evaluation_section_has_overclustering_davis_and_each_protocol_fingerprint(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    run = write_run(tmp_path / "run")
+    scores = json.loads((run / "eval.json").read_text())
+    scores["kmeans"]["protocol"] = {"name": "k-means", "fingerprint": "0123456789ab"}
+    scores["overcluster"] = {
+        "per_k": {"100": {"k": 100, "miou": 0.5, "miou_std": 0.01, "per_class_iou": [0.5]}},
+        "pixels_scored": 10,
+        "protocol": {"name": "overclustering", "fingerprint": "ba9876543210"},
+    }
+    sequence = {"j_mean": 0.6, "f_mean": 0.7, "jf_mean": 0.65, "objects": 2, "frames_scored": 8}
+    scores["davis"] = {"j_mean": 0.6, "f_mean": 0.7, "jf_mean": 0.65, "objects": 2,
+                       "frames_scored": 8, "sequences": {"shapes-00": sequence},
+                       "protocol": {"name": "CRW", "fingerprint": "feedfacecafe"}}  # fmt: skip
+    scores["baseline_random"]["davis"] = {**scores["davis"], "jf_mean": 0.25}
+    (run / "eval.json").write_text(json.dumps(scores))
+    Image.new("RGB", (40, 10)).save(run / "davis_strip.png")
+
+    write_report(run)
+    text = (run / "report.md").read_text()
+    assert "| overcluster K=100 | 0.5 | - | - | 10 |" in text
+    davis = section(text, "DAVIS label propagation")
+    assert "J&F 0.6500 (J 0.6000, F 0.7000) over 2 objects, 8 frames scored" in davis
+    assert (
+        "random init J&F 0.2500" in davis
+        and "| shapes-00 | 0.6 | 0.7 | 0.65 | 2 |" in davis
+    )
+    assert "(davis_strip.png)" in davis
+    fingerprints = section(text, "Protocol fingerprints")
+    for line in (
+        "| kmeans | 0123456789ab |",
+        "| overcluster | ba9876543210 |",
+        "| davis | feedfacecafe |",
+    ):
+        assert line in fingerprints
