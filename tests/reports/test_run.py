@@ -167,10 +167,7 @@ def test_the_evaluation_section_has_overclustering_davis_and_each_protocol_finge
     assert "| overcluster K=100 | 0.5 | - | - | 10 |" in text
     davis = section(text, "DAVIS label propagation")
     assert "J&F 0.6500 (J 0.6000, F 0.7000) over 2 objects, 8 frames scored" in davis
-    assert (
-        "random init J&F 0.2500" in davis
-        and "| shapes-00 | 0.6 | 0.7 | 0.65 | 2 |" in davis
-    )
+    assert "random init J&F 0.2500" in davis and "| shapes-00 | 0.6 | 0.7 | 0.65 | 2 |" in davis
     assert "(davis_strip.png)" in davis
     fingerprints = section(text, "Protocol fingerprints")
     for line in (
