@@ -1,4 +1,4 @@
-"""`cseg bench train|data|decode-pool|loss|reco-semi`: measured throughput, memory and accuracy.
+"""`cseg bench train|data|decode-pool|loss|reco-semi|davis`: measured throughput, memory and accuracy.
 
 Each command prints its results as tables and, with `--json FILE`, writes them as JSON.
 """
@@ -196,6 +196,37 @@ def bench_reco_semi(
         on_message=lambda line: err.print(line, markup=False),
     )
     _show(f"reco: {mode} vs supervised", results, json_out)
+
+
+@app.command(
+    "davis",
+    epilog="""Examples:
+
+cseg bench davis runs/quickstart           # 5 seeds x 4 sequences
+cseg bench davis runs/quickstart eval.davis.feature_stride=4""",
+)
+def bench_davis(
+    run: Path = typer.Argument(..., help="A run directory or raycseg checkpoint."),
+    overrides: list[str] = typer.Argument(
+        None, metavar="[eval.davis.KEY=VALUE]...", help="Overrides of the davis protocol."
+    ),
+    seeds: int = typer.Option(5, "--seeds", help="Seeds 0..N-1 of the generated sequences."),
+    sequences: int = typer.Option(4, "--sequences", help="Sequences per seed."),
+    frames: int = typer.Option(24, "--frames", help="Frames per sequence."),
+    size: int = typer.Option(64, "--size", help="Frame size in pixels (scored as is)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the results here."),
+) -> None:
+    """J&F of a checkpoint against its random init on generated multi-object sequences.
+
+    Reports each seed's J&F for both, the gain, its mean and std, and the seeds won.
+    """
+    from raycseg.bench.davis import benchmark_davis
+
+    results = benchmark_davis(
+        run, seeds, sequences=sequences, frames=frames, image_size=size,
+        overrides=overrides or [], on_message=lambda line: err.print(line, markup=False),
+    )  # fmt: skip
+    _show("davis: pretrained vs random init", results, json_out)
 
 
 def _show(title: str, results: dict, json_out: Path | None) -> None:

@@ -41,15 +41,7 @@ def evaluate_target(
     eval.json they were merged into (next to a file). `overrides` are `eval.KEY=VALUE`
     strings (`with_eval_overrides`); the other arguments are `evaluate_checkpoint`'s.
     """
-    target = Path(target).expanduser().resolve()
-    if is_run_directory(target):
-        trained, checkpoint = run_checkpoint(target)
-        run_dir = target
-    elif target.exists():
-        trained, checkpoint = _recipe_of_weights(target, recipe), target
-        run_dir = target if target.is_dir() else target.parent
-    else:
-        raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
+    trained, checkpoint, run_dir = resolve_target(target, recipe)
     data, vos = _local_or_url(data), _local_or_url(vos)
     if data is not None and read_manifest(data).get("kind") == "vos":
         data, vos = None, vos or data  # --data VOS_SHARDS: the davis protocol's data
@@ -69,6 +61,22 @@ def evaluate_target(
         on_message=on_message,
     )
     return scores, run_dir / EVAL_FILE
+
+
+def resolve_target(target: Path, recipe: str | None = None) -> tuple[Recipe, Path, Path]:
+    """The recipe that trained `target`, its checkpoint and the folder eval.json goes in.
+
+    `target` is a run directory (its last stage), a raycseg checkpoint, or plain
+    weights with `recipe` naming the recipe whose model and eval sections apply.
+    """
+    target = Path(target).expanduser().resolve()
+    if is_run_directory(target):
+        trained, checkpoint = run_checkpoint(target)
+        return trained, checkpoint, target
+    if target.exists():
+        folder = target if target.is_dir() else target.parent
+        return _recipe_of_weights(target, recipe), target, folder
+    raise CsegError(f"{target} does not exist; pass a run directory or a checkpoint")
 
 
 def _local_or_url(path: str | None) -> str | None:

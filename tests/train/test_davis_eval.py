@@ -120,3 +120,16 @@ def test_the_paper_suite_runs_what_the_checkpoint_and_data_support_in_one_eval_j
     assert "maskcontrast stage" in scores["skipped"]["maskcontrast_kmeans"]
     written = json.loads((checkpoint / "eval.json").read_text())
     assert {"linear_probe", "kmeans", "overcluster", "davis", "data"} <= set(written)
+
+
+def test_the_davis_benchmark_compares_with_the_initial_weights_per_seed(checkpoint):
+    from raycseg.bench.davis import benchmark_davis
+
+    before = (checkpoint / "eval.json").read_text() if (checkpoint / "eval.json").exists() else None
+    results = benchmark_davis(checkpoint, seeds=2, sequences=1, frames=4, image_size=32)
+    assert [r["seed"] for r in results["rounds"]] == [0, 1]
+    # these weights are the recipe's initial ones: no gain on any seed
+    assert all(r["gain"] == 0.0 for r in results["rounds"]) and results["seeds_won"] == 0
+    assert results["rounds"][0]["pretrained_jf"] != results["rounds"][1]["pretrained_jf"]
+    after = (checkpoint / "eval.json").read_text() if (checkpoint / "eval.json").exists() else None
+    assert before == after  # the benchmark leaves the run's eval.json alone
