@@ -50,6 +50,7 @@ from .samples import MaskRules, PreparedSample, PrepareOptions
 from .sources import LeftOut, SourceItem, SourceListing, list_sources
 from .split_lists import load_split_lists, select_by_stem
 from .tars import ShardWriter
+from .vos import list_vos_sources
 
 if TYPE_CHECKING:
     from .parallel import Preparer
@@ -282,6 +283,8 @@ def _list_selected_sources(
     if kind != "saliency":
         if split_list is not None or exclude_list is not None:
             raise DataError("--split-list and --exclude apply to --kind saliency only; drop them")
+        if kind == "vos":
+            return list_vos_sources(src, options["layout"])
         return list_sources(kind, src, **options)
     lists = load_split_lists(src, _resolved(split_list), _resolved(exclude_list))
     return select_by_stem(list_sources(kind, src, **options), lists, src)

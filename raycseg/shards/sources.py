@@ -321,15 +321,6 @@ def list_segmentation_sources(src: Path, layout: str) -> SourceListing:
     return listers[layout](src)
 
 
-def _list_vos(src: Path, layout: str) -> SourceListing:
-    from .vos import VOS_LAYOUTS, list_davis_sources
-
-    require_source(src, "video object segmentation dataset")
-    if layout not in VOS_LAYOUTS:
-        raise DataError(f"--kind vos reads --layout {' or '.join(VOS_LAYOUTS)}, not {layout!r}")
-    return list_davis_sources(src)
-
-
 def list_saliency_sources(src: Path, masks_dir: Path | None, compute: bool) -> SourceListing:
     """Discover images paired with saliency masks by stem (or alone, with `compute`)."""
     require_source(src, "images")
@@ -372,8 +363,6 @@ def list_sources(
         listing = list_segmentation_sources(src, layout)
     elif kind == "saliency":
         listing = list_saliency_sources(src, masks_dir, compute_saliency)
-    elif kind == "vos":
-        listing = _list_vos(src, layout)
     else:
         raise DataError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     if not listing.items:

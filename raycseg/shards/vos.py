@@ -32,10 +32,25 @@ from raycseg.errors import DataError
 
 from ..media.images import decode_image, decode_mask, peek_image
 from ..media.labels import IGNORE_INDEX
-from .sources import LeftOut, SourceItem, SourceListing, make_key
+from .sources import LeftOut, SourceItem, SourceListing, make_key, require_source
 
 VOS_LAYOUTS = ("davis",)
 RESOLUTION = "480p"
+
+
+def list_vos_sources(src: Path, layout: str) -> SourceListing:
+    """The sequences of a VOS dataset tree in `layout` (davis).
+
+    Raises:
+        DataError: another layout, a missing source or no sequence at all.
+    """
+    require_source(src, "video object segmentation dataset")
+    if layout not in VOS_LAYOUTS:
+        raise DataError(f"--kind vos reads --layout {' or '.join(VOS_LAYOUTS)}, not {layout!r}")
+    listing = list_davis_sources(src)
+    if not listing.items:
+        raise DataError(f"no sequence with frames in {src}; check the path and --layout")
+    return listing
 
 
 def list_davis_sources(src: Path) -> SourceListing:

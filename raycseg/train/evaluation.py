@@ -3,10 +3,15 @@
 Every protocol scores the `val` split at the labels' own resolution; the model
 sees the input its protocol names (`raycseg.eval.scoring`):
 
-* ``linear-probe``, ``kmeans``, ``maskcontrast-kmeans``: each image resized to
-  ``eval.image_size`` squared (MaskContrast: 512);
+* ``linear-probe``, ``kmeans``, ``overcluster``, ``maskcontrast-kmeans``: each image
+  resized to ``eval.image_size`` squared (MaskContrast: 512); ``overcluster`` also
+  reads the train split;
 * ``segmentation``: full resolution, reflect-padded as the ReCo stage validates
-  (``data.val_pad_to``; 513 on VOC).
+  (``data.val_pad_to``; 513 on VOC);
+* ``davis``: the frames of VOS shards (``--vos``, ``eval.davis.data``) at a short side
+  of ``eval.davis.resolution`` (`raycseg.eval.davis`).
+
+Each protocol record gets a ``fingerprint`` (`raycseg.eval.scoring.protocol_fingerprint`).
 
 The linear probe reads the 256-d decoder features of a MaskContrast checkpoint
 and the backbone of any other. eval.json gets a top-level ``data`` record (the
