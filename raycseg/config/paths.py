@@ -66,6 +66,7 @@ def resolve_paths(recipe: Recipe) -> None:
         stage.init_from = from_cwd(stage.init_from)
     if recipe.eval is not None:
         recipe.eval.data = under_root(recipe.eval.data)
+        recipe.eval.davis.data = under_root(recipe.eval.davis.data)
     recipe.model.init_from = from_cwd(recipe.model.init_from)
     recipe.storage.path = from_cwd(recipe.storage.path)
     _check_torchvision_weights(recipe)
@@ -136,6 +137,8 @@ def data_paths(recipe: Recipe) -> dict[str, str]:
                 paths[f"stages.{stage.name}.data.{field}"] = value
     if recipe.eval is not None:
         paths["eval.data"] = recipe.eval.data
+        if recipe.eval.davis.data is not None:
+            paths["eval.davis.data"] = recipe.eval.davis.data
     return paths
 
 

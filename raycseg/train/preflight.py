@@ -62,6 +62,9 @@ def check_run_data(recipe: Recipe) -> None:
         recipe.eval.num_classes = manifests.classes(
             "eval.num_classes", recipe.eval.num_classes, recipe.eval.data, "eval.data"
         )
+        if recipe.eval.davis.data is not None:
+            manifests.check_kind("eval.davis.data", recipe.eval.davis.data, ("vos",))
+            manifests.check_split("eval.davis.data", recipe.eval.davis.data)
     if problems:
         raise RecipeError("; ".join(dict.fromkeys(problems)))
 

@@ -133,3 +133,22 @@ def test_the_davis_benchmark_compares_with_the_initial_weights_per_seed(checkpoi
     assert results["rounds"][0]["pretrained_jf"] != results["rounds"][1]["pretrained_jf"]
     after = (checkpoint / "eval.json").read_text() if (checkpoint / "eval.json").exists() else None
     assert before == after  # the benchmark leaves the run's eval.json alone
+
+
+def test_pretrain_checks_the_davis_data_of_its_eval_section_before_it_starts(tmp_path):
+    from voc_tree import voc_shards
+
+    segmentation = voc_shards(tmp_path / "seg")
+    own = [f"stages.cacl.data.val={segmentation}", f"eval.data={segmentation}"]
+    result = RUNNER.invoke(
+        app, ["pretrain", "cacl/debug", *own, f"eval.davis.data={segmentation}", "--dry-run"]
+    )
+    assert result.exit_code == 2
+    assert f"eval.davis.data: {segmentation} holds segmentation shards" in result.stderr
+    assert "--kind vos" in result.stderr
+    tree = write_davis_tree(tmp_path / "davis", sequences=1, frames=3, image_size=32)
+    build_shards("vos", tree, tmp_path / "vos", layout="davis")
+    result = RUNNER.invoke(
+        app, ["pretrain", "cacl/debug", *own, f"eval.davis.data={tmp_path / 'vos'}", "--dry-run"]
+    )
+    assert result.exit_code == 0, result.stderr
