@@ -34,6 +34,7 @@ from torch import Tensor
 
 TILE = 8
 QUERY_CHUNK = 2048
+WINDOW_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class Tiling:
     The grid h x w is padded to whole tiles; `to_tiles` / `from_tiles` convert a map
     [X, h, w] to the tile-major rows [n_tiles, TILE², X] and back, and `windows`
     gives each tile's key window [n_tiles, S², X] (S = TILE + 2 (radius - 1)) with
-    positions outside the frame zeroed; `window_bias` is 0 where a key may be chosen
-    and -inf where it is outside the frame or too far from the query.
+    positions outside the frame zeroed (`key_windows`: [n_tiles, X, S²], contiguous, as
+    a batched matmul wants it); `window_bias` [n_tiles, TILE², S²] is 0 where a key may be
+    chosen and -inf where it is outside the frame or too far from the query.
     """
 
     def __init__(self, height: int, width: int, radius: int, device: torch.device):
@@ -62,8 +64,9 @@ class Tiling:
         self.tiles_y, self.tiles_x = -(-height // TILE), -(-width // TILE)
         self.window = TILE + 2 * self.reach
         valid = self.windows(torch.ones(1, height, width, device=device))[..., 0] > 0
-        self.window_bias = torch.where(
-            valid[:, None, :] & self._within_radius(radius, device)[None], 0.0, float("-inf")
+        allowed = valid[:, None, :] & self._within_radius(radius, device)[None]
+        self.window_bias = torch.zeros(allowed.shape, device=device).masked_fill_(
+            ~allowed, float("-inf")
         )  # [n_tiles, TILE², S²]
 
     def _within_radius(self, radius: int, device: torch.device) -> Tensor:
@@ -80,7 +83,7 @@ class Tiling:
             grid, (0, self.tiles_x * TILE - self.width, 0, self.tiles_y * TILE - self.height)
         )
         tiles = F.unfold(padded[None], TILE, stride=TILE)[0]  # [X * TILE², n_tiles]
-        return tiles.view(grid.shape[0], TILE * TILE, -1).permute(2, 1, 0)
+        return tiles.view(grid.shape[0], TILE * TILE, -1).permute(2, 1, 0).contiguous()
 
     def from_tiles(self, rows: Tensor) -> Tensor:
         """[n_tiles, TILE², X] -> [X, h, w]."""
@@ -91,11 +94,19 @@ class Tiling:
 
     def windows(self, grid: Tensor) -> Tensor:
         """[X, h, w] -> [n_tiles, S², X]: each tile's key window, zero outside the frame."""
+        return self._unfolded(grid).permute(2, 1, 0)
+
+    def key_windows(self, grid: Tensor) -> Tensor:
+        """[X, h, w] -> [n_tiles, X, S²], contiguous: `windows` laid out for `torch.bmm`."""
+        return self._unfolded(grid).permute(2, 0, 1).contiguous()
+
+    def _unfolded(self, grid: Tensor) -> Tensor:
+        """[X, S², n_tiles]: the zero-padded grid cut into each tile's window."""
         bottom = self.tiles_y * TILE - self.height + self.reach
         right = self.tiles_x * TILE - self.width + self.reach
         padded = F.pad(grid, (self.reach, right, self.reach, bottom))
         windows = F.unfold(padded[None], self.window, stride=TILE)[0]  # [X * S², n_tiles]
-        return windows.view(grid.shape[0], self.window**2, -1).permute(2, 1, 0)
+        return windows.view(grid.shape[0], self.window**2, -1)
 
 
 def propagate_labels(
@@ -114,6 +125,7 @@ def propagate_labels(
     topk = min(settings.topk, height * width)
     first_keys = features[0].flatten(1)  # [D, hw]
     bank = {0: first_labels}  # soft labels of the frames still in some context
+    windows = _WindowCache(features, tiling, settings.context)
     yield first_labels
     for t in range(1, frames):
         queries = tiling.to_tiles(features[t])  # [n_tiles, TILE², D]
@@ -124,7 +136,7 @@ def propagate_labels(
         short_term = [max(0, t - settings.context + i) for i in range(settings.context)]
         for frame in sorted(set(short_term)):
             copies = short_term.count(frame)
-            part = _window_top(queries, features[frame], bank[frame], tiling, topk)
+            part = _window_top(queries, windows(frame), bank[frame], tiling, topk)
             scores += [part[0]] * copies
             labels += [part[1]] * copies
         best, chosen = torch.cat(scores, dim=-1).topk(topk, dim=-1)  # [n_tiles, TILE², k]
@@ -138,6 +150,31 @@ def propagate_labels(
         if t - settings.context > 0:  # no later frame's short-term context holds it
             del bank[t - settings.context]
         yield prediction
+
+
+class _WindowCache:
+    """Each frame's key windows, cut once while the frame is in some context.
+
+    Within `WINDOW_CACHE_BYTES` for a whole context; beyond it (wide features at
+    high resolution) they are cut again for every target frame.
+    """
+
+    def __init__(self, features: Tensor, tiling: Tiling, context: int):
+        self.features, self.tiling = features, tiling
+        frames, dim = features.shape[:2]
+        per_frame = tiling.window_bias.shape[0] * dim * tiling.window**2 * features.element_size()
+        self.keep = context + 1 if per_frame * (context + 1) <= WINDOW_CACHE_BYTES else 0
+        self.cached: dict[int, Tensor] = {}
+
+    def __call__(self, frame: int) -> Tensor:
+        if frame in self.cached:
+            return self.cached[frame]
+        windows = self.tiling.key_windows(self.features[frame])
+        if self.keep:
+            self.cached[frame] = windows
+            while len(self.cached) > self.keep:
+                del self.cached[min(self.cached)]
+        return windows
 
 
 def _first_frame_top(
@@ -157,11 +194,10 @@ def _first_frame_top(
 
 
 def _window_top(
-    queries: Tensor, keys: Tensor, key_labels: Tensor, tiling: Tiling, topk: int
+    queries: Tensor, key_windows: Tensor, key_labels: Tensor, tiling: Tiling, topk: int
 ) -> tuple[Tensor, Tensor]:
     """Top-k affinities [n_tiles, TILE², k] inside each tile's radius window, and their labels."""
-    windows = tiling.windows(keys)  # [n_tiles, S², D]
-    scores = torch.baddbmm(tiling.window_bias, queries, windows.transpose(1, 2))
+    scores = torch.bmm(queries, key_windows).add_(tiling.window_bias)
     values, index = scores.topk(min(topk, scores.shape[-1]), dim=-1)  # [n_tiles, TILE², k]
     label_windows = tiling.windows(key_labels)  # [n_tiles, S², C]
     flat = index.flatten(1)[..., None].expand(-1, -1, label_windows.shape[-1])
