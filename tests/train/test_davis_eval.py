@@ -33,6 +33,7 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.real_data
+@pytest.mark.integration
 def test_the_real_sequences_are_scored_and_every_frame_predicted(checkpoint, real_data, tmp_path):
     vos = tmp_path / "vos"
     build_shards("vos", real_data / "davis", vos, layout="davis")
