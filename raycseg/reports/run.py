@@ -254,23 +254,13 @@ def _read_eval(scores: dict[str, Any]) -> tuple[list[ProtocolScore], int | None]
                 for k, entry in result["per_k"].items()
             ]
             continue
-        if "miou" not in result:
-            continue
-        random = baseline.get(name) or {}
-        protocols.append(
-            ProtocolScore(
-                protocol=name,
-                miou=result.get("miou"),
-                per_class_iou=list(result.get("per_class_iou") or []),
-                baseline_miou=random.get("miou"),
-                baseline_per_class_iou=list(random.get("per_class_iou") or []),
-                pixels_scored=_count(result.get("pixels_scored")),
-            )
-        )
+        if "miou" in result:
+            protocols.append(_protocol_score(name, result, baseline.get(name) or {}, result))
     return protocols, _find_seed(scores)
 
 
 def _protocol_score(name: str, result: dict, random: dict, outer: dict) -> ProtocolScore:
+    """One row: `result` against the random-init `random`; `outer` holds pixels_scored."""
     return ProtocolScore(
         protocol=name,
         miou=result.get("miou"),

@@ -6,16 +6,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from cseg.main import app
+from debug_checkpoint import save_debug_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
-from raycseg.config import load_recipe
 from raycseg.data.synthetic_vos import write_davis_tree
-from raycseg.methods import build_method
 from raycseg.shards.build import build_shards
-from raycseg.train.checkpoint import save_state
 
 RUNNER = CliRunner()
 
@@ -23,13 +20,7 @@ RUNNER = CliRunner()
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A cacl/debug checkpoint (random weights, the tiny stride-4 backbone)."""
-    recipe = load_recipe("cacl/debug", check_files=False)
-    torch.manual_seed(0)
-    method = build_method(recipe.stages[0], recipe.model)
-    folder = tmp_path_factory.mktemp("ckpt") / "run"
-    save_state(folder, {"backbone": method.backbone.state_dict(), "model": method.state_dict(),
-                        "recipe": recipe.model_dump(mode="json"), "stage": "cacl"})  # fmt: skip
-    return folder
+    return save_debug_checkpoint(tmp_path_factory.mktemp("ckpt") / "run")
 
 
 @pytest.mark.real_data

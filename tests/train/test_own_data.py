@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from cseg.main import app
+from debug_checkpoint import save_debug_checkpoint
 from typer.testing import CliRunner
 from voc_tree import voc_shards
 
 from raycseg.config import load_recipe, synthetic_dir
 from raycseg.data.synthetic import prepare_data
-from raycseg.methods import build_method
-from raycseg.train.checkpoint import save_state
 
 RUNNER = CliRunner()
 
@@ -60,15 +58,10 @@ def test_class_counts_come_from_the_manifest_and_a_disagreeing_one_is_refused(sh
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, shards):
     """A cacl/debug checkpoint (random weights) whose recipe evaluates `shards`."""
-    recipe = load_recipe(
-        "cacl/debug", [f"eval.data={shards}", "eval.linear_probe.epochs=1"], check_files=False
+    return save_debug_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "run",
+        [f"eval.data={shards}", "eval.linear_probe.epochs=1"],
     )
-    torch.manual_seed(0)
-    method = build_method(recipe.stages[0], recipe.model)
-    folder = tmp_path_factory.mktemp("ckpt") / "run"
-    save_state(folder, {"backbone": method.backbone.state_dict(), "model": method.state_dict(),
-                        "recipe": recipe.model_dump(mode="json"), "stage": "cacl"})  # fmt: skip
-    return folder
 
 
 def test_eval_chooses_split_classes_and_settings_and_prints_json(checkpoint, shards):
