@@ -136,7 +136,8 @@ app.command(
     epilog="""Examples:
 
 cseg report runs/RUN                 # a run: stages, losses, scores
-cseg report ~/ray_results/cacl-search --metric val_miou --mode max""",
+cseg report ~/ray_results/cacl-search --metric val_miou --mode max
+cseg report runs/A runs/B --out compare-ab   # one report comparing runs""",
 )(report)
 app.add_typer(shards.app, name="shards")
 shards.app.command(

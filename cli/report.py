@@ -1,6 +1,7 @@
 """`cseg report DIR`: write report.md, a self-contained report.html and PNG plots into DIR.
 
-DIR is a `cseg pretrain` run directory or a `cseg tune` experiment directory.
+DIR is a `cseg pretrain` run directory or a `cseg tune` experiment directory; several
+DIRs give one comparison report in `--out` (`raycseg.reports.compare`).
 Register it on the root app with `app.command("report")(report.report)`.
 """
 
@@ -18,10 +19,18 @@ from raycseg.reports.render import format_number
 from raycseg.reports.run_report import data_text, eval_header, eval_rows, stage_rows
 
 from .console import err, out
+from .eval import davis_line
 
 
 def report(
-    path: Path = typer.Argument(..., help="A run directory (metrics.jsonl) or a Tune experiment."),
+    paths: list[Path] = typer.Argument(
+        ...,
+        metavar="DIR...",
+        help="A run directory (metrics.jsonl) or a Tune experiment; several: a comparison.",
+    ),
+    out_dir: Path = typer.Option(
+        Path("comparison"), "--out", help="Comparisons: the folder the report goes in."
+    ),
     metric: str | None = typer.Option(
         None, help="Experiments: the objective (default: the search's)."
     ),
@@ -30,8 +39,22 @@ def report(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the report directory."),
 ) -> None:
-    """Write a report (Markdown, self-contained HTML, PNG plots) for a run or a search."""
-    summary = write_report(path, metric=metric, mode=mode)
+    """Write a report (Markdown, self-contained HTML, PNG plots) for a run or a search.
+
+    Given several, one report compares them: recipe differences, loss curves and scores.
+    """
+    if len(paths) > 1:
+        from raycseg.reports.compare import write_comparison_report
+
+        written = write_comparison_report(paths, out_dir)
+        if quiet:
+            out.print(str(written[0].parent), markup=False, highlight=False)
+            return
+        for path in written:
+            err.print(f"wrote {path}", markup=False, highlight=False)
+        out.print(f"report: {written[0].parent / 'report.html'}", markup=False, highlight=False)
+        return
+    summary = write_report(paths[0], metric=metric, mode=mode)
     if quiet:
         out.print(str(summary.path), markup=False, highlight=False)
         return
@@ -88,5 +111,7 @@ def _print_run(summary: RunSummary) -> None:
         scored = data_text(summary)
         if scored is not None:
             out.print(scored.replace("`", ""), markup=False, highlight=False)
+    if summary.davis is not None:
+        out.print(davis_line(summary.davis, summary.davis_baseline), markup=False)
     if summary.skipped_corrupt:
         out.print(f"corrupt samples skipped: {summary.skipped_corrupt}", markup=False)
