@@ -49,7 +49,7 @@ FEATURE_BATCH = 4  # frames per backbone pass
 
 
 @dataclass
-class Sequence:
+class VosSequence:
     """One stored sequence: its frames in order and the masks of the annotated ones."""
 
     name: str
@@ -59,7 +59,7 @@ class Sequence:
     num_objects: int
 
 
-def read_sequences(root: str, split: str) -> Iterator[Sequence]:
+def read_sequences(root: str, split: str) -> Iterator[VosSequence]:
     """The sequences of a VOS shard set's split, decoded, in stored order.
 
     Raises:
@@ -76,7 +76,7 @@ def read_sequences(root: str, split: str) -> Iterator[Sequence]:
     for url in list_shard_urls(root, split):
         for sample in iter_shard_samples(url):
             meta = json.loads(sample["json"])
-            yield Sequence(
+            yield VosSequence(
                 name=meta["sequence"],
                 frame_names=meta["frames"],
                 frames=[decode_image(sample[f"{name}.jpg"]) for name in meta["frames"]],
@@ -125,7 +125,7 @@ def first_frame_labels(mask: np.ndarray, num_objects: int, grid: tuple[int, int]
 
 
 def predict_sequence(
-    backbone: nn.Module, sequence: Sequence, settings: DavisSection, device: torch.device
+    backbone: nn.Module, sequence: VosSequence, settings: DavisSection, device: torch.device
 ) -> list[np.ndarray]:
     """Object ids uint8 [H, W] for every frame; frame 0's is its given mask."""
     features = frame_features(backbone, sequence.frames, settings, device)
@@ -204,7 +204,7 @@ def run_davis_protocol(
     return summarise(scores)
 
 
-def _save(folder: Path, sequence: Sequence, predictions: list[np.ndarray]) -> None:
+def _save(folder: Path, sequence: VosSequence, predictions: list[np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{sequence.name}-", dir=folder))
     palette = voc_palette()
@@ -220,7 +220,7 @@ STRIP_FRAMES = 5
 STRIP_HEIGHT = 160
 
 
-def write_davis_strip(path: Path, sequence: Sequence, predictions: list[np.ndarray]) -> None:
+def write_davis_strip(path: Path, sequence: VosSequence, predictions: list[np.ndarray]) -> None:
     """A row of `STRIP_FRAMES` evenly spaced frames, objects tinted in the DAVIS palette."""
     palette = voc_palette()
     picks = np.linspace(0, len(predictions) - 1, min(STRIP_FRAMES, len(predictions)))

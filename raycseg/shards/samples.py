@@ -11,7 +11,8 @@ Sample members (README.md, Data): the clip under its container's extension
 (`mp4`, `avi`, `webm`, `mkv`, ...; always `mp4` when transcoded), `jpg` (image),
 `png` (class-id mask, or the binary saliency mask with 0 = background and 1 = foreground),
 `masks.png` (a clip's per-frame class masks stacked vertically, T*H x W),
-`cls` (label, -1 when unlabelled) and `json` (metadata).
+`cls` (label, -1 when unlabelled) and `json` (metadata). A vos sample is one whole
+sequence (`raycseg.shards.vos`).
 """
 
 from __future__ import annotations
