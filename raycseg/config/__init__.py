@@ -11,6 +11,13 @@ The public names of all four are importable from `raycseg.config`.
 
 from __future__ import annotations
 
+from .eval_schema import (
+    EVAL_PROTOCOLS,
+    DavisSection,
+    EvalProtocol,
+    EvalSection,
+    LinearProbeSection,
+)
 from .loading import (
     MAX_YAML_BYTES,
     OVERLAY_FOLDER,
@@ -36,20 +43,14 @@ from .paths import (
     synthetic_dir,
 )
 from .schema import (
-    EVAL_PROTOCOLS,
     CACLStage,
     DataSection,
-    DavisSection,
-    EvalProtocol,
-    EvalSection,
-    LinearProbeSection,
     MaskContrastStage,
     ModelSection,
     OptimSection,
     Recipe,
     RecoStage,
     ScalingSection,
-    Section,
     Stage,
     StageBase,
     StageData,
@@ -57,6 +58,7 @@ from .schema import (
     SyntheticData,
     TuneSection,
 )
+from .section import Section
 from .validation import did_you_mean, validate_recipe
 
 __all__ = [

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from raycseg.config.schema import DavisSection
+from raycseg.config.eval_schema import DavisSection
 from raycseg.errors import DataError
 from raycseg.eval.davis_scores import VOID, score_sequence, summarise
 from raycseg.eval.features import frozen

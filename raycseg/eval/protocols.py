@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from raycseg.config.schema import DEFAULT_PROTOCOLS, LinearProbeSection
+from raycseg.config.eval_schema import DEFAULT_PROTOCOLS, LinearProbeSection
 from raycseg.errors import CsegError
 from raycseg.eval.batches import ProbeEpochs
 from raycseg.eval.cluster import (

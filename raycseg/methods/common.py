@@ -62,7 +62,7 @@ def backbone_kmeans_miou(backbone: nn.Module, data: StageData, device: torch.dev
     resized to `data.image_size` squared, scored at each mask's own size.
     """
     batches = evaluation_batches(data.val, "val", input_policy="resize", input_size=data.image_size)
-    scores = run_kmeans_protocol(backbone, batches, num_classes_of(data.val), seed=0, device=device)
+    scores = run_kmeans_protocol(backbone, batches, num_classes_of(data.val), device=device)
     return scores["miou"]
 
 

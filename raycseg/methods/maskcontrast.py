@@ -229,7 +229,7 @@ class MaskContrast(nn.Module):
             data.val, "val", input_policy="resize", input_size=data.image_size
         )
         num_classes = num_classes_of(data.val)
-        scores = run_kmeans_protocol(self.backbone, batches, num_classes, seed=0, device=device)
+        scores = run_kmeans_protocol(self.backbone, batches, num_classes, device=device)
         metrics = {"val_miou": scores["miou"]}
         with frozen(self.query_encoder, device) as encoder:
             try:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raycseg.config.schema import DavisSection
+from raycseg.config.eval_schema import DavisSection
 from raycseg.data.synthetic_clips import SyntheticConfig, render_clip_objects
 from raycseg.eval.davis import propagate_masks
 from raycseg.eval.davis_scores import score_sequence, summarise
