@@ -171,31 +171,46 @@ def run_kmeans_protocol(
         ProtocolSkipped: fewer pixels than classes.
     """
     device = torch.device(device)
-    pixels, grids = [], []
     with frozen(backbone, device):
-        for raw, _ in iter_features(backbone, val_batches, device):
-            features = F.normalize(raw, dim=1)
-            # gathered in host memory: the device then holds one copy of the split's pixels
-            pixels.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
-            grids.append((features.shape[0], *features.shape[-2:]))
-    if sum(p.shape[0] for p in pixels) < num_classes:
+        pixels, grids = feature_pixels(backbone, val_batches, device)
+    if pixels.shape[0] < num_classes:
         raise ProtocolSkipped(
             f"k-means with K={num_classes} needs at least {num_classes} feature pixels"
         )
-    points = torch.cat(pixels).to(device)
+    points = pixels.to(device)
     runs = []
     for seed in seeds:
         result = kmeans(points, num_classes, restarts=restarts, iters=iters, seed=seed)
-        ids = result.assignments.split([b * h * w for b, h, w in grids])
         score = SplitScore(num_classes, device, keep_samples if not runs else 0)
-        for batch, batch_ids, grid in zip(val_batches, ids, grids, strict=True):
-            score.add_batch(batch_ids.view(grid), batch)  # the batches again: their labels
+        for batch, ids in zip(val_batches, per_batch(result.assignments, grids), strict=True):
+            score.add_batch(ids, batch)  # the batches again: their labels
         score.rename_predictions(hungarian_match(score.confusion))
         runs.append((score.result(), score.samples))
     samples = {"samples": runs[0][1]} if keep_samples else {}
     if len(runs) == 1:
         return {**runs[0][0], "seed": seeds[0], **samples}
     return {**seed_summary([run for run, _ in runs]), "seeds": list(seeds), **samples}
+
+
+def feature_pixels(
+    backbone: nn.Module, batches: Iterable[Batch], device: torch.device
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """L2-normalised feature pixels [N, D] of every batch, and each batch's grid (B, h, w).
+
+    Gathered in host memory: the device then holds one copy of the split's pixels.
+    """
+    pixels, grids = [], []
+    for raw, _ in iter_features(backbone, batches, device):
+        features = F.normalize(raw, dim=1)
+        pixels.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
+        grids.append((features.shape[0], *features.shape[-2:]))
+    return (torch.cat(pixels) if pixels else torch.empty(0, 0)), grids
+
+
+def per_batch(ids: torch.Tensor, grids: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+    """Per-pixel ids [N] cut back into each batch's grid [B, h, w]."""
+    chunks = ids.split([b * h * w for b, h, w in grids])
+    return [chunk.view(grid) for chunk, grid in zip(chunks, grids, strict=True)]
 
 
 def seed_summary(runs: Sequence[dict]) -> dict:

@@ -20,27 +20,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from raycseg.eval.cluster import KMEANS_ITERS, kmeans, seed_summary, squared_distances
-from raycseg.eval.features import Batch, frozen, iter_features
+from raycseg.eval.cluster import (
+    KMEANS_ITERS,
+    feature_pixels,
+    kmeans,
+    per_batch,
+    seed_summary,
+    squared_distances,
+)
+from raycseg.eval.features import Batch, frozen
 from raycseg.eval.metrics import IGNORE_INDEX, ProtocolSkipped
 from raycseg.eval.scoring import SplitScore, predictions_on_labels
 
 OVERCLUSTER_KS = (100, 300, 500)
 OVERCLUSTER_SEEDS = (0, 1, 2, 3, 4)
 ASSIGN_CHUNK = 65536  # pixels per nearest-centroid search
-
-
-def _pixels(backbone: nn.Module, batches: Iterable[Batch], device: torch.device):
-    """Normalised feature pixels [N, D] on the host, and each batch's grid (B, h, w)."""
-    pixels, grids = [], []
-    for raw, _ in iter_features(backbone, batches, device):
-        features = F.normalize(raw, dim=1)
-        pixels.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).cpu())
-        grids.append((features.shape[0], *features.shape[-2:]))
-    return (torch.cat(pixels) if pixels else torch.empty(0, 0)), grids
 
 
 def _nearest(pixels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -50,13 +46,6 @@ def _nearest(pixels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
         rows = chunk.to(centroids.device)
         out.append(squared_distances(rows, (rows * rows).sum(1), centroids).argmin(1))
     return torch.cat(out)
-
-
-def _per_batch(ids: torch.Tensor, grids) -> list[torch.Tensor]:
-    return [
-        chunk.view(grid)
-        for chunk, grid in zip(ids.split([b * h * w for b, h, w in grids]), grids, strict=True)
-    ]
 
 
 def run_overcluster_protocol(
@@ -81,8 +70,8 @@ def run_overcluster_protocol(
     """
     device = torch.device(device)
     with frozen(backbone, device):
-        train, train_grids = _pixels(backbone, train_batches, device)
-        val, val_grids = _pixels(backbone, val_batches, device)
+        train, train_grids = feature_pixels(backbone, train_batches, device)
+        val, val_grids = feature_pixels(backbone, val_batches, device)
     if train.shape[0] == 0:
         raise ProtocolSkipped("overcluster needs a train split with images")
     notes, per_k, pixels_scored = [], {}, 0
@@ -97,7 +86,7 @@ def run_overcluster_protocol(
                                         num_classes)  # fmt: skip
             score = SplitScore(num_classes, device)
             val_ids = classes[_nearest(val, result.centroids)]
-            for batch, ids in zip(val_batches, _per_batch(val_ids, val_grids), strict=True):
+            for batch, ids in zip(val_batches, per_batch(val_ids, val_grids), strict=True):
                 score.add_batch(ids, batch)
             runs.append(score.result())
         summary = seed_summary(runs)
@@ -111,7 +100,7 @@ def _majority_classes(
 ) -> torch.Tensor:
     """The class (long [K]) each cluster overlaps most on the train split (at the masks' size)."""
     counts = torch.zeros(k * num_classes, dtype=torch.long, device=assignments.device)
-    for batch, ids in zip(batches, _per_batch(assignments, grids), strict=True):
+    for batch, ids in zip(batches, per_batch(assignments, grids), strict=True):
         on_labels = predictions_on_labels(ids, batch).to(assignments.device)
         labels = batch["label"].to(assignments.device).long()
         valid = (labels != IGNORE_INDEX) & (labels < num_classes)
