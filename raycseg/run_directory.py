@@ -13,6 +13,7 @@ A run directory, `<storage.path>/<name>/`, a local path or a URL:
                      run directory (`read_stages`, `write_stages`)
     eval.json        evaluation scores (`merge_eval_json`)
     eval_samples/    a few validation images and predictions, for the report
+    davis_strip.png  a DAVIS sequence's propagated masks, for the report
     logs/ray.log     what Ray's processes printed
 
 Every path a run stores into itself is relative to it, so a run copied or
@@ -47,6 +48,7 @@ WORKERS_FILE = "workers.jsonl"
 STAGES_FILE = "stages.json"
 EVAL_FILE = "eval.json"
 SAMPLES_DIR = "eval_samples"
+DAVIS_STRIP = "davis_strip.png"  # `cseg eval --protocol davis`: propagated masks, for the report
 LOGS_DIR = "logs"
 STATE_FILE = "state.pt"  # in each checkpoint folder
 BEST_CHECKPOINT = "best"  # <run>/<stage>/best/state.pt

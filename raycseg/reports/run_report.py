@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..run_directory import DAVIS_STRIP
 from .render import (
     Block,
     Code,
@@ -25,7 +26,6 @@ from .render import (
 from .run import RunSummary, load_run
 
 SAMPLES_PICTURE = "eval_samples.png"
-DAVIS_STRIP = "davis_strip.png"  # written by `cseg eval --protocol davis`
 
 
 def write_run_report(path: Path) -> RunSummary:

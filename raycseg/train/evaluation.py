@@ -49,7 +49,7 @@ from ..methods.common import checkpoint_stage
 from ..methods.maskcontrast import load_query_encoder
 from ..methods.reco import load_segmenter
 from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
-from ..run_directory import EVAL_FILE, merge_eval_json
+from ..run_directory import DAVIS_STRIP, EVAL_FILE, merge_eval_json
 from .checkpoint import load_state
 
 EVAL_SPLIT = "val"
@@ -64,7 +64,6 @@ SUITE_PROTOCOLS = (
 )  # `cseg eval --suite paper`
 SUITE_SEEDS = (0, 1, 2, 3, 4)  # its k-means seeds
 OVERCLUSTER = "overcluster"
-DAVIS_STRIP = "davis_strip.png"  # in the run directory, for the report
 EVAL_SAMPLES = 4  # validation images kept for the report's pictures
 MASKCONTRAST_KMEANS = "maskcontrast_kmeans"
 SEGMENTATION = "segmentation"
