@@ -26,6 +26,7 @@ from raycseg.errors import CsegError
 from .experiment import is_experiment_dir, load_experiment
 from .render import Heading, Image, Paragraph, Table, format_number, save_figure, write_report_files
 from .run import RunSummary, is_run_dir, load_run
+from .run_plots import log_loss_axis
 
 LOSS_PLOT = "compare_loss.png"
 
@@ -107,7 +108,7 @@ def plot_compared_losses(labelled: list[tuple[str, RunSummary]], path: Path) -> 
     for label, steps, values in series:
         axes.plot(steps, values, linewidth=1.6, label=label)
     if all(min(values) > 0 for _, _, values in series):
-        axes.set_yscale("log")
+        log_loss_axis(axes)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title("training loss")

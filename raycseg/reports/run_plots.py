@@ -64,6 +64,14 @@ def staged_series(summary: RunSummary, key: str) -> tuple[list[float], list[floa
     return gapped_steps, gapped_values
 
 
+def log_loss_axis(axes: Axes) -> None:
+    """A log y axis labelled at 1, 2 and 5 of each decade, as plain numbers."""
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_losses(summary: RunSummary, path: Path) -> Path | None:
     """The total loss and each `loss_<term>` against step (log y when all are positive)."""
     keys = [key for key in ["loss", *summary.loss_terms] if summary.series(key)[0]]
@@ -77,10 +85,7 @@ def plot_losses(summary: RunSummary, path: Path) -> Path | None:
         width = 2.2 if key == "loss" else 1.2
         axes.plot(*staged_series(summary, key), linewidth=width, label=key)
     if all_positive:
-        axes.set_yscale("log")
-        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        axes.yaxis.set_minor_formatter(NullFormatter())
+        log_loss_axis(axes)
     mark_stages(axes, summary)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
