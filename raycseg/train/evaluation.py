@@ -50,6 +50,7 @@ from ..methods.maskcontrast import load_query_encoder
 from ..methods.reco import load_segmenter
 from ..models import Backbone, DecoderFeatures, build_backbone, load_backbone_weights
 from ..run_directory import DAVIS_STRIP, EVAL_FILE, merge_eval_json
+from ..shards.manifest import read_manifest
 from .checkpoint import load_state
 
 EVAL_SPLIT = "val"
@@ -260,29 +261,27 @@ def _raycseg_state(checkpoint: str | Path) -> dict[str, Any] | None:
 
 def _probe_epochs(data: str, section: EvalSection, workers: int):
     """The probe's training epochs, or None when the shards have no `train` split."""
-    try:
-        return probe_training_epochs(
-            data,
-            image_size=section.image_size,
-            batch_size=section.linear_probe.batch_size,
-            augment=section.linear_probe.augment,
-            num_workers=workers,
-        )
-    except CsegError as error:
-        if "no 'train' split" in str(error):
-            return None
-        raise
+    if not _has_train_split(data):
+        return None
+    return probe_training_epochs(
+        data,
+        image_size=section.image_size,
+        batch_size=section.linear_probe.batch_size,
+        augment=section.linear_probe.augment,
+        num_workers=workers,
+    )
 
 
 def _train_batches(data: str, section: EvalSection, workers: int):
     """The train split at the resize input (overcluster fits on it), or None without one."""
-    try:
-        return evaluation_batches(data, "train", input_policy="resize",
-                                  input_size=section.image_size, num_workers=workers)  # fmt: skip
-    except CsegError as error:
-        if "no 'train' split" in str(error):
-            return None
-        raise
+    if not _has_train_split(data):
+        return None
+    return evaluation_batches(data, "train", input_policy="resize",
+                              input_size=section.image_size, num_workers=workers)  # fmt: skip
+
+
+def _has_train_split(data: str) -> bool:
+    return "train" in read_manifest(data).get("splits", {})
 
 
 def _backbone_scores(backbone, state, batches, keys, common) -> dict[str, Any]:
