@@ -122,9 +122,8 @@ def evaluate_checkpoint(
     data = data or (recipe.eval.data if recipe.eval else None)
     # without an eval section: the papers' protocols
     section = recipe.eval or EvalSection(data=data)
-    keys = list(dict.fromkeys(map(protocol_key, protocols or section.protocols)))
-    if suite:
-        keys = [protocol_key(name) for name in SUITE_PROTOCOLS]
+    names = SUITE_PROTOCOLS if suite else (protocols or section.protocols)
+    keys = list(dict.fromkeys(map(protocol_key, names)))
     baseline = (baseline or section.baseline) if baseline != "none" else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scores: dict[str, Any] = {}
