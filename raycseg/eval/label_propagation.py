@@ -161,7 +161,7 @@ class _WindowCache:
 
     def __init__(self, features: Tensor, tiling: Tiling, context: int):
         self.features, self.tiling = features, tiling
-        frames, dim = features.shape[:2]
+        dim = features.shape[1]
         per_frame = tiling.window_bias.shape[0] * dim * tiling.window**2 * features.element_size()
         self.keep = context + 1 if per_frame * (context + 1) <= WINDOW_CACHE_BYTES else 0
         self.cached: dict[int, Tensor] = {}

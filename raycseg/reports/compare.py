@@ -82,16 +82,15 @@ def _flatten(value: Any, prefix: str = ""):
 
 def score_rows(summaries: list[RunSummary]) -> list[list[str]]:
     """Rows [protocol, score per run, fingerprints] for every score any run holds."""
-    scores: dict[str, list[str]] = {}
+    scores: dict[tuple[str, str], list[str]] = {}  # (row name, eval.json key) -> cells
     for column, summary in enumerate(summaries):
-        found = {score.protocol: score.miou for score in summary.evaluation}
+        found = {(score.protocol, score.key): score.miou for score in summary.evaluation}
         if summary.davis is not None:
-            found["davis (J&F)"] = summary.davis["jf_mean"]
-        for name, value in found.items():
-            scores.setdefault(name, ["-"] * len(summaries))[column] = format_number(value)
+            found["davis (J&F)", "davis"] = summary.davis["jf_mean"]
+        for row, value in found.items():
+            scores.setdefault(row, ["-"] * len(summaries))[column] = format_number(value)
     rows = []
-    for name, cells in scores.items():
-        key = name.split(" ")[0]
+    for (name, key), cells in scores.items():
         prints = {s.fingerprints.get(key) for s in summaries if s.fingerprints.get(key)}
         rows.append([name, *cells, ", ".join(sorted(prints)) or "-"])
     return rows

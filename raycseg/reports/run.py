@@ -41,7 +41,11 @@ class StageSpan:
 
 @dataclass(frozen=True)
 class ProtocolScore:
-    """One evaluation protocol: the pretrained backbone against the random baseline."""
+    """One evaluation protocol: the pretrained backbone against the random baseline.
+
+    `protocol` is the row's name (`overcluster K=100`), `key` its eval.json key
+    (`overcluster`), where its fingerprint is.
+    """
 
     protocol: str
     miou: float | None
@@ -49,6 +53,7 @@ class ProtocolScore:
     baseline_miou: float | None
     baseline_per_class_iou: list[float | None]
     pixels_scored: int | None = None
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,7 @@ def _read_eval(scores: dict[str, Any]) -> tuple[list[ProtocolScore], int | None]
         if "per_k" in result:  # overclustering: one row per K
             random_per_k = (baseline.get(name) or {}).get("per_k") or {}
             protocols += [
-                _protocol_score(f"{name} K={k}", entry, random_per_k.get(k) or {}, result)
+                _protocol_score(name, entry, random_per_k.get(k) or {}, result, f" K={k}")
                 for k, entry in result["per_k"].items()
             ]
             continue
@@ -259,10 +264,13 @@ def _read_eval(scores: dict[str, Any]) -> tuple[list[ProtocolScore], int | None]
     return protocols, _find_seed(scores)
 
 
-def _protocol_score(name: str, result: dict, random: dict, outer: dict) -> ProtocolScore:
-    """One row: `result` against the random-init `random`; `outer` holds pixels_scored."""
+def _protocol_score(
+    key: str, result: dict, random: dict, outer: dict, suffix: str = ""
+) -> ProtocolScore:
+    """Row `key + suffix`: `result` against `random`; `outer` holds pixels_scored."""
     return ProtocolScore(
-        protocol=name,
+        protocol=key + suffix,
+        key=key,
         miou=result.get("miou"),
         per_class_iou=list(result.get("per_class_iou") or []),
         baseline_miou=random.get("miou"),
