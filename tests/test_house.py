@@ -24,7 +24,7 @@ TIERS = [
     {"config", "shards", "cluster"},
     {"run_directory", "data"},
     {"models", "reports"},
-    {"eval"},
+    {"eval", "tracking"},
     {"methods"},
     {"train"},
     {"tune", "bench"},

@@ -252,6 +252,11 @@ class StorageSection(Section):
     num_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=-1)
     log_every: int = Field(1, ge=1)
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="experiment trackers fed besides metrics.jsonl (pip install "
+        "'raycseg[tracking]'); their URIs, projects and keys come from the environment",
+    )
 
 
 class TuneSection(Section):

@@ -48,6 +48,7 @@ from ..run_directory import (
     write_stages,
 )
 from ..storage import is_url
+from ..tracking import RunTracking
 from .evaluation import evaluate_checkpoint
 from .preflight import check_run_data
 from .progress import progress_queue, say, streamed
@@ -143,27 +144,33 @@ def run_pretrain(
     on_message(f"{'resuming' if resumed else 'run'} {run_dir}")
 
     result = PretrainResult(run_dir=run_dir, resumed=resumed)
-    if recipe.scaling.num_workers:
-        log_dir = None if is_url(str(run_dir)) else Path(run_dir) / LOGS_DIR
-        start_ray(
-            address,
-            cpus_needed=_cpus_needed(recipe),
-            quiet=quiet,
-            log_dir=log_dir,
+    tracking = RunTracking.open(recipe, run_dir, on_message)  # storage.loggers, in this driver
+    try:
+        if recipe.scaling.num_workers:
+            log_dir = None if is_url(str(run_dir)) else Path(run_dir) / LOGS_DIR
+            start_ray(
+                address,
+                cpus_needed=_cpus_needed(recipe),
+                quiet=quiet,
+                log_dir=log_dir,
+                on_phase=on_phase,
+            )
+        result.checkpoints = run_stages(
+            recipe,
+            run_dir,
+            address=address,
+            on_metrics=tracking.wrap(on_metrics),
+            on_message=on_message,
             on_phase=on_phase,
         )
-    result.checkpoints = run_stages(
-        recipe,
-        run_dir,
-        address=address,
-        on_metrics=on_metrics,
-        on_message=on_message,
-        on_phase=on_phase,
-    )
-    if recipe.eval is not None:
-        on_message("evaluating the pretrained backbone")
         final_checkpoint = result.checkpoints[recipe.stages[-1].name]
-        result.eval = evaluate_into_run(final_checkpoint, recipe, run_dir, on_message)
+        if recipe.eval is not None:
+            on_message("evaluating the pretrained backbone")
+            result.eval = evaluate_into_run(final_checkpoint, recipe, run_dir, on_message)
+    except BaseException:
+        tracking.close(failed=True)
+        raise
+    tracking.finish(final_checkpoint)
     return result
 
 

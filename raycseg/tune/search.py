@@ -43,6 +43,7 @@ from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
 from ..run_directory import LOGS_DIR, write_recipe
 from ..storage import is_url
+from ..tracking import tune_callbacks
 from ..train.launch import run_stages
 from ..train.preflight import check_run_data
 from ..train.ray_start import start_ray
@@ -143,10 +144,11 @@ def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_messag
     trainable = tune.with_resources(
         make_trial_driver(plan.base_raw, experiment_dir), driver_resources
     )
-    if restorable:
+    if restorable:  # the callbacks, trackers included, come back from the tuner's pickle
         return tune.Tuner.restore(
             str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True
         )
+    trackers = tune_callbacks(plan.recipe.storage.loggers, experiment_dir, on_message)
     concurrency = plan.space.max_concurrent_trials or default_max_concurrent(trial_need, on_message)
     on_message(f"up to {concurrency} trial(s) at once, each needing {trial_need}")
     return tune.Tuner(
@@ -156,7 +158,7 @@ def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_messag
         run_config=tune.RunConfig(
             name=experiment_dir.name,
             storage_path=str(experiment_dir.parent),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), *trackers],
             verbose=verbose,
         ),
     )
