@@ -59,6 +59,14 @@ from .schema import (
     TuneSection,
 )
 from .section import Section
+from .step_schedule import (
+    StepSchedule,
+    has_schedules,
+    schedulable_fields,
+    stage_at_step,
+    value_at,
+    values_of,
+)
 from .validation import did_you_mean, validate_recipe
 
 __all__ = [
@@ -82,6 +90,7 @@ __all__ = [
     "Stage",
     "StageBase",
     "StageData",
+    "StepSchedule",
     "StorageSection",
     "SyntheticData",
     "TORCHVISION_WEIGHTS_NAMES",
@@ -93,15 +102,20 @@ __all__ = [
     "did_you_mean",
     "find_cluster_overlay",
     "find_recipe",
+    "has_schedules",
     "is_torchvision_weights",
     "load_recipe",
     "missing_inputs",
     "read_yaml",
     "recipe_to_yaml",
     "resolve_paths",
+    "schedulable_fields",
     "shipped_cluster_overlays",
     "shipped_files",
     "shipped_recipes",
+    "stage_at_step",
     "synthetic_dir",
     "validate_recipe",
+    "value_at",
+    "values_of",
 ]

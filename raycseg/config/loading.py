@@ -296,4 +296,18 @@ def load_recipe(
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The resolved recipe as YAML (what `--print-config` shows and runs store)."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(_integer_steps(recipe.model_dump(mode="json")), sort_keys=False)
+
+
+def _integer_steps(node: Any) -> Any:
+    """Step schedules' keys as the integers they are (JSON mode made them strings)."""
+    if isinstance(node, list):
+        return [_integer_steps(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        key: {int(step): v for step, v in value.items()}
+        if key == "from_step" and isinstance(value, dict)
+        else _integer_steps(value)
+        for key, value in node.items()
+    }

@@ -5,7 +5,8 @@ and carries that method's fields directly, so dotted paths read naturally:
 `stages.cacl.lambda_cycle=0.1`, `stages.reco.strong_threshold=0.9` (stages are
 addressed by `name`, which defaults to the method). Loading, overrides and
 error messages are `raycseg.config.loading` and `raycseg.config.validation`;
-path resolution is `raycseg.config.paths`.
+path resolution is `raycseg.config.paths`. Loss weights and thresholds also take
+step-wise schedules (`raycseg.config.step_schedule`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import Field, model_validator
 
 from .eval_schema import EvalSection
 from .section import Section
+from .step_schedule import ScheduledThreshold, ScheduledWeight
 
 # ----------------------------------------------------------------------------- data
 
@@ -161,9 +163,9 @@ class CACLStage(StageBase):
 
     method: Literal["cacl"]
     mode: Literal["video", "image"] = "video"
-    lambda_global: float = Field(1.0, ge=0.0)
-    lambda_pixel: float = Field(1.0, ge=0.0)
-    lambda_cycle: float = Field(1.0, ge=0.0)
+    lambda_global: ScheduledWeight = 1.0
+    lambda_pixel: ScheduledWeight = 1.0
+    lambda_cycle: ScheduledWeight = 1.0
     temperature_global: float = Field(0.2, gt=0)
     temperature_pixel: float = Field(0.2, gt=0)
     temperature_cycle: float = Field(0.07, gt=0)
@@ -186,7 +188,7 @@ class MaskContrastStage(StageBase):
     queue_size: int = Field(128, ge=0)
     momentum: float = Field(0.999, ge=0.0, lt=1.0)
     embedding_dim: int = Field(32, ge=4)
-    saliency_weight: float = Field(1.0, ge=0.0)
+    saliency_weight: ScheduledWeight = 1.0
     loss_resolution: Literal["full", "feature"] = "full"
     freeze_early_layers: bool = Field(
         False, description="conv1, bn1, layer1, layer2 fixed, BN in eval (ImageNet-supervised init)"
@@ -206,12 +208,12 @@ class RecoStage(StageBase):
     )
     decoder: Literal["deeplabv3p", "deeplabv2"] = "deeplabv3p"
     rep_dim: int = Field(256, ge=8)
-    strong_threshold: float = Field(0.97, gt=0.0, le=1.0)
-    weak_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    strong_threshold: ScheduledThreshold = 0.97
+    weak_threshold: ScheduledThreshold = 0.7
     temperature: float = Field(0.5, gt=0)
     num_queries: int = Field(256, ge=1)
     num_negatives: int = Field(512, ge=1)
-    lambda_reco: float = Field(1.0, ge=0.0)
+    lambda_reco: ScheduledWeight = 1.0
     mix: Literal["classmix", "cutmix", "cutout"] = "classmix"
     ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
 
@@ -337,6 +339,11 @@ class Recipe(Section):
         """The most CPUs one stage's Ray Data decode pool asks for (0: no stage has one)."""
         pools = [stage.data.decode_pool for stage in self.stages if stage.data.loader == "ray_data"]
         return max((pool.tasks * pool.cpus_per_task for pool in pools), default=0.0)
+
+    def step_offset(self, stage_name: str) -> int:
+        """The global steps the stages before `stage_name` take (`step` counts on across stages)."""
+        names = [stage.name for stage in self.stages]
+        return sum(stage.steps for stage in self.stages[: names.index(stage_name)])
 
     def optim_for(self, stage: StageBase) -> OptimSection:
         """The optimiser settings of `stage` (its own, else the recipe's)."""

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import RecipeError
 from .schema import Recipe
+from .step_schedule import NUMBER_TAG, SCHEDULE_TAG
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -45,7 +46,7 @@ def _error_path(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
             # pydantic puts the discriminator tag (the method) after the index
             if index + 1 < len(loc) and loc[index + 1] == stage.get("method"):
                 index += 1
-        else:
+        elif part not in (NUMBER_TAG, SCHEDULE_TAG):  # which member of `number | schedule`
             parts.append(_path_part(part))
         index += 1
     return ".".join(parts) or "recipe"

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import CACLStage, ModelSection
+from ..config import CACLStage, ModelSection, values_of
 from ..data.loaders import StreamShare, build_pair_loader
 from ..distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 from ..losses.cacl import CACLLoss, draw_pixel_negatives
@@ -50,6 +50,8 @@ from ..models import DenseHead, build_backbone, normalize_images
 from ..models.global_batchnorm import convert_to_global_batchnorm
 from .common import backbone_kmeans_miou, enqueue, training_urls
 from .interface import StepOutput
+
+CACL_TERMS = ("global", "pixel", "cycle")
 
 
 class CACL(nn.Module):
@@ -67,21 +69,23 @@ class CACL(nn.Module):
         channels = self.backbone.out_channels
         # Only heads that feed a loss exist, so DDP sees every parameter get a gradient.
         # The global head always exists: its maps also re-match pixels for the pixel loss.
+        # A weight may follow a schedule (`StepSchedule`): a head exists if its weight is
+        # ever above 0, and DDP looks for unused parameters if a weight is ever 0.
+        weights = {name: values_of(getattr(stage, f"lambda_{name}")) for name in CACL_TERMS}
         self.global_head = DenseHead(channels, stage.head_dim)
-        self.pixel_head = DenseHead(channels, stage.head_dim) if stage.lambda_pixel > 0 else None
-        self.cycle_head = DenseHead(channels, stage.head_dim) if stage.lambda_cycle > 0 else None
+        self.pixel_head = DenseHead(channels, stage.head_dim) if max(weights["pixel"]) else None
+        self.cycle_head = DenseHead(channels, stage.head_dim) if max(weights["cycle"]) else None
         # With lambda_global = 0 the global head only serves the gradient-free re-matching.
-        self.find_unused_parameters = stage.lambda_global == 0
+        self.find_unused_parameters = min(weights["global"]) == 0 or any(
+            0 == min(weights[name]) < max(weights[name]) for name in ("pixel", "cycle")
+        )
         self.criterion = CACLLoss(
-            lambda_global=stage.lambda_global,
-            lambda_pixel=stage.lambda_pixel,
-            lambda_cycle=stage.lambda_cycle,
             temperature_global=stage.temperature_global,
             temperature_pixel=stage.temperature_pixel,
             temperature_cycle=stage.temperature_cycle,
             edge_dropout=stage.cycle_edge_dropout,
         )
-        self.num_pixel_negatives = stage.num_pixel_negatives if stage.lambda_pixel > 0 else 0
+        self.num_pixel_negatives = stage.num_pixel_negatives if self.pixel_head is not None else 0
         self.queue_size = stage.queue_size if self.num_pixel_negatives else 0
         self.register_buffer(
             "queue", nn.functional.normalize(torch.randn(self.queue_size, stage.head_dim), dim=1)
@@ -105,6 +109,8 @@ class CACL(nn.Module):
         # gathers need no size exchange, which would read sizes back to the host.
         g_a = all_gather_with_grad(u_a.mean(dim=2), equal_shapes=True)
         g_b = all_gather_with_grad(u_b.mean(dim=2), equal_shapes=True)
+        for name in CACL_TERMS:  # this step's weights (`stage` is the stage at this step)
+            setattr(self.criterion, f"lambda_{name}", getattr(self.stage, f"lambda_{name}"))
         total, terms = self.criterion(g_a, g_b, p_a, p_b, u_a, u_b, c_a, c_b, negatives)
         return {"loss": total, "terms": terms}
 

@@ -32,11 +32,16 @@ class StageMethod(Protocol):
     """One training method (CACL, MaskContrast, ReCo), built from its stage section.
 
     Attributes:
+        stage: the stage section. Where the recipe gives a loss weight or threshold
+            a step schedule, the training step replaces it at every step with the
+            section as it stands then (`stage_at_step`), so `forward` reads this
+            step's values from it.
         backbone: the trunk whose weights the next stage and `cseg eval` read.
         find_unused_parameters: DDP must look for parameters a step leaves unused
             (a head whose loss weight is 0).
     """
 
+    stage: StageBase
     backbone: nn.Module
     find_unused_parameters: bool
 

@@ -121,7 +121,6 @@ class MaskContrast(nn.Module):
         self.key_encoder = build_ema_copy(self.query_encoder)
         self.temperature = stage.temperature
         self.momentum = stage.momentum
-        self.saliency_weight = stage.saliency_weight
         self.loss_resolution = stage.loss_resolution
         self.queue_size = stage.queue_size
         self.register_buffer("key_synced", torch.zeros((), dtype=torch.bool))
@@ -166,7 +165,7 @@ class MaskContrast(nn.Module):
         )
         if self.training:
             self._enqueue(prototypes)
-        loss = contrastive + self.saliency_weight * saliency
+        loss = contrastive + self.stage.saliency_weight * saliency
         return {"loss": loss, "terms": {"contrastive": contrastive, "saliency": saliency}}
 
     def _at_loss_resolution(

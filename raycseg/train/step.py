@@ -2,8 +2,8 @@
 
 Ray-free on purpose: `cseg bench train` runs it on GPU machines that have no Ray.
 
-A step is `to_device` (the batch), `forward` (learning rate, autocast, the
-method's loss), `backward` and `update` (clipping, the optimizer, the method's
+A step is `to_device` (the batch), `forward` (learning rate, the stage's
+scheduled loss weights and thresholds, autocast, the method's loss), `backward` and `update` (clipping, the optimizer, the method's
 `after_step`); `run` does the last three. None of them waits for the device: the
 non-finite check is a device flag (`first_non_finite`) that `logged_values` reads,
 with the loss and its terms, in the one host sync of a logging step.
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import OptimSection, ScalingSection
+from ..config import OptimSection, ScalingSection, has_schedules, stage_at_step
 from ..distributed import reduce_logged_values
 from ..methods import StageMethod, StepOutput
 from .schedules import build_lr_schedule
@@ -64,6 +64,9 @@ class StageStep:
         self.use_amp = device.type == "cuda" and scaling.mixed_precision
         self.optimizer = build_optimizer(method, optim, fused=scaling.fused_optimizer)
         self.lr_schedule = build_lr_schedule(optim, total_steps)
+        # A stage whose weights or thresholds follow step schedules: the method gets the
+        # stage section as it stands at each step (`raycseg.config.step_schedule`).
+        self.scheduled_stage = method.stage if has_schedules(method.stage) else None
         self.first_non_finite = torch.full((), NONE_YET, dtype=torch.long, device=device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = scaling.cudnn_benchmark
@@ -85,9 +88,11 @@ class StageStep:
         return moved
 
     def forward(self, batch: dict[str, Any], stage_step: int) -> StepOutput:
-        """Set this step's learning rate and compute the loss (noting a non-finite one)."""
+        """Set this step's learning rate and scheduled values; compute the loss (noting a non-finite one)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr(stage_step)
+        if self.scheduled_stage is not None:
+            self.method.stage = stage_at_step(self.scheduled_stage, stage_step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.model(batch)
         bad = ~torch.isfinite(output["loss"].detach())
