@@ -15,6 +15,8 @@ A run directory, `<storage.path>/<name>/`, a local path or a URL:
     eval_samples/    a few validation images and predictions, for the report
     davis_strip.png  a DAVIS sequence's propagated masks, for the report
     logs/ray.log     what Ray's processes printed
+    lineage.json     a `cseg tune` trial's searched values by step, and PBT's exploits
+                     (`raycseg.tune.lineage`)
 
 Every path a run stores into itself is relative to it, so a run copied or
 moved (also from a bucket to a disk) still resumes, evaluates and exports:
@@ -48,6 +50,7 @@ WORKERS_FILE = "workers.jsonl"
 STAGES_FILE = "stages.json"
 EVAL_FILE = "eval.json"
 SAMPLES_DIR = "eval_samples"
+LINEAGE_FILE = "lineage.json"  # `cseg tune` trials only
 DAVIS_STRIP = "davis_strip.png"  # `cseg eval --protocol davis`: propagated masks, for the report
 LOGS_DIR = "logs"
 STATE_FILE = "state.pt"  # in each checkpoint folder

@@ -133,28 +133,38 @@ class StageCheckpoints:
         *,
         save: bool,
         best: bool,
-    ) -> None:
+    ) -> str | None:
         """Report `metrics`; with `save` a checkpoint, with `best` also `<stage>/best/state.pt`.
 
         Rank 0 passes the checkpoint's state (`training_state`) when `save` or
         `best`; the other ranks pass None.
+
+        Returns:
+            Rank 0: where the reported checkpoint folder is stored, `<stage>/checkpoint_<step>`
+            (or `<stage>/local_checkpoints/checkpoint_<step>` in local mode); else None.
         """
-        checkpoint = None
+        checkpoint = name = None
         if state is not None:
             if best:
                 self._save_best({**state, "val_miou": metrics["val_miou"]})
             if save:
-                directory = new_checkpoint_dir(
-                    self._staging(), name=f"checkpoint_{metrics['step']:06d}"
-                )
+                name = f"checkpoint_{metrics['step']:06d}"
+                directory = new_checkpoint_dir(self._staging(), name=name)
                 save_state(directory, state)
                 checkpoint = ray.train.Checkpoint.from_directory(str(directory))
         ray.train.report(
-            metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=not self.local_mode
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_dir_name=None if self.local_mode else name,
+            delete_local_checkpoint_after_upload=not self.local_mode,
         )
-        if self.local_mode and checkpoint is not None:
+        if checkpoint is None:
+            return None
+        if self.local_mode:
             for stale in sorted(self._staging().iterdir())[: -self.num_to_keep]:
                 shutil.rmtree(stale, ignore_errors=True)
+            return checkpoint.path
+        return str(storage.join(self.run_dir, self.stage_name, name))
 
     def _staging(self) -> Path | None:
         """Local mode: the folder the reported checkpoints stay in; else None (a temporary one)."""

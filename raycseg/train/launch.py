@@ -204,18 +204,21 @@ def run_stages(
     run_dir: Path | str,
     *,
     address: str | None = None,
-    trainer_callbacks: list | None = None,
     on_metrics: Callable[[dict[str, Any]], None] | None = None,
+    on_report: Callable[[dict[str, Any], str | None], None] | None = None,
     on_message: Callable[[str], None] = lambda _: None,
     on_phase: Callable[[str], None] | None = None,
+    resume_from: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Fit the recipe's stages in order, each from the previous stage's checkpoint.
 
     Stages listed as finished in `run_dir/stages.json` are skipped, so calling
     this again on the same `run_dir` (a local path or a URL) resumes; their
     checkpoints are found relative to `run_dir`, wherever the run now lies.
-    `trainer_callbacks` go to every stage's `ray.train.RunConfig` (a Tune trial
-    passes `TuneReportCallback`).
+    `on_report(record, checkpoint)` gets, in this process, every record rank 0
+    reports to Ray Train and where its checkpoint was stored (a Tune trial passes
+    them on to Tune). `resume_from` maps a stage to a state file it resumes from
+    while it has no checkpoint of its own (a trial that takes over another's weights).
 
     Returns:
         stage name -> location (path or URL) of the stage's final checkpoint state file.
@@ -241,8 +244,9 @@ def run_stages(
                 run_dir=run_dir,
                 init_from=previous_checkpoint,
                 address=address,
-                callbacks=trainer_callbacks or [],
+                resume_from=(resume_from or {}).get(stage.name),
                 on_metrics=on_metrics,
+                on_report=on_report,
                 on_message=on_message,
                 on_phase=on_phase,
             )
@@ -264,8 +268,9 @@ def _run_stage(
     run_dir: Path | str,
     init_from: str | None,
     address: str | None,
-    callbacks: list,
+    resume_from: str | None,
     on_metrics: Callable[[dict[str, Any]], None] | None,
+    on_report: Callable[[dict[str, Any], str | None], None] | None,
     on_message: Callable[[str], None],
     on_phase: Callable[[str], None] | None,
 ) -> str:
@@ -284,7 +289,7 @@ def _run_stage(
     progress = None
     if not local_mode:
         start_ray(address, cpus_needed=_cpus_needed(recipe), on_phase=on_phase)
-    if on_metrics is not None or on_phase is not None:
+    if on_metrics is not None or on_phase is not None or on_report is not None:
         progress = progress_queue(local_mode)
     on_message(
         f"stage {stage.name}: {stage.steps} steps on {max(scaling.num_workers, 1)} worker(s)"
@@ -295,14 +300,15 @@ def _run_stage(
         "step_offset": step_offset,
         "run_dir": str(run_dir),
         "init_from": init_from,
+        "resume_from": resume_from,
         "progress_queue": progress,
         "local_mode": local_mode,
     }
-    trainer = _build_trainer(recipe, stage.name, config, run_dir, callbacks)
+    trainer = _build_trainer(recipe, stage.name, config, run_dir)
     workers = scaling.num_workers
     plural = "s" * (workers != 1)
     say(on_phase, f"starting {workers} worker{plural}" if workers else "starting the training loop")
-    with streamed(progress, on_metrics, on_phase):
+    with streamed(progress, on_metrics, on_phase, on_report):
         outcome = trainer.fit()
     summary = outcome.return_value or {}
     if summary.get("error"):
@@ -310,7 +316,7 @@ def _run_stage(
     return _final_checkpoint(outcome, run_dir, stage.name, local_mode)
 
 
-def _build_trainer(recipe, stage_name, config, run_dir, callbacks) -> TorchTrainer:
+def _build_trainer(recipe, stage_name, config, run_dir) -> TorchTrainer:
     """The stage's TorchTrainer: the worker loop, its scaling, storage and fault tolerance."""
     scaling = recipe.scaling
     stage = recipe.stages[config["stage_index"]]
@@ -326,7 +332,6 @@ def _build_trainer(recipe, stage_name, config, run_dir, callbacks) -> TorchTrain
             storage_path=str(run_dir),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=recipe.storage.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=recipe.storage.max_failures),
-            callbacks=callbacks,
             # Train logs every report at INFO; our progress display already shows them.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),

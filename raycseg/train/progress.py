@@ -1,9 +1,11 @@
-"""The progress stream from rank 0 to the driver: metrics records and start-up phases.
+"""The progress stream from rank 0 to the driver: metrics, reports and start-up phases.
 
-Rank 0 puts each logged metrics record, and `{"phase": ...}` records before its
+Rank 0 puts each logged metrics record, each record it reported to Ray Train
+with where its checkpoint was stored, and `{"phase": ...}` records before its
 first step, on a queue (`ProgressStream`); the driver drains it in a thread
-while the stage's `fit()` runs (`streamed`). The stream is display only: the
-record of a run is `metrics.jsonl`.
+while the stage's `fit()` runs (`streamed`). For `cseg pretrain` the stream is
+display only (the record of a run is `metrics.jsonl`); a `cseg tune` trial passes
+the reports on to Tune (`raycseg.tune.trial`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class ProgressStream:
         """Stream a logged metrics record."""
         self._put(record)
 
+    def report(self, record: dict[str, Any], checkpoint: str | None) -> None:
+        """Stream a record reported to Ray Train, and where its checkpoint was stored (or None)."""
+        self._put({"report": record, "checkpoint": checkpoint})
+
     def phase(self, phase: str) -> None:
         """Say what the stage waits on before its first step."""
         self._put({"phase": phase})
@@ -67,12 +73,13 @@ def say(on_phase: Callable[[str], None] | None, phase: str) -> None:
 class streamed:  # noqa: N801 (used as a context manager, like a function)
     """Drain the workers' queue in a thread while fit() runs.
 
-    Metrics records go to `on_metrics`; rank 0's `{"phase": ...}` records (before its
-    first step) go to `on_phase`.
+    Metrics records go to `on_metrics`, reported ones to `on_report(record, checkpoint)`,
+    rank 0's `{"phase": ...}` records (before its first step) to `on_phase`.
     """
 
-    def __init__(self, progress, on_metrics, on_phase=None):
+    def __init__(self, progress, on_metrics, on_phase=None, on_report=None):
         self.progress, self.on_metrics, self.on_phase = progress, on_metrics, on_phase
+        self.on_report = on_report
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._drain, daemon=True)
 
@@ -99,5 +106,8 @@ class streamed:  # noqa: N801 (used as a context manager, like a function)
                 return
             if "phase" in record:
                 say(self.on_phase, record["phase"])
+            elif "report" in record:
+                if self.on_report is not None:
+                    self.on_report(record["report"], record["checkpoint"])
             elif self.on_metrics is not None:
                 self.on_metrics(record)

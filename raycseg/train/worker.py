@@ -10,6 +10,8 @@ stage; the driver (`launch.py`) runs the stages in order.
     step_offset     global steps finished by earlier stages (`step` counts on across stages)
     run_dir         the run directory, a local path or a URL (rank 0 writes metrics.jsonl there)
     init_from       checkpoint of the previous stage (a path), or None
+    resume_from     a state file to resume this stage from when the run has no checkpoint of
+                    its own yet (a `cseg tune` trial that takes over another trial's weights)
     progress_queue  the queue that streams rank 0's records to the driver, or None
     local_mode      True without Ray Train workers (`scaling.num_workers: 0`)
 
@@ -169,7 +171,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:  # noqa: PL
                     method, stepper.optimizer, config["recipe"],
                     stage_name=stage.name, step=step, stage_step=stage_step + 1,
                 )  # fmt: skip
-            checkpoints.report(metrics, state, save=save_now, best=best)
+            stored = checkpoints.report(metrics, state, save=save_now, best=best)
+            if rank == 0:
+                progress.report(metrics, stored)
 
     # 7. End of the stage --------------------------------------------------------------
     if rank == 0:
@@ -205,7 +209,8 @@ def _restored_state(
     (`<run>/<stage>/checkpoint_manager_snapshot.json`) names checkpoints by folder
     name under the stage's storage, so it still holds after the run was moved.
     Local mode has no snapshot: there it is the newest complete folder in
-    `<run>/<stage>/local_checkpoints`.
+    `<run>/<stage>/local_checkpoints`. A run with no checkpoint of its own
+    resumes from `resume_from` when the driver gives one.
     """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -214,6 +219,8 @@ def _restored_state(
         latest = latest_local_checkpoint(config["run_dir"], stage_name)
         if latest is not None:
             return load_state(latest, map_location=device)
+    if config.get("resume_from"):
+        return load_state(config["resume_from"], map_location=device)
     return None
 
 
