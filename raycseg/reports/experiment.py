@@ -11,6 +11,7 @@ tests/reports/conftest.py for a copy of the formats):
       <trial dir>/result.json           one JSON object per `tune.report`
       <trial dir>/progress.csv          the same, flattened with "/" (fallback)
       <trial dir>/error.txt             the traceback of an ERROR trial
+      runs/<trial id>/lineage.json      `cseg tune`: the trial's values by step (PBT exploits)
 
 `trial_json` and `run_json` are JSON *strings*; `trial_json` holds
 `trial_id`, `status` (PENDING, RUNNING, PAUSED, TERMINATED, ERROR),
@@ -50,9 +51,11 @@ from typing import Any
 import yaml
 
 from raycseg.errors import CsegError
+from raycseg.run_directory import LINEAGE_FILE
 
 STATE_GLOB = "experiment_state-*.json"
 SPACE_FILE = "space.yaml"
+RUNS_DIR = "runs"  # cseg tune: each trial's run directory, runs/<trial id>/
 EARLY_STOPPED = "EARLY_STOPPED"
 _STEP_KEYS = ("step", "training_iteration")
 
@@ -64,7 +67,8 @@ class TrialSummary:
     Attributes:
         trial_id: Tune's trial id, e.g. `f933e_00003`.
         directory: The trial's directory name inside the experiment.
-        params: The sampled parameters (name -> value).
+        params: The searched values (name -> value): the sampled ones, or under PBT the
+            ones the trial ended with.
         status: TERMINATED, EARLY_STOPPED, ERROR, RUNNING, PENDING or PAUSED.
         steps: The `step` of each logged report, ascending (one per step).
         values: The metric at each of `steps` (None where not reported).
@@ -74,6 +78,8 @@ class TrialSummary:
         time_total_s: Training time of the trial, from its last report.
         error: The last line of `error.txt` for an ERROR trial.
         last_report_done: Whether the last logged report carries `done: true`.
+        segments: The trial's lineage (`raycseg.tune.lineage`): dicts with the `step`
+            each set of `values` began after, and for an exploit `donor` and `replaced`.
     """
 
     trial_id: str
@@ -88,6 +94,7 @@ class TrialSummary:
     time_total_s: float | None = None
     error: str | None = None
     last_report_done: bool = False
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def last_step(self) -> float | None:
@@ -124,6 +131,34 @@ class ExperimentSummary:
     best: TrialSummary | None
     best_recipe: Path | None
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def exploits(self) -> list[Exploit]:
+        """PBT's exploits over all trials, by step then trial."""
+        found = [
+            Exploit(
+                step=segment["step"],
+                trial=trial.trial_id,
+                donor=segment["donor"],
+                before=segment.get("replaced") or {},
+                after=segment["values"],
+            )
+            for trial in self.trials
+            for segment in trial.segments
+            if segment.get("donor")
+        ]
+        return sorted(found, key=lambda exploit: (exploit.step, exploit.trial))
+
+
+@dataclass
+class Exploit:
+    """A PBT exploit: at `step`, `trial` took over `donor`'s checkpoint and changed its values."""
+
+    step: int
+    trial: str
+    donor: str
+    before: dict[str, Any]
+    after: dict[str, Any]
 
 
 def is_experiment_dir(path: Path) -> bool:
@@ -210,6 +245,9 @@ def _load_trial(root: Path, trial: dict, run: dict, metric: str, mode: str) -> T
     # Without a trial log, fall back on the state's last result (its `done` is not the logged one).
     results = logged or ([run["last_result"]] if run.get("last_result") else [])
     params = trial.get("evaluated_params") or _flatten(trial.get("config") or {})
+    segments = _read_lineage(root / RUNS_DIR / trial.get("trial_id", ""))
+    if segments:
+        params = segments[-1]["values"]
     steps, values = _history(results, metric)
     present = [value for value in values if value is not None]
     pick = max if mode == "max" else min
@@ -225,10 +263,17 @@ def _load_trial(root: Path, trial: dict, run: dict, metric: str, mode: str) -> T
         reports=len(results),
         time_total_s=_as_float(results[-1].get("time_total_s")) if results else None,
         last_report_done=bool(logged and logged[-1].get("done") is True),
+        segments=segments,
     )
     if summary.status == "ERROR":
         summary.error = _last_error_line(trial_dir, run)
     return summary
+
+
+def _read_lineage(run_dir: Path) -> list[dict[str, Any]]:
+    """A trial's segments from its run directory's lineage.json (none without one)."""
+    path = run_dir / LINEAGE_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["segments"] if path.is_file() else []
 
 
 def _read_results(trial_dir: Path) -> list[dict]:

@@ -51,6 +51,47 @@ def plot_metric_curves(summary: ExperimentSummary, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def plot_schedules(summary: ExperimentSummary, path: Path) -> Path | None:
+    """PBT: each searched value against step, one line per trial; a star marks an exploit.
+
+    A trial's line is its lineage: the values its final weights were trained with,
+    the donor's up to an exploit. None when no trial was exploited.
+    """
+    if not summary.exploits:
+        return None
+    columns = min(2, len(summary.params))
+    rows = math.ceil(len(summary.params) / columns)
+    figure = Figure(figsize=(6 * columns, 3.6 * rows), layout="constrained")
+    colors = matplotlib.colormaps["tab10" if len(summary.trials) <= 10 else "viridis"]
+    for index, name in enumerate(summary.params, start=1):
+        axes = figure.add_subplot(rows, columns, index)
+        for number, trial in enumerate(summary.trials):
+            known = [segment for segment in trial.segments if name in segment["values"]]
+            if not known:
+                continue
+            color = colors(
+                number % 10 if len(summary.trials) <= 10 else number / len(summary.trials)
+            )
+            values = [segment["values"][name] for segment in known]
+            steps = [segment["step"] for segment in known] + [trial.last_step or known[-1]["step"]]
+            label = short_name(trial)
+            axes.step(steps, [*values, values[-1]], where="post", color=color, label=label)
+            for segment in known:
+                if segment.get("donor"):
+                    point = (segment["step"], segment["values"][name])
+                    axes.plot(*point, marker="*", color=color, markersize=13)
+                    donor = segment["donor"].rsplit("_", 1)[-1]
+                    axes.annotate(f" from {donor}", point, fontsize="small", color=color)
+        axes.set_xlabel("step")
+        axes.set_title(name, fontsize="medium")
+        axes.grid(alpha=0.3)
+    handles, labels = _unique_legend_entries(figure)
+    if 0 < len(labels) <= MAX_LEGEND_ENTRIES:
+        figure.legend(handles, labels, fontsize="small", title="trial", loc="outside right upper")
+    figure.suptitle("searched values by step (PBT; * = took over another trial's checkpoint)")
+    return save_figure(figure, path)
+
+
 def plot_params_vs_metric(summary: ExperimentSummary, path: Path) -> Path | None:
     """One panel per searched parameter: its value against the final metric, coloured by status."""
     if not summary.params:

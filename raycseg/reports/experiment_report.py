@@ -46,6 +46,7 @@ def write_experiment_report(
         plot.plot_metric_curves(summary, summary.path / "metric_by_step.png"),
         plot.plot_params_vs_metric(summary, summary.path / "params_vs_metric.png"),
         plot.plot_parallel_coordinates(summary, summary.path / "parallel_coordinates.png"),
+        plot.plot_schedules(summary, summary.path / "schedules.png"),
     ]
     plots = [plot for plot in plots if plot is not None]
     blocks = experiment_blocks(summary, plots)
@@ -134,6 +135,8 @@ def experiment_blocks(summary: ExperimentSummary, plots: list[Path]) -> list[Blo
     if command is not None:
         blocks.append(Code(command))
     blocks += [Heading("All trials"), _trials_table(summary)]
+    if summary.exploits:
+        blocks += [Heading("Exploits (PBT)"), _exploits_table(summary)]
     errors = [t for t in summary.trials if t.status == "ERROR"]
     if errors:
         blocks.append(Heading("Errors", level=3))
@@ -143,6 +146,7 @@ def experiment_blocks(summary: ExperimentSummary, plots: list[Path]) -> list[Blo
         "metric_by_step.png": f"{summary.metric} against step, per trial",
         "params_vs_metric.png": f"each parameter against the final {summary.metric}",
         "parallel_coordinates.png": "parallel coordinates of the top trials",
+        "schedules.png": "each searched value by step, per trial; * marks an exploit",
     }
     blocks += [Image(plot.name, captions.get(plot.name, plot.stem)) for plot in plots]
     return blocks
@@ -159,6 +163,25 @@ def trial_cells(trial: TrialSummary, params: list[str]) -> list[str]:
         str(trial.reports),
         format_number(trial.time_total_s, 3),
     ]
+
+
+def _exploits_table(summary: ExperimentSummary) -> Table:
+    """Every exploit: when, which trial took over which one's checkpoint, its values around it."""
+    rows = [
+        [
+            format_step(exploit.step),
+            f"`{exploit.trial}`",
+            f"`{exploit.donor}`",
+            _values_text(exploit.before),
+            _values_text(exploit.after),
+        ]
+        for exploit in summary.exploits
+    ]
+    return Table(["step", "trial", "took over", "values before", "values after"], rows)
+
+
+def _values_text(values: dict) -> str:
+    return ", ".join(f"`{name}` {format_param(value)}" for name, value in values.items()) or "-"
 
 
 def _trials_table(summary: ExperimentSummary) -> Table:

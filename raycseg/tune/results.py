@@ -10,6 +10,8 @@ Trial status, as `cseg tune` shows it:
 The best trial is the one with the best *final* value of the metric (Tune's
 scope "last"), chosen among completed trials when there are any, so that a
 trial stopped early on a lucky first rung cannot win over trials that ran to the end.
+Its recipe, as it trained (`runs/<trial>/config.yaml`: under PBT its searched
+values are step schedules), is exported as `best.yaml`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import recipe_to_yaml
+from ..run_directory import has_recipe, read_recipe
+from .lineage import read_lineage
 from .spaces import SearchPlan, plain_value, trial_recipe
 
 TRIALS_FILE = "trials.json"
@@ -109,16 +113,19 @@ def summarise_trial(result, plan: SearchPlan, experiment_dir: Path) -> TrialOutc
     best = None
     if history:
         best = max(history) if plan.mode == "max" else min(history)
+    run_dir = experiment_dir / RUNS_DIR / trial_id
+    segments = read_lineage(run_dir)  # PBT changes a trial's values: its last ones
+    config = segments[-1].values if segments else (result.config or {})
     return TrialOutcome(
         trial_id=trial_id,
-        config={key: plain_value(value) for key, value in (result.config or {}).items()},
+        config={key: plain_value(value) for key, value in config.items()},
         status=status,
         final_metric=history[-1] if history else None,
         best_metric=best,
         last_step=None if last_step is None else int(last_step),
         iterations=int(last.get("training_iteration", 0)),
         time_s=float(last.get("time_total_s", 0.0)),
-        run_dir=str(experiment_dir / RUNS_DIR / trial_id),
+        run_dir=str(run_dir),
         error=None if result.error is None else _last_line(result.error),
     )
 
@@ -135,13 +142,24 @@ def choose_best(trials: list[TrialOutcome], mode: str) -> TrialOutcome | None:
 
 
 def write_best_recipe(plan: SearchPlan, best: TrialOutcome, experiment_dir: Path) -> Path:
-    """Write `best.yaml` atomically: the best trial's full resolved recipe."""
-    recipe = trial_recipe(plan.base_raw, best.config)
+    """Write `best.yaml` atomically: the best trial's full resolved recipe, as it trained."""
+    run_dir = Path(best.run_dir)
+    if has_recipe(run_dir):
+        recipe = read_recipe(run_dir)
+    else:  # a trial that never started its run
+        recipe = trial_recipe(plan.base_raw, best.config)
+    segments = read_lineage(run_dir) or []
+    values = (
+        f"# Sampled: {json.dumps(best.config)}\n"
+        if len(segments) < 2
+        else "# Values by step (PBT; the recipe holds them as step schedules):\n"
+        + "".join(f"#   from step {s.step}: {json.dumps(s.values)}\n" for s in segments)
+    )
     path = experiment_dir / BEST_FILE
     header = (
         f"# Best trial {best.trial_id} of the search {experiment_dir.name} "
         f"({plan.metric} = {best.final_metric:.4g}, mode {plan.mode}).\n"
-        f"# Sampled: {json.dumps(best.config)}\n#\n"
+        f"{values}#\n"
         f"#   cseg pretrain {path}\n"
     )
     write_atomic(path, header + recipe_to_yaml(recipe))

@@ -2,17 +2,19 @@
 
 Ray 2.60's Train V2 no longer takes a `TorchTrainer` as a Tune trainable
 (`Tuner(TorchTrainer(...))` fails), so each trial is a light driver function
-(`make_trial_driver`) that builds and fits the trainers itself: it applies the
-trial's sampled values to the base recipe, then fits every stage with
-`run_stages(..., trainer_callbacks=[TuneReportCallback()])`, so each report
-of rank 0 reaches Tune and the scheduler (ASHA acts on `step`, the global step
-the workers report, which survives a restore; `training_iteration` does not).
+(`raycseg.tune.trial.make_trial_driver`) that builds and fits the trainers
+itself: it applies the trial's sampled values to the base recipe, fits every
+stage with `run_stages`, and reports each of rank 0's reports to Tune with a
+trial checkpoint, which PBT needs to exploit (the schedulers act on `step`, the
+global step the workers report, which survives a restore; `training_iteration`
+does not).
 
 Experiment directory, `<storage.path>/tune/<name>/`:
 
     search.json      the plan: space, base recipe, overrides (for `--resume NAME`)
     space.yaml       the space as searched (metric, mode and recipe resolved), for reports
-    runs/<trial_id>/ each trial's run directory (config.yaml, metrics.jsonl, stages)
+    runs/<trial_id>/ each trial's run directory (config.yaml, metrics.jsonl, stages,
+                     lineage.json: the values it trained with, and PBT's exploits)
     <trial_id>/      Tune's own per-trial files (progress.csv, result.json)
     trials.json      one summary per trial (status, final and best metric, step)
     best.yaml        the best trial's full resolved recipe (`cseg pretrain best.yaml`)
@@ -31,32 +33,30 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import yaml
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from ..config import StorageSection, validate_recipe
 from ..data.synthetic import prepare_data
 from ..errors import CsegError, RecipeError
-from ..run_directory import LOGS_DIR, write_recipe
+from ..run_directory import LOGS_DIR
 from ..storage import is_url
 from ..tracking import tune_callbacks
-from ..train.launch import run_stages
 from ..train.preflight import check_run_data
 from ..train.ray_start import start_ray
+from .pbt import pbt_scheduler
 from .resources import default_max_concurrent, remove_leaked_placement_groups, trial_demand
-from .results import RUNS_DIR, TuneResult, summarise_results, write_atomic
+from .results import TuneResult, summarise_results, write_atomic
 from .spaces import (
     SEARCH_ALGORITHMS,
     SearchPlan,
     Space,
     load_space,
     to_param_space,
-    trial_recipe,
 )
+from .trial import make_trial_driver
 
 PLAN_FILE = "search.json"
 SPACE_FILE = "space.yaml"
@@ -141,9 +141,10 @@ def run_tune(
 def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message):
     """A fresh Tuner for the plan, or the restored one of `experiment_dir`."""
     driver_resources, trial_need = trial_demand(plan.recipe)
-    trainable = tune.with_resources(
-        make_trial_driver(plan.base_raw, experiment_dir), driver_resources
+    driver = make_trial_driver(
+        plan.base_raw, experiment_dir, keep_state=plan.space.scheduler.type == "pbt"
     )
+    trainable = tune.with_resources(driver, driver_resources)
     if restorable:  # the callbacks, trackers included, come back from the tuner's pickle
         return tune.Tuner.restore(
             str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True
@@ -162,27 +163,6 @@ def _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_messag
             verbose=verbose,
         ),
     )
-
-
-# ----------------------------------------------------------------------------- the trial
-
-
-def make_trial_driver(base_raw: dict[str, Any], experiment_dir: Path) -> Callable[[dict], None]:
-    """The per-trial function Tune runs: build the trial's recipe and fit its stages.
-
-    The run directory is `experiment_dir/runs/<trial_id>`; trial ids survive a
-    restore, so a restarted trial resumes its own run (finished stages are
-    skipped, the unfinished one continues from its latest checkpoint).
-    """
-
-    def cseg_trial(config: dict[str, Any]) -> None:
-        recipe = trial_recipe(base_raw, config)
-        run_dir = experiment_dir / RUNS_DIR / tune.get_context().get_trial_id()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_recipe(run_dir, recipe)
-        run_stages(recipe, run_dir, trainer_callbacks=[TuneReportCallback()])
-
-    return cseg_trial
 
 
 # ----------------------------------------------------------------------------- setup
@@ -283,6 +263,8 @@ def _tune_config(plan: SearchPlan, concurrency: int):
             grace_period=spec.grace_period,
             reduction_factor=spec.reduction_factor,
         )
+    elif spec.type == "pbt":
+        scheduler = pbt_scheduler(plan)
     else:
         scheduler = FIFOScheduler()
     return tune.TuneConfig(

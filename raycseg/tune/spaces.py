@@ -8,6 +8,7 @@ A space file names the recipe it searches, the objective and the scheduler:
     num_samples: 4
     max_concurrent_trials: 2            # optional; default from the cluster's maximum size
     scheduler: {type: asha, time_attr: step, grace_period: 2, reduction_factor: 2}
+                                        # or {type: pbt, perturbation_interval: 4} (`tune.pbt`)
     search_alg: optuna                  # optional; needs that library installed
     overrides: {scaling.num_workers: 1} # fixed for every trial (recipe < overrides < command line)
     params:
@@ -48,6 +49,7 @@ from ..config import (
     validate_recipe,
 )
 from ..errors import RecipeError
+from .pbt import check_pbt
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
 
@@ -114,13 +116,16 @@ class Distribution(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    """The trial scheduler: ASHA (early stopping) or FIFO (every trial runs to the end)."""
+    """The trial scheduler: ASHA (early stopping), FIFO (all to the end) or PBT (`tune.pbt`)."""
 
-    type: Literal["asha", "fifo"] = "asha"
+    type: Literal["asha", "fifo", "pbt"] = "asha"
     time_attr: str = Field("step", description="a reported counter; `step` survives a restore")
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
     max_t: int | None = Field(None, ge=1, description="default: the recipe's total steps")
+    perturbation_interval: int | None = Field(None, ge=1, description="PBT: checkpoint_every")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="PBT")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="PBT")
 
 
 class Space(_Strict):
@@ -278,6 +283,8 @@ def load_space(
     )
     plan.max_t = parsed.scheduler.max_t or sum(stage.steps for stage in base.stages)
     _check_objective(plan)
+    if parsed.scheduler.type == "pbt":
+        check_pbt(plan)
     _check_search_alg(parsed, source)
     return plan
 

@@ -60,14 +60,18 @@ def test_every_shipped_space_validates_against_its_recipe(name):
     assert plan.space.params
 
 
-def test_debug_spaces_are_four_one_worker_trials():
+def test_debug_spaces_are_small_one_worker_searches():
+    """Four trials each; a PBT population of two trials side by side (exploits need both live)."""
     for name in [n for n in shipped_spaces() if "debug" in n]:
         raw = yaml.safe_load(find_space(name).read_text())
         grid = 1
         for distribution in raw["params"].values():
             grid *= len(distribution.get("grid", [None]))
-        assert grid * raw["num_samples"] == 4, name
+        pbt = raw["scheduler"]["type"] == "pbt"
+        assert grid * raw["num_samples"] == (2 if pbt else 4), name
         assert raw["overrides"]["scaling.num_workers"] == 1, name
+        if pbt:
+            assert raw["max_concurrent_trials"] == raw["num_samples"], name
 
 
 def test_cacl_debug_space_searches_the_quickstart_loss_balance():
