@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage import is_url
-from .environment import file_store_allowed, mlflow_uri, wandb_project
+from .environment import mlflow_uri, quiet_mlflow, wandb_project
 
 MLFLOW_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MLFLOW_PARAMS_PER_BATCH = 100  # and on params per log_batch
@@ -100,13 +100,10 @@ class MlflowBackend(Backend):
     def __init__(self, run_dir: Path | str, experiment: str, run_name: str, run_id: str | None):
         from mlflow.tracking import MlflowClient
 
-        uri = mlflow_uri(run_dir)
-        with file_store_allowed(uri):
-            self.client = MlflowClient(tracking_uri=uri)
-            found = self.client.get_experiment_by_name(experiment)
-            experiment_id = (
-                found.experiment_id if found else self.client.create_experiment(experiment)
-            )
+        quiet_mlflow()
+        self.client = MlflowClient(tracking_uri=mlflow_uri(run_dir))
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")  # the same run, reopened
             self.run_id = run_id

@@ -9,12 +9,11 @@ masked.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
+import logging
 import netrc
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -55,35 +54,22 @@ def describe(error: BaseException) -> str:
 
 
 def mlflow_uri(folder: Path | str) -> str | None:
-    """Where MLflow logs: `MLFLOW_TRACKING_URI`, else a local store in `folder` (None: a URL).
+    """Where MLflow logs: `MLFLOW_TRACKING_URI`, else `sqlite:///<folder>/mlflow.db` (None: a URL).
 
-    The local store is `sqlite:///<folder>/mlflow.db` where MLflow's SQL store is
-    installed (the full `mlflow` package); `mlflow-skinny` (the `raycseg[tracking]`
-    extra) has none, so there it is the file store `<folder>/mlruns`, opened with
-    MLflow's file-store opt-out (`file_store_allowed`).
+    MLflow 3.13+ refuses plain `file://` stores unless told otherwise; its SQL
+    store needs SQLAlchemy and Alembic, which the `raycseg[tracking]` extra installs.
     """
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if is_url(str(folder)):
         return None
-    folder = Path(folder).resolve()
-    if importlib.util.find_spec("sqlalchemy") is not None:
-        return f"sqlite:///{folder / 'mlflow.db'}"
-    return (folder / "mlruns").as_uri()
+    return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"
 
 
-@contextlib.contextmanager
-def file_store_allowed(uri: str | None) -> Iterator[None]:
-    """Let MLflow 3.13+ open a plain file store (it refuses one unless told) for the block."""
-    local = uri is not None and (uri.startswith("file:") or "://" not in uri)
-    if not local or os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
-        yield
-        return
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    try:
-        yield
-    finally:
-        os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
+def quiet_mlflow() -> None:
+    """Keep MLflow's and Alembic's INFO lines (creating the sqlite store's tables) off stderr."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def wandb_project() -> str:

@@ -33,6 +33,7 @@ from .environment import (
     mlflow_uri,
     no_wandb_key,
     not_installed,
+    quiet_mlflow,
     wandb_key_missing,
     wandb_project,
 )
@@ -70,10 +71,11 @@ def _has(module: str) -> bool:
 
 
 def _mlflow_callback(experiment_dir: Path):
-    from .ray_callbacks import MlflowCallback
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+    quiet_mlflow()
     local = None if os.environ.get("MLFLOW_TRACKING_URI") else mlflow_uri(experiment_dir)
-    return MlflowCallback(tracking_uri=local, experiment_name=experiment_dir.name)
+    return MLflowLoggerCallback(tracking_uri=local, experiment_name=experiment_dir.name)
 
 
 def _wandb_callback(experiment_dir: Path):

@@ -18,7 +18,6 @@ from tracker_history import (
 
 from raycseg.config import load_recipe
 from raycseg.tracking import RunTracking
-from raycseg.tracking import environment as tracking_environment
 from raycseg.tracking.backends import Backend, MlflowBackend, TensorBoardBackend, WandbBackend
 from raycseg.tracking.environment import describe, mlflow_uri
 from raycseg.tracking.run import _eval_scores
@@ -67,14 +66,8 @@ def test_mlflow_round_trip_reopens_the_same_run(tmp_path):
     assert client.get_experiment(run.info.experiment_id).name == "tiny"
 
 
-def test_mlflow_local_store_is_sqlite_where_mlflow_has_its_sql_store(tmp_path, monkeypatch):
+def test_mlflow_local_store_is_sqlite_in_the_run_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    real = tracking_environment.importlib.util.find_spec
-    monkeypatch.setattr(
-        tracking_environment.importlib.util,
-        "find_spec",
-        lambda name, *a: object() if name == "sqlalchemy" else real(name, *a),
-    )
     assert mlflow_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert mlflow_uri("s3://bucket/runs/a") is None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:pw@tracking:5000")

@@ -6,6 +6,7 @@ import os
 import sys
 
 import ray.cloudpickle
+from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.utils.callback import _create_default_callbacks
@@ -13,7 +14,7 @@ from tracker_history import mlflow_client
 
 from raycseg.tracking import tune_callbacks
 from raycseg.tracking.environment import mlflow_uri
-from raycseg.tracking.ray_callbacks import MlflowCallback, WandbCallback
+from raycseg.tracking.ray_callbacks import WandbCallback
 
 LOGGERS = ["tensorboard", "mlflow", "wandb"]
 
@@ -26,7 +27,7 @@ def test_trials_group_under_the_experiment_and_tensorboard_stays_on(tmp_path, mo
     messages: list[str] = []
     mlflow, wandb = tune_callbacks(LOGGERS, experiment, messages.append)
     assert messages == []
-    assert isinstance(mlflow, MlflowCallback) and mlflow.experiment_name == experiment.name
+    assert isinstance(mlflow, MLflowLoggerCallback) and mlflow.experiment_name == experiment.name
     assert mlflow.tracking_uri == mlflow_uri(experiment)  # a local store in the experiment
     assert isinstance(wandb, WandbCallback)
     assert (wandb.project, wandb.group, wandb.kwargs) == (
@@ -38,7 +39,7 @@ def test_trials_group_under_the_experiment_and_tensorboard_stays_on(tmp_path, mo
     defaults = _create_default_callbacks([mlflow, wandb])
     assert any(isinstance(callback, TBXLoggerCallback) for callback in defaults)
 
-    mlflow.setup()  # opens the local store (a file store under mlflow-skinny) and the experiment
+    mlflow.setup()  # opens the local sqlite store and the experiment
     assert mlflow_client(mlflow_uri(experiment)).get_experiment_by_name(experiment.name)
 
 

@@ -43,13 +43,10 @@ def tensorboard_text_tags(folder: Path) -> set[str]:
 
 
 def mlflow_client(uri: str):
-    """An `MlflowClient` on `uri` (a file store opened with MLflow's opt-out)."""
+    """An `MlflowClient` on `uri` (the sqlite store a run writes by default)."""
     from mlflow.tracking import MlflowClient
 
-    from raycseg.tracking.environment import file_store_allowed
-
-    with file_store_allowed(uri):
-        return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri)
 
 
 def wandb_records(wandb_dir: Path, run_id: str):
