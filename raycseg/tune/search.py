@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -127,7 +128,9 @@ def run_tune(
         dashboard=True,  # the leaked-placement-group check reads the State API
     )
 
-    with _environment(**TUNE_ENVIRONMENT):
+    with _environment(**TUNE_ENVIRONMENT), warnings.catch_warnings():
+        # PBT's hint to reuse actors: each exploit starts a new Ray Train run anyway
+        warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
         grid = _build_tuner(plan, experiment_dir, restorable, callbacks, verbose, on_message).fit()
     remove_leaked_placement_groups(on_message)
     result = summarise_results(grid, plan, experiment_dir, resumed=restorable)

@@ -86,18 +86,22 @@ def make_trial_driver(
         run_dir.mkdir(parents=True, exist_ok=True)
         values = {key: plain_value(value) for key, value in config.items()}
         restored = read_trial_checkpoint(tune.get_checkpoint())
-        if restored is None:
+        exploit = restored is not None and restored.trial != trial_id
+        if restored is None:  # a fresh start (or a restart before its first checkpoint)
             segments = read_lineage(run_dir) or [Segment(0, values)]
-        elif restored.trial == trial_id:
+        elif not exploit:  # a restore, or a pause of the scheduler: its own run resumes
             segments = restored.segments
         else:
+            own = read_lineage(run_dir)
             segments = exploit_segments(
-                restored.segments, restored.trial, restored.step, values, read_lineage(run_dir)
+                restored.segments, restored.trial, restored.step, values, own
             )
         recipe = lineage_recipe(base_raw, segments)
         resume_from: dict[str, str] = {}
-        if restored is not None and restored.trial != trial_id:
-            resume_from = take_over(run_dir, experiment_dir, restored, recipe)
+        if exploit:
+            with tune.get_checkpoint().as_directory() as folder:
+                donor_state = Path(folder) / STATE_FILE
+                resume_from = take_over(run_dir, experiment_dir, restored, recipe, donor_state)
         write_recipe(run_dir, recipe)
         write_lineage(run_dir, segments)
         reports = TrialReports(trial_id, recipe, segments, keep_state)
@@ -149,29 +153,27 @@ def read_trial_checkpoint(checkpoint) -> TrialCheckpoint | None:
 
 
 def take_over(
-    run_dir: Path, experiment_dir: Path, donor: TrialCheckpoint, recipe: Recipe
+    run_dir: Path, experiment_dir: Path, donor: TrialCheckpoint, recipe: Recipe, state: Path
 ) -> dict[str, str]:
     """Make `run_dir` continue the donor's run from its checkpoint; return `resume_from`.
 
-    The donor's state comes from the trial checkpoint Tune restored (under PBT
-    it holds the state file); it is kept as `<run>/taken_over/state.pt`. Stage
+    `state` is the donor's state file, from the trial checkpoint Tune restored
+    (under PBT it holds one); it is kept as `<run>/taken_over/state.pt`. Stage
     folders from the donor's stage on are dropped, so Ray Train starts those
     stages without a snapshot of their own.
     """
+    if not state.is_file():
+        raise FileNotFoundError(
+            f"the trial checkpoint of {donor.trial} at step {donor.step} has no "
+            f"{STATE_FILE}; only PBT searches keep the state in their trial checkpoints"
+        )
     names = [stage.name for stage in recipe.stages]
     current = names.index(donor.stage)
     for name in names[current:]:
         shutil.rmtree(run_dir / name, ignore_errors=True)
     kept = run_dir / TAKEN_OVER / STATE_FILE
     kept.parent.mkdir(parents=True, exist_ok=True)
-    with tune.get_checkpoint().as_directory() as folder:
-        state = Path(folder) / STATE_FILE
-        if not state.is_file():
-            raise FileNotFoundError(
-                f"the trial checkpoint of {donor.trial} at step {donor.step} has no "
-                f"{STATE_FILE}; only PBT searches keep the state in their trial checkpoints"
-            )
-        shutil.copyfile(state, kept.with_name(STATE_FILE + ".partial"))
+    shutil.copyfile(state, kept.with_name(STATE_FILE + ".partial"))
     os.replace(kept.with_name(STATE_FILE + ".partial"), kept)
 
     donor_dir = experiment_dir / RUNS_DIR / donor.trial

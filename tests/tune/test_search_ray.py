@@ -1,7 +1,7 @@
-"""The one Ray-level search: 4 trials of the CACL debug space, interrupted, then restored.
+"""The Ray-level searches: the CACL debug space interrupted and restored, and the PBT one.
 
-One search serves every Ray behaviour of `cseg tune` (the interrupted search is the
-one that gets restored, which keeps the suite within its time budget):
+One search serves every Ray behaviour of `cseg tune` but PBT (the interrupted search is
+the one that gets restored, which keeps the suite within its time budget):
 
 - 1 worker per trial on a 2-CPU Ray, so 2 trials fit at once. Tune kills the
   trial actors of an interrupted search the same way ASHA kills a stopped
@@ -18,6 +18,10 @@ The objective here is the training loss (min), not the space's val_miou:
 the λ_pixel = 30 arms then have a loss an order of magnitude higher, so ASHA's
 decision does not hang on k-means noise in an 8-step run. The workers still
 report val_miou every 4 steps, and the test checks that it reaches the run logs.
+
+The PBT search (the debug PBT space, 2 trials side by side) also ranks trials by the
+loss: the trial with the smaller sampled weights has the lower loss at every
+checkpoint, so the other one takes over its checkpoint at its next perturbation.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import pytest
 import yaml
 from background_poll import BackgroundPoll
 
-from raycseg.config import load_recipe
+from raycseg.config import load_recipe, value_at
 from raycseg.tune.resources import remove_leaked_placement_groups
 from raycseg.tune.search import run_tune
 from raycseg.tune.spaces import find_space
@@ -86,11 +90,11 @@ def ray_two_cpus():
     ray.shutdown()
 
 
-def loss_space(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(find_space("cacl_debug").read_text())
+def loss_space(tmp_path: Path, name: str = "cacl_debug", steps: int = STEPS) -> Path:
+    raw = yaml.safe_load(find_space(name).read_text())
     raw.update(metric="loss", mode="min")
-    raw["overrides"]["stages.cacl.steps"] = STEPS
-    path = tmp_path / "cacl_debug_loss.yaml"
+    raw["overrides"]["stages.cacl.steps"] = steps
+    path = tmp_path / f"{name}_loss.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -193,3 +197,52 @@ def _check_report(experiment: Path, ids: set[str]) -> None:
     assert (experiment / "report.html").exists()
     assert all(trial_id in report for trial_id in ids)
     assert {t.trial_id for t in summary.trials} == ids
+
+
+def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
+    ray_two_cpus, tmp_path
+):
+    space = loss_space(tmp_path, "cacl_debug_pbt", steps=16)
+    overrides = [f"data.root={tmp_path / 'data'}", f"storage.path={tmp_path / 'runs'}"]
+    result = run_tune(space, overrides=overrides, name="pbt")
+    experiment = result.experiment_dir
+    assert not result.interrupted and len(result.trials) == 2
+    assert {trial.status for trial in result.trials} == {"completed"}, result.trials
+
+    runs = experiment / "runs"
+    lineages = {t.trial_id: json.loads((runs / t.trial_id / "lineage.json").read_text())
+                for t in result.trials}  # fmt: skip
+    exploits = [
+        (trial_id, segment)
+        for trial_id, lineage in lineages.items()
+        for segment in lineage["segments"]
+        if segment["donor"]
+    ]
+    assert exploits, f"no exploit in 16 steps: {lineages}"
+    for trial_id, segment in exploits:
+        taken_at, donor = segment["step"], segment["donor"]
+        own, donors = read_steps(runs / trial_id), read_steps(runs / donor)
+        # every step once, and up to the exploit the donor's own log: it went on from there
+        assert [r["step"] for r in own] == list(range(1, 17)), trial_id
+        assert [r for r in own if r["step"] <= taken_at] == [
+            r for r in donors if r["step"] <= taken_at
+        ]
+        assert (runs / trial_id / "taken_over" / "state.pt").is_file()
+        assert segment["replaced"] and segment["values"] != segment["replaced"]
+
+    best = result.best
+    recipe = load_recipe(result.best_recipe_path, check_files=False)
+    segments = lineages[best.trial_id]["segments"]
+    for path in segments[0]["values"]:
+        stored = getattr(recipe.stages[0], path.rsplit(".", 1)[-1])
+        for step in range(16):  # the value in force at each step is the lineage's
+            expected = [s["values"][path] for s in segments if s["step"] <= step][-1]
+            assert value_at(stored, step) == expected, (path, step)
+
+    from raycseg.reports import write_experiment_report
+
+    write_experiment_report(experiment, metric="loss", mode="min")
+    report = (experiment / "report.md").read_text()
+    assert "Exploits (PBT)" in report and (experiment / "schedules.png").is_file()
+    for trial_id, segment in exploits:
+        assert f"| {segment['step']} | `{trial_id}` | `{segment['donor']}` |" in report
