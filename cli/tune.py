@@ -100,10 +100,13 @@ def _print_plan(plan) -> None:
         table.add_row(path, distribution.kind, str(distribution.arguments))
     out.print(table)
     scheduler = plan.space.scheduler
+    if scheduler.type == "pbt":
+        acts = f"perturbing every {scheduler.perturbation_interval} steps"
+    else:
+        acts = f"on {scheduler.time_attr}"
     out.print(
         f"recipe {plan.recipe_path} ({plan.recipe.name}); metric {plan.metric} ({plan.mode}); "
-        f"{plan.space.num_samples} sample(s); scheduler {scheduler.type} on {scheduler.time_attr} "
-        f"up to {plan.max_t}",
+        f"{plan.space.num_samples} sample(s); scheduler {scheduler.type} {acts} up to {plan.max_t}",
         markup=False,
     )
 
