@@ -222,7 +222,7 @@ def _open_one(logger, recipe, run_dir, run_ids, on_message) -> Backend | None:
     if logger == "mlflow" and not local and not _has_mlflow_uri():
         on_message(
             "storage.loggers: mlflow needs MLFLOW_TRACKING_URI for a run at a URL "
-            "(its local store is a file); it is off"
+            "(its default store, sqlite, is a local file); it is off"
         )
         return None
     try:

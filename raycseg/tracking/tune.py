@@ -4,7 +4,8 @@
   event files into `<experiment>/<trial_id>/` (it stays on when other callbacks are
   passed; only `TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1` turns it off).
 - mlflow: `MLflowLoggerCallback`, experiment = the experiment's name, so trials group
-  under it; store `MLFLOW_TRACKING_URI`, else a local store in the experiment directory.
+  under it; store `MLFLOW_TRACKING_URI`, else a local store in the experiment directory;
+  each trial's parameters logged once, at its end (PBT changes them while it runs).
 - wandb: `WandbLoggerCallback`, project `WANDB_PROJECT` (else `raycseg`), group = the
   experiment's name, `resume="allow"` so a restored trial reopens its run (its id is
   the trial id).
@@ -14,12 +15,14 @@ Ray 2.60 traps, handled here:
   brings them back, so no URI from the environment is stored in them (`tracking_uri`
   stays None and MLflow reads `MLFLOW_TRACKING_URI` itself at setup).
 - `WandbLoggerCallback` copies `WANDB_API_KEY` into its logging actor's runtime_env,
-  which Ray's runtime-env agent writes to its log; `_WandbCallback` hides the key while
+  which Ray's runtime-env agent writes to its log; `WandbCallback` hides the key while
   it builds the actor, which reads it from its node instead (the driver's node: a local
   Ray inherits the driver's environment; on a cluster, the head's environment or
   `wandb login`).
 - Both callbacks step by `training_iteration`, which restarts at 1 after
   `Tuner.restore` (the trial's `step` metric is logged too).
+- An exception in a callback ends a Tune experiment; here a tracker's first error is
+  one warning line and the tracker is off (`ray_callbacks`).
 """
 
 from __future__ import annotations
@@ -71,11 +74,11 @@ def _has(module: str) -> bool:
 
 
 def _mlflow_callback(experiment_dir: Path):
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from .ray_callbacks import MlflowCallback
 
     quiet_mlflow()
     local = None if os.environ.get("MLFLOW_TRACKING_URI") else mlflow_uri(experiment_dir)
-    return MLflowLoggerCallback(tracking_uri=local, experiment_name=experiment_dir.name)
+    return MlflowCallback(tracking_uri=local, experiment_name=experiment_dir.name)
 
 
 def _wandb_callback(experiment_dir: Path):

@@ -7,7 +7,11 @@ of the population (by the space's metric) takes over the checkpoint of a trial
 in the top one (exploit) and goes on with that trial's values, each perturbed
 (explore): with probability `resample_probability` drawn afresh from the space's
 distribution, else multiplied by 0.8 or 1.2 (a `choice` moves to a neighbouring
-value), and kept inside the distribution's range.
+value), and kept inside the distribution's range. With `synch: true` a trial that
+reaches the interval first is paused until every trial has (then resumed from its
+checkpoint), so all are compared at the same step: slower, but an exploit no longer
+depends on trials overlapping in time, which short CPU trials that start seconds
+apart may not.
 
 An exploit restores the donor's checkpoint of that very step, so the interval
 must be the recipe's `storage.checkpoint_every`, and the metric must be reported
@@ -40,6 +44,7 @@ def pbt_scheduler(plan) -> PopulationBasedTraining:
         perturbation_factors=PERTURBATION_FACTORS,
         hyperparam_mutations=mutations(plan.space.params),
         custom_explore_fn=clamped_to(plan.space.params),
+        synch=spec.synch,
     )
 
 

@@ -126,6 +126,7 @@ class SchedulerSpec(_Strict):
     perturbation_interval: int | None = Field(None, ge=1, description="PBT: checkpoint_every")
     quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="PBT")
     resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="PBT")
+    synch: bool = Field(False, description="PBT: trials wait for each other at every interval")
 
 
 class Space(_Strict):

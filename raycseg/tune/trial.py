@@ -104,7 +104,7 @@ def make_trial_driver(
                 resume_from = take_over(run_dir, experiment_dir, restored, recipe, donor_state)
         write_recipe(run_dir, recipe)
         write_lineage(run_dir, segments)
-        reports = TrialReports(trial_id, recipe, segments, keep_state)
+        reports = TrialReports(trial_id, run_dir, recipe, segments, keep_state)
         run_stages(recipe, run_dir, on_report=reports, resume_from=resume_from)
 
     return cseg_trial
@@ -113,12 +113,20 @@ def make_trial_driver(
 class TrialReports:
     """Pass each Train report on to Tune, with a trial checkpoint when it has a checkpoint.
 
-    Called from the thread that drains rank 0's stream, while `fit()` runs.
+    Called from the thread that drains rank 0's stream, while `fit()` runs. The trial
+    checkpoint is staged in the run directory, so its state file can be a hard link.
     """
 
-    def __init__(self, trial_id: str, recipe: Recipe, segments: list[Segment], keep_state: bool):
-        self.trial_id, self.recipe, self.segments = trial_id, recipe, segments
-        self.keep_state = keep_state
+    def __init__(
+        self,
+        trial_id: str,
+        run_dir: Path,
+        recipe: Recipe,
+        segments: list[Segment],
+        keep_state: bool,
+    ):
+        self.trial_id, self.run_dir, self.recipe = trial_id, run_dir, recipe
+        self.segments, self.keep_state = segments, keep_state
 
     def __call__(self, record: dict[str, Any], checkpoint: str | None) -> None:
         """Report `record` to Tune; with the location of its Train checkpoint, a trial checkpoint."""
@@ -132,7 +140,7 @@ class TrialReports:
             stage_step=record["step"] - self.recipe.step_offset(record["stage"]),
             segments=[s for s in self.segments if s.step < record["step"]],
         )
-        with tempfile.TemporaryDirectory(prefix="raycseg-trial-ckpt-") as folder:
+        with tempfile.TemporaryDirectory(prefix=".trial-checkpoint-", dir=self.run_dir) as folder:
             (Path(folder) / TRIAL_CHECKPOINT_FILE).write_text(json.dumps(asdict(pointer)))
             if self.keep_state:
                 _link_or_copy(Path(checkpoint) / STATE_FILE, Path(folder) / STATE_FILE)

@@ -14,7 +14,7 @@ from tracker_history import mlflow_client
 
 from raycseg.tracking import tune_callbacks
 from raycseg.tracking.environment import mlflow_uri
-from raycseg.tracking.ray_callbacks import WandbCallback
+from raycseg.tracking.ray_callbacks import MlflowCallback, WandbCallback
 
 LOGGERS = ["tensorboard", "mlflow", "wandb"]
 
@@ -27,7 +27,7 @@ def test_trials_group_under_the_experiment_and_tensorboard_stays_on(tmp_path, mo
     messages: list[str] = []
     mlflow, wandb = tune_callbacks(LOGGERS, experiment, messages.append)
     assert messages == []
-    assert isinstance(mlflow, MLflowLoggerCallback) and mlflow.experiment_name == experiment.name
+    assert isinstance(mlflow, MlflowCallback) and mlflow.experiment_name == experiment.name
     assert mlflow.tracking_uri == mlflow_uri(experiment)  # a local store in the experiment
     assert isinstance(wandb, WandbCallback)
     assert (wandb.project, wandb.group, wandb.kwargs) == (
@@ -77,4 +77,26 @@ def test_missing_libraries_are_one_line_each(tmp_path, monkeypatch):
         "storage.loggers: tensorboardX",
         "storage.loggers: mlflow",
         "storage.loggers: wandb",
+    ]
+
+
+def test_a_failing_tune_tracker_is_one_line_and_then_off(tmp_path, monkeypatch, capsys):
+    """Tune ends an experiment on a callback's exception; a tracker's must not."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (mlflow,) = tune_callbacks(["mlflow"], tmp_path / "exp")
+    assert mlflow.log_params_on_trial_end  # PBT changes a trial's values; MLflow refuses that
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise RuntimeError("Changing param values is not allowed")
+
+    monkeypatch.setattr(MLflowLoggerCallback, "log_trial_start", refuse)
+    mlflow.log_trial_start("trial_1")
+    mlflow.log_trial_start("trial_2")
+    assert len(calls) == 1 and mlflow.failed
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "storage.loggers: mlflow failed (trial trial_1: RuntimeError: Changing param values is "
+        "not allowed); it is off for the rest of this search"
     ]

@@ -196,7 +196,7 @@ def test_a_trial_checkpoint_says_where_and_carries_the_state_under_pbt(tmp_path,
     checkpoint.mkdir(parents=True)
     (checkpoint / STATE_FILE).write_bytes(b"state")
 
-    reports = TrialReports("t0", recipe, segments, keep_state=True)
+    reports = TrialReports("t0", tmp_path, recipe, segments, keep_state=True)
     reports({"stage": "cacl", "step": 5, "val_miou": 0.1}, None)
     reports({"stage": "cacl", "step": 10, "val_miou": 0.2}, str(checkpoint))
 
@@ -213,3 +213,4 @@ def test_a_trial_checkpoint_says_where_and_carries_the_state_under_pbt(tmp_path,
     assert files[STATE_FILE] == b"state"
     assert (checkpoint / STATE_FILE).read_bytes() == b"state", "the run keeps its checkpoint"
     assert read_lineage(tmp_path) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["cacl"], "the staged folder is gone"

@@ -19,9 +19,9 @@ the λ_pixel = 30 arms then have a loss an order of magnitude higher, so ASHA's
 decision does not hang on k-means noise in an 8-step run. The workers still
 report val_miou every 4 steps, and the test checks that it reaches the run logs.
 
-The PBT search (the debug PBT space, 2 trials side by side) also ranks trials by the
-loss: the trial with the smaller sampled weights has the lower loss at every
-checkpoint, so the other one takes over its checkpoint at its next perturbation.
+The PBT search (the debug PBT space: 2 trials side by side, synchronised at every
+interval) also ranks trials by the loss, so that at the first interval where both
+have a checkpoint the one behind takes over the other's.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from raycseg.tune.spaces import find_space
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
 STEPS = 24  # per trial: room for Tune to act on the interrupt while trials still run
+PBT_STEPS = 8  # two intervals of 4 steps (the checkpoint interval); each pauses both trials
 WATCHDOG_S = 900  # a leaked placement group would make the restored search wait forever
 
 
@@ -202,9 +203,15 @@ def _check_report(experiment: Path, ids: set[str]) -> None:
 def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
     ray_two_cpus, tmp_path
 ):
-    space = loss_space(tmp_path, "cacl_debug_pbt", steps=16)
-    overrides = [f"data.root={tmp_path / 'data'}", f"storage.path={tmp_path / 'runs'}"]
-    result = run_tune(space, overrides=overrides, name="pbt")
+    space = loss_space(tmp_path, "cacl_debug_pbt", steps=PBT_STEPS)
+    overrides = [
+        f"data.root={tmp_path / 'data'}",
+        f"storage.path={tmp_path / 'runs'}",
+        "storage.loggers=[mlflow]",  # Ray's MLflow callback: one run per trial, by experiment
+    ]
+    with pytest.MonkeyPatch.context() as environment:
+        environment.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = run_tune(space, overrides=overrides, name="pbt")
     experiment = result.experiment_dir
     assert not result.interrupted and len(result.trials) == 2
     assert {trial.status for trial in result.trials} == {"completed"}, result.trials
@@ -218,12 +225,12 @@ def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
         for segment in lineage["segments"]
         if segment["donor"]
     ]
-    assert exploits, f"no exploit in 16 steps: {lineages}"
+    assert exploits, f"no exploit in {PBT_STEPS} steps: {lineages}"
     for trial_id, segment in exploits:
         taken_at, donor = segment["step"], segment["donor"]
         own, donors = read_steps(runs / trial_id), read_steps(runs / donor)
         # every step once, and up to the exploit the donor's own log: it went on from there
-        assert [r["step"] for r in own] == list(range(1, 17)), trial_id
+        assert [r["step"] for r in own] == list(range(1, PBT_STEPS + 1)), trial_id
         assert [r for r in own if r["step"] <= taken_at] == [
             r for r in donors if r["step"] <= taken_at
         ]
@@ -235,9 +242,17 @@ def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
     segments = lineages[best.trial_id]["segments"]
     for path in segments[0]["values"]:
         stored = getattr(recipe.stages[0], path.rsplit(".", 1)[-1])
-        for step in range(16):  # the value in force at each step is the lineage's
+        for step in range(PBT_STEPS):  # the value in force at each step is the lineage's
             expected = [s["values"][path] for s in segments if s["step"] <= step][-1]
             assert value_at(stored, step) == expected, (path, step)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{experiment / 'mlflow.db'}")
+    mlflow_runs = client.search_runs([client.get_experiment_by_name("pbt").experiment_id])
+    assert len(mlflow_runs) == 2
+    for run in mlflow_runs:
+        assert client.get_metric_history(run.info.run_id, "loss")
 
     from raycseg.reports import write_experiment_report
 
