@@ -18,6 +18,7 @@ from .environment import mlflow_uri, quiet_mlflow, wandb_project
 
 MLFLOW_PARAM_CHARS = 6000  # MLflow's limit on a param value
 MLFLOW_PARAMS_PER_BATCH = 100  # and on params per log_batch
+MLFLOW_ARTIFACTS = "mlflow-artifacts"  # <run>/mlflow-artifacts/: the local store's artefacts
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -101,9 +102,15 @@ class MlflowBackend(Backend):
         from mlflow.tracking import MlflowClient
 
         quiet_mlflow()
-        self.client = MlflowClient(tracking_uri=mlflow_uri(run_dir))
+        uri = mlflow_uri(run_dir)
+        self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:  # the default sqlite store would put artefacts in ./mlruns of the current folder
+            local = not os.environ.get("MLFLOW_TRACKING_URI")
+            artifacts = (Path(run_dir).resolve() / MLFLOW_ARTIFACTS).as_uri() if local else None
+            experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")  # the same run, reopened
             self.run_id = run_id

@@ -38,7 +38,9 @@ def test_tensorboard_round_trip(tmp_path):
     assert "recipe/text_summary" in tensorboard_text_tags(folder)
 
 
-def test_mlflow_round_trip_reopens_the_same_run(tmp_path):
+def test_mlflow_round_trip_reopens_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path / "..")  # the default store must not write into the cwd
     params = {f"section.key{i}": "x" * 7000 for i in range(150)}  # two batches, long values
     backend = MlflowBackend(tmp_path, "tiny", "run-a", None)
     backend.log_recipe(RECIPE_YAML, params, new=True)
@@ -63,7 +65,10 @@ def test_mlflow_round_trip_reopens_the_same_run(tmp_path):
     assert run.data.metrics["eval/kmeans/miou"] == 0.3
     listed = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert listed == {"config.yaml", "checkpoint"}
-    assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "tiny"
+    assert experiment.artifact_location == (tmp_path.resolve() / "mlflow-artifacts").as_uri()
+    assert (tmp_path / "mlflow-artifacts").is_dir() and not (tmp_path / ".." / "mlruns").exists()
 
 
 def test_mlflow_local_store_is_sqlite_in_the_run_directory(tmp_path, monkeypatch):
