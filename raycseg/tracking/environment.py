@@ -20,7 +20,6 @@ from urllib.parse import urlparse
 from ..storage import is_url
 
 LOGGERS = ("tensorboard", "mlflow", "wandb")
-LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 DEFAULT_WANDB_PROJECT = "raycseg"
 SECRET_NAMES = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
@@ -34,10 +33,10 @@ def not_installed(logger: str) -> str:
     )
 
 
-def is_installed(logger: str) -> bool:
-    """Whether the tracker's library can be imported (without importing it)."""
+def is_installed(module: str) -> bool:
+    """Whether a tracker's library (named as its logger: `mlflow`, ...) imports, without importing it."""
     try:
-        return importlib.util.find_spec(LIBRARIES[logger]) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a module set to None in sys.modules
         return False
 

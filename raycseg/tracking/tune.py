@@ -51,7 +51,7 @@ def tune_callbacks(
     callbacks = []
     for logger in dict.fromkeys(loggers):
         if logger == "tensorboard":  # Tune's own TBXLoggerCallback, on by default
-            if not _has("tensorboardX"):
+            if not is_installed("tensorboardX"):
                 on_message(not_installed("tensorboardX"))
         elif not is_installed(logger):
             on_message(not_installed(logger))
@@ -62,15 +62,6 @@ def tune_callbacks(
         else:
             callbacks.append(_wandb_callback(experiment_dir))
     return callbacks
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _mlflow_callback(experiment_dir: Path):

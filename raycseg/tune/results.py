@@ -99,7 +99,9 @@ def summarise_results(grid, plan: SearchPlan, experiment_dir: Path, *, resumed: 
 def summarise_trial(result, plan: SearchPlan, experiment_dir: Path) -> TrialOutcome:
     """One Tune `Result` as a `TrialOutcome` (the metric's history from its reports)."""
     last = result.metrics or {}
-    trial_id = last.get("trial_id") or Path(result.path).name
+    # The trial's folder is named by its id (`_trial_dirname`). Its last metrics may be
+    # another trial's: PBT hands an exploiting trial its donor's last result.
+    trial_id = Path(result.path).name
     history = _metric_history(result, plan.metric)
     last_step = last.get("step")
     if result.error is not None:

@@ -102,6 +102,14 @@ def test_trial_status_from_its_reports(plan):
     assert stopped.last_step == 8 and stopped.run_dir == "/exp/runs/b"
 
 
+def test_a_trial_is_named_by_its_folder_not_by_the_result_pbt_handed_it(plan):
+    """PBT gives a trial that took over another's last checkpoint that trial's last result."""
+    exploiting = fake_result("t0", {}, [(4, 0.2), (plan.max_t, 0.3)])
+    exploiting.metrics["trial_id"] = "t1"
+    trial = summarise_trial(exploiting, plan, Path("/exp"))
+    assert trial.trial_id == "t0" and trial.run_dir == "/exp/runs/t0"
+
+
 def test_metric_history_skips_reports_without_the_metric(plan):
     result = fake_result("a", {}, [(1, float("nan")), (2, 0.4), (3, float("nan")), (4, 0.2)])
     trial = summarise_trial(result, plan, Path("/exp"))
