@@ -78,8 +78,9 @@ class TrialSummary:
         time_total_s: Training time of the trial, from its last report.
         error: The last line of `error.txt` for an ERROR trial.
         last_report_done: Whether the last logged report carries `done: true`.
-        segments: The trial's lineage (`raycseg.tune.lineage`): dicts with the `step`
-            each set of `values` began after, and for an exploit `donor` and `replaced`.
+        segments: The values its final weights were trained with (`raycseg.tune.lineage`):
+            dicts with the `step` each set of `values` began after.
+        exploits: Its PBT exploits, oldest first: `step`, `donor`, `before`, `after`.
     """
 
     trial_id: str
@@ -95,11 +96,23 @@ class TrialSummary:
     error: str | None = None
     last_report_done: bool = False
     segments: list[dict[str, Any]] = field(default_factory=list)
+    exploits: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def last_step(self) -> float | None:
         """The step of the last report, or None before the first."""
         return self.steps[-1] if self.steps else None
+
+    def values_by_step(self, name: str) -> list[tuple[int, Any]]:
+        """The value of a searched parameter the trial trained with, from each step on.
+
+        Its own values, changed at each exploit (its segments would show the donor's
+        values before an exploit instead).
+        """
+        if self.exploits and self.exploits[0]["before"]:
+            first = [(0, self.exploits[0]["before"].get(name))]
+            return first + [(e["step"], e["after"].get(name)) for e in self.exploits]
+        return [(s["step"], s["values"].get(name)) for s in self.segments]
 
 
 @dataclass
@@ -137,15 +150,14 @@ class ExperimentSummary:
         """PBT's exploits over all trials, by step then trial."""
         found = [
             Exploit(
-                step=segment["step"],
+                step=exploit["step"],
                 trial=trial.trial_id,
-                donor=segment["donor"],
-                before=segment.get("replaced") or {},
-                after=segment["values"],
+                donor=exploit["donor"],
+                before=exploit["before"] or {},
+                after=exploit["after"],
             )
             for trial in self.trials
-            for segment in trial.segments
-            if segment.get("donor")
+            for exploit in trial.exploits
         ]
         return sorted(found, key=lambda exploit: (exploit.step, exploit.trial))
 
@@ -245,9 +257,9 @@ def _load_trial(root: Path, trial: dict, run: dict, metric: str, mode: str) -> T
     # Without a trial log, fall back on the state's last result (its `done` is not the logged one).
     results = logged or ([run["last_result"]] if run.get("last_result") else [])
     params = trial.get("evaluated_params") or _flatten(trial.get("config") or {})
-    segments = _read_lineage(root / RUNS_DIR / trial.get("trial_id", ""))
-    if segments:
-        params = segments[-1]["values"]
+    lineage = _read_lineage(root / RUNS_DIR / trial.get("trial_id", ""))
+    if lineage["segments"]:
+        params = lineage["segments"][-1]["values"]
     steps, values = _history(results, metric)
     present = [value for value in values if value is not None]
     pick = max if mode == "max" else min
@@ -263,17 +275,20 @@ def _load_trial(root: Path, trial: dict, run: dict, metric: str, mode: str) -> T
         reports=len(results),
         time_total_s=_as_float(results[-1].get("time_total_s")) if results else None,
         last_report_done=bool(logged and logged[-1].get("done") is True),
-        segments=segments,
+        segments=lineage["segments"],
+        exploits=lineage["exploits"],
     )
     if summary.status == "ERROR":
         summary.error = _last_error_line(trial_dir, run)
     return summary
 
 
-def _read_lineage(run_dir: Path) -> list[dict[str, Any]]:
-    """A trial's segments from its run directory's lineage.json (none without one)."""
+def _read_lineage(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """A trial's lineage.json: `segments` and `exploits` (both empty without one)."""
     path = run_dir / LINEAGE_FILE
-    return json.loads(path.read_text(encoding="utf-8"))["segments"] if path.is_file() else []
+    if not path.is_file():
+        return {"segments": [], "exploits": []}
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_results(trial_dir: Path) -> list[dict]:

@@ -54,8 +54,8 @@ def plot_metric_curves(summary: ExperimentSummary, path: Path) -> Path:
 def plot_schedules(summary: ExperimentSummary, path: Path) -> Path | None:
     """PBT: each searched value against step, one line per trial; a star marks an exploit.
 
-    A trial's line is its lineage: the values its final weights were trained with,
-    the donor's up to an exploit. None when no trial was exploited.
+    A trial's line is the values it trained with, which jump where it took over
+    another trial's checkpoint. None when no trial was exploited.
     """
     if not summary.exploits:
         return None
@@ -66,22 +66,23 @@ def plot_schedules(summary: ExperimentSummary, path: Path) -> Path | None:
     for index, name in enumerate(summary.params, start=1):
         axes = figure.add_subplot(rows, columns, index)
         for number, trial in enumerate(summary.trials):
-            known = [segment for segment in trial.segments if name in segment["values"]]
+            known = [
+                (step, value) for step, value in trial.values_by_step(name) if value is not None
+            ]
             if not known:
                 continue
             color = colors(
                 number % 10 if len(summary.trials) <= 10 else number / len(summary.trials)
             )
-            values = [segment["values"][name] for segment in known]
-            steps = [segment["step"] for segment in known] + [trial.last_step or known[-1]["step"]]
+            steps, values = (list(column) for column in zip(*known, strict=True))
+            steps.append(max(trial.last_step or 0, steps[-1]))
             label = short_name(trial)
             axes.step(steps, [*values, values[-1]], where="post", color=color, label=label)
-            for segment in known:
-                if segment.get("donor"):
-                    point = (segment["step"], segment["values"][name])
-                    axes.plot(*point, marker="*", color=color, markersize=13)
-                    donor = segment["donor"].rsplit("_", 1)[-1]
-                    axes.annotate(f" from {donor}", point, fontsize="small", color=color)
+            for exploit in trial.exploits:
+                point = (exploit["step"], exploit["after"].get(name))
+                axes.plot(*point, marker="*", color=color, markersize=13)
+                donor = exploit["donor"].rsplit("_", 1)[-1]
+                axes.annotate(f" from {donor}", point, fontsize="small", color=color)
         axes.set_xlabel("step")
         axes.set_title(name, fontsize="medium")
         axes.grid(alpha=0.3)

@@ -1,11 +1,17 @@
-"""A trial's lineage: the searched values it trained with, by step, and PBT's exploits.
+"""A trial's lineage: the searched values its weights were trained with, by step, and its exploits.
 
-`<run>/lineage.json` (`LINEAGE_FILE`) lists the trial's segments: the global
-step each began after, the searched values, and for an exploit the trial it
-took over (`donor`) and the values it had before (`replaced`). A trial that was
-never exploited has one segment. The trial's recipe writes each searched value
-as a step schedule over the segments (`lineage_recipe`), so the recipe of the
-best trial (`best.yaml`) replays what it trained with.
+`<run>/lineage.json` (`LINEAGE_FILE`) holds:
+
+    segments   the values the trial's current weights were trained with: the global
+               step each set began after, and where a segment starts with another
+               trial's checkpoint, that trial (`donor`). An exploit inherits the
+               donor's segments up to its step. A trial never exploited has one.
+    exploits   every exploit of the trial, in order (never rewritten): `step`,
+               `donor`, the values `before` and `after`.
+
+The trial's recipe writes each searched value as a step schedule over the segments
+(`lineage_recipe`), so the recipe of the best trial (`best.yaml`) replays what its
+weights were trained with.
 """
 
 from __future__ import annotations
@@ -29,13 +35,11 @@ class Segment:
         step: the global step it began after (0: the start).
         values: searched recipe path -> value.
         donor: for an exploit, the trial whose checkpoint at `step` it continued.
-        replaced: for an exploit, the values the trial had before.
     """
 
     step: int
     values: dict[str, Any]
     donor: str | None = None
-    replaced: dict[str, Any] | None = None
 
 
 def lineage_recipe(base_raw: dict[str, Any], segments: list[Segment]) -> Recipe:
@@ -64,30 +68,36 @@ def lineage_recipe(base_raw: dict[str, Any], segments: list[Segment]) -> Recipe:
 
 
 def exploit_segments(
-    donor_segments: list[Segment],
-    donor: str,
-    step: int,
-    values: dict[str, Any],
-    own: list[Segment] | None,
+    donor_segments: list[Segment], donor: str, step: int, values: dict[str, Any]
 ) -> list[Segment]:
-    """The lineage of a trial that continues `donor`'s checkpoint at `step` with `values`."""
-    before = own[-1].values if own else None
+    """The segments of a trial that continues `donor`'s checkpoint at `step` with `values`."""
     inherited = [segment for segment in donor_segments if segment.step < step]
-    return [*inherited, Segment(step, values, donor=donor, replaced=before)]
+    return [*inherited, Segment(step, values, donor=donor)]
 
 
 def read_lineage(run_dir: str | Path) -> list[Segment] | None:
     """A trial's segments (None when it has not started)."""
-    path = Path(run_dir) / LINEAGE_FILE
-    if not path.is_file():
-        return None
-    return [Segment(**entry) for entry in json.loads(path.read_text())["segments"]]
+    record = _read(run_dir)
+    return None if record is None else [Segment(**entry) for entry in record["segments"]]
 
 
-def write_lineage(run_dir: str | Path, segments: list[Segment]) -> None:
+def read_exploits(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A trial's exploits, oldest first: `step`, `donor`, `before`, `after`."""
+    record = _read(run_dir)
+    return [] if record is None else record["exploits"]
+
+
+def write_lineage(
+    run_dir: str | Path, segments: list[Segment], exploits: list[dict[str, Any]]
+) -> None:
     """Write `<run>/lineage.json` (through a temporary name)."""
-    record = {"segments": [asdict(segment) for segment in segments]}
+    record = {"segments": [asdict(segment) for segment in segments], "exploits": exploits}
     storage.write_text(storage.join(run_dir, LINEAGE_FILE), json.dumps(record, indent=2) + "\n")
+
+
+def _read(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / LINEAGE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _without_repeats(schedule: dict[int, Any]) -> dict[int, Any]:

@@ -50,7 +50,14 @@ from ..run_directory import (
     write_stages,
 )
 from ..train.launch import run_stages
-from .lineage import Segment, exploit_segments, lineage_recipe, read_lineage, write_lineage
+from .lineage import (
+    Segment,
+    exploit_segments,
+    lineage_recipe,
+    read_exploits,
+    read_lineage,
+    write_lineage,
+)
 from .results import RUNS_DIR, write_atomic
 from .spaces import plain_value
 
@@ -87,15 +94,23 @@ def make_trial_driver(
         values = {key: plain_value(value) for key, value in config.items()}
         restored = read_trial_checkpoint(tune.get_checkpoint())
         exploit = restored is not None and restored.trial != trial_id
+        own, exploits = read_lineage(run_dir), read_exploits(run_dir)
         if restored is None:  # a fresh start (or a restart before its first checkpoint)
-            segments = read_lineage(run_dir) or [Segment(0, values)]
+            segments = own or [Segment(0, values)]
         elif not exploit:  # a restore, or a pause of the scheduler: its own run resumes
             segments = restored.segments
         else:
-            own = read_lineage(run_dir)
-            segments = exploit_segments(
-                restored.segments, restored.trial, restored.step, values, own
-            )
+            segments = exploit_segments(restored.segments, restored.trial, restored.step, values)
+            if not own or own[-1] != segments[-1]:  # not a restart of this very exploit
+                before = own[-1].values if own else None
+                exploits.append(
+                    {
+                        "step": restored.step,
+                        "donor": restored.trial,
+                        "before": before,
+                        "after": values,
+                    }
+                )
         recipe = lineage_recipe(base_raw, segments)
         resume_from: dict[str, str] = {}
         if exploit:
@@ -103,7 +118,7 @@ def make_trial_driver(
                 donor_state = Path(folder) / STATE_FILE
                 resume_from = take_over(run_dir, experiment_dir, restored, recipe, donor_state)
         write_recipe(run_dir, recipe)
-        write_lineage(run_dir, segments)
+        write_lineage(run_dir, segments, exploits)
         reports = TrialReports(trial_id, run_dir, recipe, segments, keep_state)
         run_stages(recipe, run_dir, on_report=reports, resume_from=resume_from)
 

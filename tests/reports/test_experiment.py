@@ -216,3 +216,29 @@ def test_state_without_a_metric_names_the_fix(tmp_path: Path) -> None:
 def test_bad_mode_names_the_fix(experiment_dir: Path) -> None:
     with pytest.raises(CsegError, match="--mode max"):
         load_experiment(experiment_dir, mode="maximum")
+
+
+def test_pbt_exploits_are_listed_and_each_trials_values_plotted_by_step(tmp_path: Path) -> None:
+    root = write_experiment(tmp_path / "pbt", STANDARD_TRIALS)
+    exploited, donor = STANDARD_TRIALS[0].trial_id, STANDARD_TRIALS[1].trial_id
+    lineage = {
+        # its weights: the donor's up to step 4, then its own perturbed values
+        "segments": [
+            {"step": 0, "values": {"lr": 0.3}, "donor": None},
+            {"step": 4, "values": {"lr": 0.36}, "donor": donor},
+        ],
+        "exploits": [{"step": 4, "donor": donor, "before": {"lr": 0.01}, "after": {"lr": 0.36}}],
+    }
+    (root / "runs" / exploited).mkdir(parents=True)
+    (root / "runs" / exploited / "lineage.json").write_text(json.dumps(lineage))
+
+    summary = write_report(root)
+    trial = next(t for t in summary.trials if t.trial_id == exploited)
+    assert trial.params == {"lr": 0.36}  # the values it ended with
+    assert trial.values_by_step("lr") == [(0, 0.01), (4, 0.36)]  # its own, then the new ones
+    assert [(e.step, e.trial, e.donor) for e in summary.exploits] == [(4, exploited, donor)]
+    markdown = (root / "report.md").read_text()
+    assert f"| 4 | `{exploited}` | `{donor}` | `lr` 0.01 | `lr` 0.36 |" in section(
+        markdown, "Exploits (PBT)"
+    )
+    assert (root / "schedules.png").read_bytes().startswith(PNG_MAGIC)

@@ -18,7 +18,14 @@ from raycseg.config import load_recipe, value_at
 from raycseg.errors import RecipeError
 from raycseg.run_directory import METRICS_FILE, STATE_FILE, read_stages
 from raycseg.tune import trial as trial_module
-from raycseg.tune.lineage import Segment, exploit_segments, lineage_recipe, read_lineage
+from raycseg.tune.lineage import (
+    Segment,
+    exploit_segments,
+    lineage_recipe,
+    read_exploits,
+    read_lineage,
+    write_lineage,
+)
 from raycseg.tune.pbt import clamped_to, mutations, pbt_scheduler
 from raycseg.tune.spaces import find_space, load_space
 from raycseg.tune.trial import (
@@ -127,10 +134,10 @@ def test_a_lineage_becomes_step_schedules_counted_in_each_stages_own_steps():
     path = "stages.reco.strong_threshold"
     segments = [
         Segment(0, {path: 0.9}),
-        Segment(offset - 2, {path: 0.95}, donor="t1", replaced={path: 0.9}),  # before reco
-        Segment(offset + 4, {path: 0.8}, donor="t2", replaced={path: 0.95}),
-        Segment(offset + 6, {path: 0.8}, donor="t1", replaced={path: 0.8}),  # a repeat
-        Segment(offset + 12, {path: 0.7}, donor="t2", replaced={path: 0.8}),  # past the end
+        Segment(offset - 2, {path: 0.95}, donor="t1"),  # before reco
+        Segment(offset + 4, {path: 0.8}, donor="t2"),
+        Segment(offset + 6, {path: 0.8}, donor="t1"),  # a repeat
+        Segment(offset + 12, {path: 0.7}, donor="t2"),  # past the end
     ]
     stage = lineage_recipe(base, segments).stages[2]
     assert offset == 8 and stage.strong_threshold.from_step == {0: 0.95, 4: 0.8}
@@ -138,14 +145,14 @@ def test_a_lineage_becomes_step_schedules_counted_in_each_stages_own_steps():
     assert lineage_recipe(base, segments[:1]).stages[2].strong_threshold == 0.9  # never changed
 
 
-def test_an_exploit_inherits_the_donors_lineage_up_to_its_step():
-    donor = [Segment(0, {"a": 1.0}), Segment(8, {"a": 2.0}, donor="x", replaced={"a": 1.0})]
-    own = [Segment(0, {"a": 5.0})]
-    segments = exploit_segments(donor, "d", 8, {"a": 2.4}, own)
-    assert segments == [
-        Segment(0, {"a": 1.0}),
-        Segment(8, {"a": 2.4}, donor="d", replaced={"a": 5.0}),
-    ]
+def test_an_exploit_inherits_the_donors_lineage_up_to_its_step(tmp_path):
+    donor = [Segment(0, {"a": 1.0}), Segment(8, {"a": 2.0}, donor="x")]
+    segments = exploit_segments(donor, "d", 8, {"a": 2.4})
+    assert segments == [Segment(0, {"a": 1.0}), Segment(8, {"a": 2.4}, donor="d")]
+    exploits = [{"step": 8, "donor": "d", "before": {"a": 5.0}, "after": {"a": 2.4}}]
+    write_lineage(tmp_path, segments, exploits)
+    assert read_lineage(tmp_path) == segments and read_exploits(tmp_path) == exploits
+    assert read_exploits(tmp_path / "none") == [] and read_lineage(tmp_path / "none") is None
 
 
 # ----------------------------------------------------------------------------- taking over

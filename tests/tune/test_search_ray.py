@@ -220,14 +220,13 @@ def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
     lineages = {t.trial_id: json.loads((runs / t.trial_id / "lineage.json").read_text())
                 for t in result.trials}  # fmt: skip
     exploits = [
-        (trial_id, segment)
+        (trial_id, exploit)
         for trial_id, lineage in lineages.items()
-        for segment in lineage["segments"]
-        if segment["donor"]
+        for exploit in lineage["exploits"]
     ]
     assert exploits, f"no exploit in {PBT_STEPS} steps: {lineages}"
-    for trial_id, segment in exploits:
-        taken_at, donor = segment["step"], segment["donor"]
+    for trial_id, exploit in exploits:
+        taken_at, donor = exploit["step"], exploit["donor"]
         own, donors = read_steps(runs / trial_id), read_steps(runs / donor)
         # every step once, and up to the exploit the donor's own log: it went on from there
         assert [r["step"] for r in own] == list(range(1, PBT_STEPS + 1)), trial_id
@@ -235,7 +234,7 @@ def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
             r for r in donors if r["step"] <= taken_at
         ]
         assert (runs / trial_id / "taken_over" / "state.pt").is_file()
-        assert segment["replaced"] and segment["values"] != segment["replaced"]
+        assert exploit["before"] and exploit["after"] != exploit["before"]
 
     best = result.best
     recipe = load_recipe(result.best_recipe_path, check_files=False)
@@ -259,5 +258,5 @@ def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
     write_experiment_report(experiment, metric="loss", mode="min")
     report = (experiment / "report.md").read_text()
     assert "Exploits (PBT)" in report and (experiment / "schedules.png").is_file()
-    for trial_id, segment in exploits:
-        assert f"| {segment['step']} | `{trial_id}` | `{segment['donor']}` |" in report
+    for trial_id, exploit in exploits:
+        assert f"| {exploit['step']} | `{trial_id}` | `{exploit['donor']}` |" in report
