@@ -149,15 +149,9 @@ class ExperimentSummary:
     def exploits(self) -> list[Exploit]:
         """PBT's exploits over all trials, by step then trial."""
         found = [
-            Exploit(
-                step=exploit["step"],
-                trial=trial.trial_id,
-                donor=exploit["donor"],
-                before=exploit["before"] or {},
-                after=exploit["after"],
-            )
+            Exploit(e["step"], trial.trial_id, e["donor"], e["before"] or {}, e["after"])
             for trial in self.trials
-            for exploit in trial.exploits
+            for e in trial.exploits
         ]
         return sorted(found, key=lambda exploit: (exploit.step, exploit.trial))
 

@@ -103,4 +103,6 @@ def test_the_training_step_applies_each_steps_weights():
         expected = terms["global"] + pixel * terms["pixel"] + cycle * terms["cycle"]
         assert (method.stage.lambda_pixel, method.stage.lambda_cycle) == (pixel, cycle)
         assert torch.allclose(output["loss"], expected), stage_step
-        assert (float(terms["pixel"].detach()) == 0.0) == (pixel == 0.0)  # a 0 weight skips its term
+        assert (float(terms["pixel"].detach()) == 0.0) == (
+            pixel == 0.0
+        )  # a 0 weight skips its term
