@@ -31,7 +31,14 @@ from ..config import Recipe, recipe_to_yaml
 from ..run_directory import EVAL_FILE, METRICS_FILE, MetricsLog
 from ..storage import is_url
 from .backends import Backend, open_backend
-from .environment import describe, is_installed, no_wandb_key, not_installed, wandb_key_missing
+from .environment import (
+    describe,
+    is_installed,
+    mlflow_uri,
+    no_wandb_key,
+    not_installed,
+    wandb_key_missing,
+)
 
 TRACKING_FILE = "tracking.json"
 NOT_LOGGED = {"stage", "step"}  # metrics.jsonl keys that are not series
@@ -219,7 +226,7 @@ def _open_one(logger, recipe, run_dir, run_ids, on_message) -> Backend | None:
     if logger == "tensorboard" and not local:
         on_message("storage.loggers: tensorboard writes into a local run directory; it is off")
         return None
-    if logger == "mlflow" and not local and not _has_mlflow_uri():
+    if logger == "mlflow" and mlflow_uri(run_dir) is None:
         on_message(
             "storage.loggers: mlflow needs MLFLOW_TRACKING_URI for a run at a URL "
             "(its default store, sqlite, is a local file); it is off"
@@ -233,12 +240,6 @@ def _open_one(logger, recipe, run_dir, run_ids, on_message) -> Backend | None:
     except Exception as error:  # noqa: BLE001 (unreachable, refused: the run goes on)
         on_message(f"storage.loggers: {logger} could not start ({describe(error)}); it is off")
     return None
-
-
-def _has_mlflow_uri() -> bool:
-    import os
-
-    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def _read_state(run_dir) -> dict[str, Any]:

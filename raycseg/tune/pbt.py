@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.search.sample import Categorical
 
 from ..config import Recipe, schedulable_fields
 from ..errors import RecipeError
@@ -33,8 +34,11 @@ from ..errors import RecipeError
 PERTURBATION_FACTORS = (1.2, 0.8)
 
 
-def pbt_scheduler(plan) -> PopulationBasedTraining:
-    """The PBT scheduler of a plan whose space asks for `type: pbt` (checked by `check_pbt`)."""
+def pbt_scheduler(plan, domains: dict[str, Any]) -> PopulationBasedTraining:
+    """The PBT scheduler of a plan whose space asks for `type: pbt` (checked by `check_pbt`).
+
+    `domains` are the space's Tune sampling objects (`spaces.to_param_space`).
+    """
     spec = plan.space.scheduler
     return PopulationBasedTraining(
         time_attr="step",
@@ -42,28 +46,18 @@ def pbt_scheduler(plan) -> PopulationBasedTraining:
         quantile_fraction=spec.quantile_fraction,
         resample_probability=spec.resample_probability,
         perturbation_factors=PERTURBATION_FACTORS,
-        hyperparam_mutations=mutations(plan.space.params),
+        hyperparam_mutations=mutations(domains),
         custom_explore_fn=clamped_to(plan.space.params),
         synch=spec.synch,
     )
 
 
-def mutations(params: dict[str, Any]) -> dict[str, Any]:
-    """PBT's mutations: each searched path's distribution (a `choice` as its list)."""
-    from ray import tune
-
-    domains: dict[str, Any] = {}
-    for path, distribution in params.items():
-        kind, arguments = distribution.kind, distribution.arguments
-        if kind == "choice":
-            domains[path] = list(arguments)
-        elif kind == "uniform":
-            domains[path] = tune.uniform(*arguments)
-        elif kind == "loguniform":
-            domains[path] = tune.loguniform(*arguments)
-        else:  # randint, both ends included
-            domains[path] = tune.randint(arguments[0], arguments[1] + 1)
-    return domains
+def mutations(domains: dict[str, Any]) -> dict[str, Any]:
+    """PBT's mutations: the space's domains, a `choice` as its list (PBT then moves along it)."""
+    return {
+        path: list(domain.categories) if isinstance(domain, Categorical) else domain
+        for path, domain in domains.items()
+    }
 
 
 def clamped_to(params: dict[str, Any]):

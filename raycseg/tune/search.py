@@ -267,7 +267,7 @@ def _tune_config(plan: SearchPlan, concurrency: int):
             reduction_factor=spec.reduction_factor,
         )
     elif spec.type == "pbt":
-        scheduler = pbt_scheduler(plan)
+        scheduler = pbt_scheduler(plan, to_param_space(plan.space))
     else:
         scheduler = FIFOScheduler()
     return tune.TuneConfig(

@@ -44,6 +44,7 @@ from ..config import Recipe
 from ..run_directory import (
     METRICS_FILE,
     STATE_FILE,
+    MetricsLog,
     read_stages,
     resolve_in_run,
     write_recipe,
@@ -58,7 +59,7 @@ from .lineage import (
     read_lineage,
     write_lineage,
 )
-from .results import RUNS_DIR, write_atomic
+from .results import RUNS_DIR
 from .spaces import plain_value
 
 TRIAL_CHECKPOINT_FILE = "trial_checkpoint.json"
@@ -196,8 +197,7 @@ def take_over(
         shutil.rmtree(run_dir / name, ignore_errors=True)
     kept = run_dir / TAKEN_OVER / STATE_FILE
     kept.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(state, kept.with_name(STATE_FILE + ".partial"))
-    os.replace(kept.with_name(STATE_FILE + ".partial"), kept)
+    _copy_atomically(state, kept)
 
     donor_dir = experiment_dir / RUNS_DIR / donor.trial
     donor_stages = read_stages(donor_dir)
@@ -214,15 +214,20 @@ def take_over(
     if stage_done:
         finished[donor.stage] = {"checkpoint": str(kept), "last_step": donor.step}
     write_stages(run_dir, finished)
-    _copy_metrics_through(donor_dir / METRICS_FILE, run_dir / METRICS_FILE, donor.step)
+    donor_log, own_log = donor_dir / METRICS_FILE, run_dir / METRICS_FILE
+    if donor_log.is_file():
+        _copy_atomically(donor_log, own_log)
+    else:
+        own_log.unlink(missing_ok=True)
+    MetricsLog(own_log).truncate_after(donor.step)  # the donor's lines up to its step
     return {} if stage_done else {donor.stage: str(kept)}
 
 
-def _copy_metrics_through(source: Path, target: Path, step: int) -> None:
-    """Write `target` with `source`'s lines up to `step` (through a temporary name)."""
-    lines = source.read_text().splitlines(keepends=True) if source.is_file() else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    write_atomic(target, "".join(kept))
+def _copy_atomically(source: Path, target: Path) -> None:
+    """Copy `source` to `target` through a temporary name."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 # ----------------------------------------------------------------------------- helpers

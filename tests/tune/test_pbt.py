@@ -27,7 +27,7 @@ from raycseg.tune.lineage import (
     write_lineage,
 )
 from raycseg.tune.pbt import clamped_to, mutations, pbt_scheduler
-from raycseg.tune.spaces import find_space, load_space
+from raycseg.tune.spaces import find_space, load_space, to_param_space
 from raycseg.tune.trial import (
     TAKEN_OVER,
     TRIAL_CHECKPOINT_FILE,
@@ -56,7 +56,7 @@ def write_space(tmp_path: Path, **changes) -> Path:
 def test_the_debug_pbt_space_loads_and_builds_its_scheduler():
     plan = load_space("cacl_debug_pbt", check_files=False)
     assert plan.space.scheduler.perturbation_interval == plan.recipe.storage.checkpoint_every
-    scheduler = pbt_scheduler(plan)
+    scheduler = pbt_scheduler(plan, to_param_space(plan.space))
     assert scheduler._perturbation_interval == 4 and scheduler._time_attr == "step"
     assert set(scheduler._hyperparam_mutations) == set(plan.space.params)
     load_space("cacl_pbt", check_files=False)  # the real-scale sibling is valid too
@@ -100,7 +100,7 @@ def test_cli_rejects_an_interval_other_than_the_checkpoint_interval_with_exit_2(
 
 def test_perturbed_values_stay_inside_their_distributions(tmp_path):
     plan = load_space(write_space(tmp_path, params=PARAMS), check_files=False)
-    domains = mutations(plan.space.params)
+    domains = mutations(to_param_space(plan.space))
     assert domains["stages.cacl.lambda_global"] == [0.5, 1.0]  # a choice moves along its list
     explore = clamped_to(plan.space.params)
     config = explore(
