@@ -209,9 +209,17 @@ def test_pbt_exploits_continue_the_donors_run_and_best_yaml_holds_the_schedule(
         f"storage.path={tmp_path / 'runs'}",
         "storage.loggers=[mlflow]",  # Ray's MLflow callback: one run per trial, by experiment
     ]
-    with pytest.MonkeyPatch.context() as environment:
-        environment.delenv("MLFLOW_TRACKING_URI", raising=False)
-        result = run_tune(space, overrides=overrides, name="pbt")
+    # A trial that PBT pauses while its Train run starts or ends its worker group can leak
+    # the group's placement group (the Ray 2.60 race above; seen once here): the next
+    # trial then waits for its CPU forever. The watchdog turns that into a failure.
+    watchdog = threading.Timer(WATCHDOG_S, os.kill, (os.getpid(), signal.SIGINT))
+    watchdog.start()
+    try:
+        with pytest.MonkeyPatch.context() as environment:
+            environment.delenv("MLFLOW_TRACKING_URI", raising=False)
+            result = run_tune(space, overrides=overrides, name="pbt")
+    finally:
+        watchdog.cancel()
     experiment = result.experiment_dir
     assert not result.interrupted and len(result.trials) == 2
     assert {trial.status for trial in result.trials} == {"completed"}, result.trials
